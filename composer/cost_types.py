@@ -1,0 +1,53 @@
+"""The analytic cost of a piece of a network, in the convention of docs/flop-conventions.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and multiply-accumulates of one forward pass at batch 1.
+
+    ``params`` counts every ``nn.Parameter`` (frozen ones included, buffers excluded), as
+    ``sum(p.numel() for p in model.parameters())`` does. ``macs`` counts conv, linear, matmul and
+    attention products (QK^T and AV), no norms, activations, softmax or element-wise terms. FFTs are
+    kept apart in ``fft_macs`` (real FFT 1.25·N·log2 N MAC-equivalents), a float because of the log.
+    """
+
+    params: int = 0
+    macs: int = 0
+    fft_macs: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.params + other.params, self.macs + other.macs, self.fft_macs + other.fft_macs)
+
+    def __radd__(self, other):  # lets sum() start from 0
+        return self if other == 0 else NotImplemented
+
+    def __mul__(self, k: int) -> Cost:
+        return Cost(self.params * k, self.macs * k, self.fft_macs * k)
+
+
+ZERO = Cost()
+
+
+def conv_cost(cin: int, cout: int, kernel: int | tuple[int, int], out_hw: tuple[int, int], groups: int = 1,
+              bias: bool = True) -> Cost:
+    """Cost of a 2-D convolution producing an ``out_hw`` map."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    weight = cout * (cin // groups) * kh * kw
+    return Cost(weight + (cout if bias else 0), out_hw[0] * out_hw[1] * weight)
+
+
+def linear_cost(cin: int, cout: int, tokens: int, bias: bool = True) -> Cost:
+    """Cost of a linear layer (or 1x1 convolution) applied to ``tokens`` positions."""
+    return Cost(cin * cout + (cout if bias else 0), tokens * cin * cout)
+
+
+def norm_params(dim: int, affine_bias: bool = True, affine: bool = True) -> Cost:
+    return Cost(dim * (int(affine) + int(affine and affine_bias)))
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

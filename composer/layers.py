@@ -1,0 +1,116 @@
+"""Small building blocks shared by the macros and mixers: activations, norms, scales.
+
+State-dict names follow timm (``act.scale``/``act.bias`` for StarReLU, ``scale`` for Scale, ``weight``/``bias``
+for norms) so that compiled models load timm and official checkpoints without renaming.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Layout = Literal["channels_first", "channels_last"]
+"""``channels_first`` is (B, C, H, W); ``channels_last`` is (B, H, W, C), the token layout."""
+
+
+class StarReLU(nn.Module):
+    """s * relu(x)**2 + b with one learnable scalar s and b each (MetaFormer baselines; init 1 and 0)."""
+
+    def __init__(self, scale_value: float = 1.0, bias_value: float = 0.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), scale_value))
+        self.bias = nn.Parameter(torch.full((1,), bias_value))
+
+    def forward(self, x):
+        return self.scale * F.relu(x) ** 2 + self.bias
+
+
+class SquaredReLU(nn.Module):
+    def forward(self, x):
+        return torch.square(F.relu(x))
+
+
+ACTIVATIONS = {
+    "star_relu": StarReLU,
+    "squared_relu": SquaredReLU,
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "identity": nn.Identity,
+}
+ACTIVATION_PARAMS = {"star_relu": 2}
+
+
+def make_act(name: str) -> nn.Module:
+    return ACTIVATIONS[name]()
+
+
+class Scale(nn.Module):
+    """Per-channel learnable scale (layer scale, res scale); ``scale`` has shape (C,)."""
+
+    def __init__(self, dim: int, init_value: float, layout: Layout = "channels_first"):
+        super().__init__()
+        self.channels_first = layout == "channels_first"
+        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x):
+        return x * (self.scale.view(-1, 1, 1) if self.channels_first else self.scale)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over channels in either layout; ``bias=False`` gives timm's *NoBias variants."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True, layout: Layout = "channels_last"):
+        super().__init__()
+        self.dim, self.eps, self.channels_first = dim, eps, layout == "channels_first"
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x):
+        if self.channels_first:
+            x = x.permute(0, 2, 3, 1)
+            x = F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+            return x.permute(0, 3, 1, 2)
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+
+
+class GroupNorm1(nn.Module):
+    """"Modified LayerNorm" of PoolFormer: normalise over (C, H, W) together, per-channel affine."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True, layout: Layout = "channels_first"):
+        super().__init__()
+        self.eps, self.channels_first = eps, layout == "channels_first"
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x):
+        if self.channels_first:
+            return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+        return F.group_norm(x.permute(0, 3, 1, 2), 1, self.weight, self.bias, self.eps).permute(0, 2, 3, 1)
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that also accepts the channels-last layout."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, layout: Layout = "channels_first"):
+        super().__init__(dim, eps=eps, affine=True)
+        if not bias:
+            self.bias = None
+        self.channels_first = layout == "channels_first"
+
+    def forward(self, x):
+        if self.channels_first:
+            return super().forward(x)
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+NORMS = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1, "batchnorm": BatchNorm}
+
+
+def to_layout(x: torch.Tensor, current: Layout, wanted: Layout) -> torch.Tensor:
+    if current == wanted:
+        return x
+    return x.permute(0, 2, 3, 1) if wanted == "channels_last" else x.permute(0, 3, 1, 2)

@@ -1,0 +1,8 @@
+"""Macro families: stems, downsampling, blocks and heads. ``MACROS`` maps a spec's ``macro`` to one."""
+
+from .base import Macro, Part
+from .metaformer import MetaFormerMacro
+
+MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(),)}
+
+__all__ = ["MACROS", "Macro", "Part"]

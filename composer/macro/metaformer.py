@@ -1,0 +1,168 @@
+"""The MetaFormer macro (Yu et al., "MetaFormer Baselines for Vision"; timm ``metaformer.py``).
+
+stem: 7x7 stride-4 conv (bias) + norm; stages 2-4 start with a pre-norm 3x3 stride-2 conv; blocks are
+pre-norm residual ``x = res_scale(x) + layer_scale(drop_path(mixer(norm1(x))))`` then the same with the
+MLP; the head pools, normalises and classifies (MLP head or linear). Init: trunc-normal(0.02) on every
+conv/linear weight, zero biases. State-dict keys equal timm's.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from timm.layers import DropPath, trunc_normal_
+
+from ..cost_types import Cost, conv_cost, conv_out
+from ..layers import Layout, Scale
+from ..mixers.base import MixerConfig, MixerContext
+from ..parts import LN, LN_NOBIAS, HeadConfig
+from ..perstage import pick
+from .base import Macro, Part, Shape
+
+
+class Stem(nn.Module):
+    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, padding: int, norm):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, kernel, stride=stride, padding=padding)
+        self.norm = norm.build(dim, "channels_first") if norm else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class Downsampling(nn.Module):
+    """Pre-norm strided conv between stages (keys ``norm``, ``conv``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, norm):
+        super().__init__()
+        self.norm = norm.build(in_dim, "channels_first") if norm else nn.Identity()
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.norm(x))
+
+
+class MetaFormerBlock(nn.Module):
+    """Pre-norm block with optional res-scale and layer-scale on both branches, in the mixer's layout."""
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp: nn.Module, norm, layout: Layout, drop_path: float,
+                 layer_scale: float | None, res_scale: float | None):
+        super().__init__()
+        self.layout = layout
+
+        def scale(value):
+            return Scale(dim, value, layout) if value is not None else nn.Identity()
+
+        self.norm1 = norm.build(dim, layout)
+        self.token_mixer = mixer
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale1 = scale(layer_scale)
+        self.res_scale1 = scale(res_scale)
+        self.norm2 = norm.build(dim, layout)
+        self.mlp = mlp
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale2 = scale(layer_scale)
+        self.res_scale2 = scale(res_scale)
+
+    def forward(self, x):
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
+        return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=True)
+
+
+class Head(nn.Sequential):
+    """global_pool -> norm -> flatten -> drop -> fc, as timm's MetaFormer head (keys ``norm``, ``fc``)."""
+
+    def __init__(self, dim: int, num_classes: int, cfg: HeadConfig):
+        super().__init__()
+        self.global_pool = GlobalAvgPool()
+        self.norm = cfg.norm.build(dim, "channels_first") if cfg.norm else nn.Identity()
+        self.flatten = nn.Flatten(1)
+        self.drop = nn.Dropout(cfg.drop)
+        self.fc = cfg.build_classifier(dim, num_classes)
+
+
+def block_cost(spec, dim: int, tokens: int, layer_scale, res_scale) -> tuple[Cost, Cost]:
+    """(everything but the mixer, channel-mixer part) of a pre-norm MetaFormer-style block."""
+    scales = sum(2 * dim for value in (layer_scale, res_scale) if value is not None)
+    channel = spec.channel_mixer.cost(dim, tokens)
+    return spec.norm.cost(dim) * 2 + Cost(scales) + channel, channel
+
+
+class MetaFormerMacro(Macro):
+    name = "metaformer"
+    summary = "MetaFormer baselines (PoolFormerV2, ConvFormer, CAFormer, ...): 7x7/4 stem, pre-norm blocks"
+    stem_kernel, stem_stride, stem_padding = 7, 4, 2
+
+    def spec_defaults(self, data: dict) -> dict:
+        widths = data.get("widths")
+        n = len(widths) if isinstance(widths, list) else 4
+        return {
+            "norm": LN_NOBIAS,
+            "stem_norm": LN_NOBIAS,
+            "downsample_norm": LN_NOBIAS,
+            "channel_mixer": {"type": "mlp", "ratio": 4, "act": "star_relu", "bias": False},
+            "res_scale": [None] * max(n - 2, 0) + [1.0] * min(n, 2),  # stages 3-4 of the baselines
+            "layer_scale": None,
+            "head": {"type": "mlp", "norm": LN, "ratio": 4, "act": "squared_relu", "hidden_norm": LN},
+        }
+
+    def stem(self, spec) -> Part:
+        size = conv_out(spec.input_size, self.stem_kernel, self.stem_stride, self.stem_padding)
+        dim = spec.widths[0]
+        cost = conv_cost(spec.in_chans, dim, self.stem_kernel, (size, size))
+        if spec.stem_norm:
+            cost += spec.stem_norm.cost(dim)
+        return Part("stem", cost, (spec.in_chans, spec.input_size, spec.input_size), (dim, size, size),
+                    lambda: Stem(spec.in_chans, dim, self.stem_kernel, self.stem_stride, self.stem_padding,
+                                 spec.stem_norm))
+
+    def downsample(self, spec, stage: int, in_shape: Shape) -> Part | None:
+        if stage == 0:
+            return None
+        cin, h, w = in_shape
+        cout = spec.widths[stage]
+        ho, wo = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
+        cost = conv_cost(cin, cout, 3, (ho, wo))
+        if spec.downsample_norm:
+            cost += spec.downsample_norm.cost(cin)
+        return Part("downsample", cost, in_shape, (cout, ho, wo),
+                    lambda: Downsampling(cin, cout, spec.downsample_norm))
+
+    def block(self, spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float) -> Part:
+        dim, h, w = shape
+        ctx = MixerContext(dim, h, w, stage, index, spec.num_stages, spec.depths[stage], spec.macro,
+                           spec.input_size)
+        layer_scale, res_scale = pick(spec.layer_scale, stage), pick(spec.res_scale, stage)
+        mixer_cost = mixer.cost(ctx)
+        rest, channel = block_cost(spec, dim, h * w, layer_scale, res_scale)
+
+        def build():
+            module = mixer.build(ctx)
+            block = MetaFormerBlock(dim, module, spec.channel_mixer.build(dim, mixer.layout), spec.norm,
+                                    mixer.layout, drop_path, layer_scale, res_scale)
+            block.mixer_config = mixer  # lets init_weights find each mixer's own init
+            return block
+
+        return Part("block", mixer_cost + rest, shape, shape, build,
+                    {"mixer": mixer, "mixer_cost": mixer_cost, "channel_cost": channel, "drop_path": drop_path,
+                     "layout": mixer.layout})
+
+    def head(self, spec, in_shape: Shape) -> Part:
+        dim = in_shape[0]
+        return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
+                    lambda: Head(dim, spec.num_classes, spec.head))
+
+    def init_weights(self, model: nn.Module) -> None:
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in model.modules():
+            config = getattr(module, "mixer_config", None)
+            if config is not None:
+                config.init_weights(module.token_mixer)

@@ -1,0 +1,129 @@
+"""What every token mixer provides, and the registry of mixer types and layout symbols.
+
+A mixer family lives in one module holding three things side by side: its ``nn.Module``, its config
+model (a pydantic model discriminated by ``type``) and its analytic cost. The config is the only thing
+the rest of composer talks to::
+
+    @register_mixer
+    class SepConvConfig(MixerConfig):
+        type: Literal["sep_conv"] = "sep_conv"
+        kernel_size: PositiveInt = 7
+        def cost(self, ctx): ...      # exact params and MACs, no tensors
+        def build(self, ctx): ...     # the nn.Module
+
+    register_symbol("Conv", "sep_conv")     # the name users write in a layout
+
+``ctx`` (:class:`MixerContext`) says where the mixer sits: channels, feature-map size at the compiled
+input resolution, stage and block index, macro. ``check(ctx)`` rejects a config that cannot work there
+(e.g. heads that do not divide the width) before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..cost_types import Cost
+from ..layers import Layout
+
+
+@dataclass(frozen=True)
+class MixerContext:
+    """Where a mixer sits in the network."""
+
+    dim: int
+    height: int
+    width: int
+    stage: int = 0
+    block: int = 0
+    num_stages: int = 4
+    depth: int = 1
+    macro: str = "metaformer"
+    input_size: int = 224
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+
+class MixerCheckError(ValueError):
+    """A config that cannot work at its position; ``field`` names the config field to change
+    (``None`` when the stage width is what has to change)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class MixerConfig(BaseModel):
+    """Base of every token-mixer config. Subclasses set ``type`` as a ``Literal`` with a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    layout: ClassVar[Layout] = "channels_first"
+    """The tensor layout the module takes and returns; blocks convert around it."""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+
+    def check(self, ctx: MixerContext) -> None:
+        """Raise :class:`MixerCheckError` if this config cannot be used at ``ctx``."""
+
+    def cost(self, ctx: MixerContext) -> Cost:
+        raise NotImplementedError
+
+    def build(self, ctx: MixerContext) -> nn.Module:
+        raise NotImplementedError
+
+    def init_weights(self, module: nn.Module) -> None:
+        """Called after the macro's generic init; mixers with an init of their own override this."""
+
+    def label(self) -> str:
+        """Short text for tables: the type and the parameters that differ from the defaults."""
+        changed = self.model_dump(exclude_defaults=True, exclude={"type"})
+        return self.type + ("(" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
+
+
+MIXERS: dict[str, type[MixerConfig]] = {}
+
+
+def register_mixer(cls: type[MixerConfig]) -> type[MixerConfig]:
+    type_name = cls.model_fields["type"].default
+    if not isinstance(type_name, str):
+        raise TypeError(f"{cls.__name__}.type needs a string default (the discriminator value)")
+    if type_name in MIXERS and MIXERS[type_name] is not cls:
+        raise ValueError(f"mixer type {type_name!r} registered twice")
+    MIXERS[type_name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A layout symbol: shorthand for a mixer type plus default parameters, possibly per macro."""
+
+    name: str
+    type: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    macro: str | None = None  # None: every macro without a macro-specific entry
+    doc: str = ""
+
+
+SYMBOLS: dict[str, dict[str | None, Symbol]] = {}
+
+
+def register_symbol(name: str, type_name: str, *, macro: str | None = None, doc: str = "", **defaults) -> None:
+    SYMBOLS.setdefault(name, {})[macro] = Symbol(name, type_name, defaults, macro, doc)
+
+
+def resolve_symbol(name: str, macro: str) -> Symbol | None:
+    entries = SYMBOLS.get(name)
+    if not entries:
+        return None
+    return entries.get(macro) or entries.get(None)
+
+
+def symbol_names(macro: str | None = None) -> list[str]:
+    return sorted(n for n, e in SYMBOLS.items() if macro is None or macro in e or None in e)

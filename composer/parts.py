@@ -1,0 +1,93 @@
+"""Config models for the parts every macro shares: norms and classification heads."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
+from torch import nn
+
+from .cost_types import Cost, linear_cost
+from .layers import ACTIVATION_PARAMS, NORMS, Layout, make_act
+
+_NORM_SHORTHANDS = {
+    "layernorm": ("layernorm", True), "layernorm_nobias": ("layernorm", False),
+    "groupnorm1": ("groupnorm1", True), "groupnorm1_nobias": ("groupnorm1", False),
+    "batchnorm": ("batchnorm", True),
+}
+
+
+class NormConfig(BaseModel):
+    """A normalisation layer. Shorthands: ``layernorm``, ``layernorm_nobias``, ``groupnorm1`` (PoolFormer's
+    "modified LN" over C, H, W), ``groupnorm1_nobias``, ``batchnorm``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["layernorm", "groupnorm1", "batchnorm"] = "layernorm"
+    bias: bool = True
+    eps: PositiveFloat = 1e-6
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data not in _NORM_SHORTHANDS:
+                raise ValueError(f"unknown norm {data!r}; allowed: {', '.join(_NORM_SHORTHANDS)} "
+                                 "or {type: ..., bias: ..., eps: ...}")
+            kind, bias = _NORM_SHORTHANDS[data]
+            return {"type": kind, "bias": bias, "eps": 1e-5 if kind == "batchnorm" else 1e-6}
+        return data
+
+    def cost(self, dim: int) -> Cost:
+        return Cost(dim * (2 if self.bias else 1))
+
+    def build(self, dim: int, layout: Layout) -> nn.Module:
+        return NORMS[self.type](dim, eps=self.eps, bias=self.bias, layout=layout)
+
+
+LN = NormConfig(type="layernorm", bias=True)
+LN_NOBIAS = NormConfig(type="layernorm", bias=False)
+
+
+class MlpHead(nn.Module):
+    """fc1 -> act -> norm -> dropout -> fc2 (MetaFormer's MlpHead; keys fc1, norm, fc2)."""
+
+    def __init__(self, dim: int, hidden: int, num_classes: int, act: str, norm: NormConfig, drop: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = make_act(act)
+        self.norm = norm.build(hidden, "channels_last")
+        self.head_drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.fc2(self.head_drop(self.norm(self.act(self.fc1(x)))))
+
+
+class HeadConfig(BaseModel):
+    """Classification head after global average pooling and ``norm``: an MLP head or a linear layer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["mlp", "linear"] = "mlp"
+    norm: NormConfig | None = Field(default=LN, description="norm after pooling (head.norm)")
+    ratio: PositiveFloat = Field(default=4.0, description="MLP head hidden width / final width")
+    act: Literal["squared_relu", "gelu", "relu", "star_relu"] = "squared_relu"
+    hidden_norm: NormConfig = Field(default=LN, description="norm inside the MLP head")
+    hidden_drop: NonNegativeFloat = Field(default=0.0, description="dropout inside the MLP head")
+    drop: NonNegativeFloat = Field(default=0.0, description="dropout before the classifier")
+
+    def cost(self, dim: int, num_classes: int) -> Cost:
+        norm = self.norm.cost(dim) if self.norm else Cost()
+        if num_classes == 0:
+            return norm
+        if self.type == "linear":
+            return norm + linear_cost(dim, num_classes, 1)
+        hidden = int(self.ratio * dim)
+        return (norm + linear_cost(dim, hidden, 1) + Cost(ACTIVATION_PARAMS.get(self.act, 0))
+                + self.hidden_norm.cost(hidden) + linear_cost(hidden, num_classes, 1))
+
+    def build_classifier(self, dim: int, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        if self.type == "linear":
+            return nn.Linear(dim, num_classes)
+        return MlpHead(dim, int(self.ratio * dim), num_classes, self.act, self.hidden_norm, self.hidden_drop)

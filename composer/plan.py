@@ -1,0 +1,193 @@
+"""Spec -> Plan: every module of the network with its shapes and analytic cost, no tensors allocated.
+
+The Plan is a ``networkx.DiGraph``. Nodes are named by the module path they will have in the built model
+(``stem``, ``stages.0``, ``stages.0.downsample``, ``stages.0.blocks.1``, ``head``), so a Plan node, a
+state-dict prefix and a FLOP-counter entry all share one name. Edges with ``relation="flow"`` follow the
+data from stem to head; edges with ``relation="contains"`` go from a stage to its downsampling and blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from .cost_types import Cost
+from .macro import MACROS, Part
+from .mixers import MIXERS, MixerCheckError, MixerConfig, MixerContext, resolve_symbol
+from .spec import Problem, Spec, SpecError, SpecLike, load_spec
+from .perstage import first_message, pick
+from .spec.units import format_count
+
+
+@dataclass
+class StageCost:
+    index: int
+    mixers: list[str]
+    depth: int
+    width: int
+    feature_map: tuple[int, int]
+    cost: Cost
+
+    @property
+    def mixer_summary(self) -> str:
+        names = list(dict.fromkeys(self.mixers))
+        return names[0] if len(names) == 1 else "/".join(names)
+
+
+@dataclass
+class Estimate:
+    """Exact params and MACs of a spec, computed from closed forms (no model is built)."""
+
+    name: str | None
+    input_size: int
+    params: int
+    macs: int
+    fft_macs: float
+    stem: Cost = field(default_factory=Cost)
+    stages: list[StageCost] = field(default_factory=list)
+    head: Cost = field(default_factory=Cost)
+
+    @property
+    def total_macs(self) -> float:
+        """MACs plus the FFT term (what a budget on 'all compute' compares against)."""
+        return self.macs + self.fft_macs
+
+    def __str__(self) -> str:
+        fft = f" + {format_count(self.fft_macs)} FFT" if self.fft_macs else ""
+        return (f"{self.name or 'spec'} @{self.input_size}: {self.params:,} params, "
+                f"{format_count(self.macs)} MACs{fft}")
+
+
+class Plan:
+    """The analytic network: ``graph`` nodes carry ``part`` (shapes, cost, build) and ``cost``."""
+
+    def __init__(self, spec: Spec, graph: nx.DiGraph):
+        self.spec = spec
+        self.graph = graph
+
+    @property
+    def macro(self):
+        return MACROS[self.spec.macro]
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self.graph.nodes[name]
+
+    def parts(self) -> list[tuple[str, Part]]:
+        """Every module in data-flow order."""
+        order = ["stem"]
+        while True:
+            nxt = [v for _, v, r in self.graph.out_edges(order[-1], data="relation") if r == "flow"]
+            if not nxt:
+                return [(n, self.graph.nodes[n]["part"]) for n in order]
+            order.append(nxt[0])
+
+    def stage_members(self, stage: int) -> list[str]:
+        name = f"stages.{stage}"
+        return [v for _, v, r in self.graph.out_edges(name, data="relation") if r == "contains"]
+
+    def estimate(self) -> Estimate:
+        stages = []
+        for i in range(self.spec.num_stages):
+            data = self.graph.nodes[f"stages.{i}"]
+            stages.append(StageCost(i, data["mixers"], self.spec.depths[i], self.spec.widths[i],
+                                    data["out_shape"][1:], data["cost"]))
+        total = sum((d["cost"] for n, d in self.graph.nodes(data=True) if "part" in d), Cost())
+        return Estimate(self.spec.name, self.spec.input_size, total.params, total.macs, total.fft_macs,
+                        self.graph.nodes["stem"]["cost"], stages, self.graph.nodes["head"]["cost"])
+
+
+def _drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
+    """Linear ramp from 0 to ``rate`` over all blocks, split by stage (timm's ``linspace`` values)."""
+    import torch
+
+    total = sum(depths)
+    return [t.tolist() for t in torch.linspace(0, rate, total).split(depths)]
+
+
+def _spec_error(spec: Spec, problems: list[Problem]) -> SpecError:
+    locs = spec._locations
+    for p in problems:
+        if locs is not None:
+            p.file, p.line = locs.find(p.path)
+    return SpecError(problems)
+
+
+def resolve_mixer(spec: Spec, symbol: str, stage: int) -> MixerConfig:
+    """The concrete mixer config of ``symbol`` in ``stage``: symbol defaults + that stage's overrides."""
+    override = spec.mixers.get(symbol)
+    known = resolve_symbol(symbol, spec.macro)
+    type_name = override.type if override is not None else known.type
+    values = dict(known.defaults) if known is not None and known.type == type_name else {}
+    if override is not None:
+        values.update({k: pick(getattr(override, k), stage) for k in override.model_fields_set if k != "type"})
+    try:
+        return MIXERS[type_name].model_validate({"type": type_name, **values})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise _spec_error(spec, [Problem(f"stage {stage}: {first_message(exc)}",
+                                         ("mixers", symbol, *err["loc"]))]) from None
+
+
+def plan(source: SpecLike) -> Plan:
+    """Resolve a spec into its Plan (shapes and analytic cost of every module)."""
+    spec = load_spec(source)
+    macro = MACROS[spec.macro]
+    g = nx.DiGraph(name=spec.name or "spec", input_size=spec.input_size)
+
+    def add(name: str, part: Part, previous: str | None, **extra) -> str:
+        g.add_node(name, part=part, kind=part.kind, cost=part.cost, in_shape=part.in_shape,
+                   out_shape=part.out_shape, **part.info, **extra)
+        if previous is not None:
+            g.add_edge(previous, name, relation="flow")
+        return name
+
+    last = add("stem", macro.stem(spec), None)
+    shape = g.nodes["stem"]["out_shape"]
+    rates = _drop_path_rates(spec.drop_path_rate, spec.depths)
+    problems: list[Problem] = []
+    for i, symbols in enumerate(spec.stage_symbols()):
+        stage = f"stages.{i}"
+        g.add_node(stage, kind="stage", in_shape=shape, mixers=symbols)
+        down = macro.downsample(spec, i, shape)
+        if down is not None:
+            if min(down.out_shape[1:]) < 1:
+                raise _spec_error(spec, [Problem(
+                    f"input_size {spec.input_size} leaves no feature map at stage {i}; use a larger input_size",
+                    ("input_size",))])
+            last = add(f"{stage}.downsample", down, last, stage=i)
+            g.add_edge(stage, last, relation="contains")
+            shape = down.out_shape
+        for j, symbol in enumerate(symbols):
+            mixer = resolve_mixer(spec, symbol, i)
+            ctx = MixerContext(shape[0], shape[1], shape[2], i, j, spec.num_stages, spec.depths[i], spec.macro,
+                               spec.input_size)
+            try:
+                mixer.check(ctx)
+            except MixerCheckError as exc:
+                if exc.field is None:
+                    path = ("widths", i)
+                elif symbol in spec.mixers:
+                    path = ("mixers", symbol, exc.field)
+                else:
+                    path = ("layout",)
+                problems.append(Problem(f"stage {i} ({symbol}, width {shape[0]}, {shape[1]}x{shape[2]} map): "
+                                        f"{exc}", path))
+                break
+            part = macro.block(spec, i, j, shape, mixer, rates[i][j])
+            last = add(f"{stage}.blocks.{j}", part, last, stage=i, symbol=symbol)
+            g.add_edge(stage, last, relation="contains")
+        g.nodes[stage]["cost"] = sum((g.nodes[v]["cost"] for _, v, r in g.out_edges(stage, data="relation")
+                                      if r == "contains"), Cost())
+        g.nodes[stage]["out_shape"] = shape
+    if problems:
+        raise _spec_error(spec, problems)
+    add("head", macro.head(spec, shape), last)
+    return Plan(spec, g)
+
+
+def estimate(source: SpecLike) -> Estimate:
+    """Exact params, MACs (paper convention) and FFT MACs of a spec, without building it."""
+    return plan(source).estimate()

@@ -1,0 +1,178 @@
+"""The spec language: loading YAML (with file:line for every field), validation, dumping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..channel import CHANNEL_MIXERS
+from ..mixers import MIXERS
+from .errors import Problem, SpecError, format_path
+from .model import Spec, check_spec, unknown_symbol_message
+from ..parts import HeadConfig, NormConfig
+from ..perstage import StageValues, per_stage_model
+from .source import Locations, find_preset, looks_like_path, parse_yaml, read_spec_file, resolve_extends
+from .units import format_count, parse_count
+
+SpecLike = Spec | str | os.PathLike | Mapping
+
+
+def _model_at(path: tuple, data: Any) -> type | None:
+    """The pydantic model that validates the mapping at ``path`` (for listing its allowed fields)."""
+    if path == ():
+        return Spec
+    if len(path) == 2 and path[0] == "mixers":
+        entry = data.get("mixers", {}).get(path[1]) if isinstance(data, Mapping) else None
+        cls = MIXERS.get(entry.get("type")) if isinstance(entry, Mapping) else None
+        return per_stage_model(cls) if cls else None
+    if path == ("channel_mixer",):
+        entry = data.get("channel_mixer") if isinstance(data, Mapping) else None
+        return CHANNEL_MIXERS.get(entry.get("type")) if isinstance(entry, Mapping) else None
+    if path == ("head",):
+        return HeadConfig
+    if path and path[-1] in ("norm", "stem_norm", "downsample_norm", "hidden_norm"):
+        return NormConfig
+    return None
+
+
+def _near(word: str, options) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TAGS = set(MIXERS) | set(CHANNEL_MIXERS)
+
+
+def _clean_loc(loc: tuple, data: Any) -> tuple:
+    """Drop the discriminator tags pydantic inserts into error locations of tagged unions."""
+    path, node = [], data
+    for part in loc:
+        if isinstance(node, Mapping) and part not in node and part in _TAGS:
+            continue
+        path.append(part)
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(path)
+
+
+def _problems(exc: ValidationError, data: Any) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        path = _clean_loc(err["loc"], data)
+        kind, given = err["type"], err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            model = _model_at(path[:-1], data)
+            allowed = sorted(model.model_fields) if model else []
+            msg = f"unknown field {path[-1]!r}{_near(path[-1], allowed)}"
+            if allowed:
+                msg += f" allowed: {', '.join(allowed)}"
+        elif kind == "missing":
+            msg = f"required field {path[-1]!r} is missing"
+        elif kind in ("union_tag_not_found", "union_tag_invalid") and path[:1] == ("mixers",):
+            if kind == "union_tag_not_found":
+                macro = data.get("macro", "metaformer") if isinstance(data, Mapping) else "metaformer"
+                msg = unknown_symbol_message(str(path[-1]), str(macro), [])
+            else:
+                tag = err.get("ctx", {}).get("tag")
+                msg = f"unknown mixer type {tag!r}{_near(tag, MIXERS)} allowed types: {', '.join(sorted(MIXERS))}"
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            msg = f"got {_short(given)}{_near(given, [e.strip().strip(chr(39)) for e in expected.split(',')])}"
+            msg += f" allowed: {expected.replace(' or ', ', ')}"
+        elif kind != "per_stage" and not isinstance(given, (Mapping, list)):
+            msg = f"{msg[:1].lower() + msg[1:]}, got {_short(given)}"
+        else:
+            msg = msg[:1].lower() + msg[1:]
+        problems.append(Problem(msg, path))
+    return problems
+
+
+def _locate(problems: list[Problem], locs: Locations | None) -> list[Problem]:
+    for problem in problems:
+        if locs is not None and problem.file is None:
+            problem.file, problem.line = locs.find(problem.path)
+    return problems
+
+
+def validate_data(data: Any, locs: Locations | None = None, default_name: str | None = None) -> Spec:
+    """Validate plain data (after ``extends`` is resolved) into a checked :class:`Spec`."""
+    if not isinstance(data, Mapping):
+        what = "empty" if data is None else f"a {type(data).__name__}"
+        raise SpecError(_locate([Problem(f"a spec must be a mapping of fields (name:, widths:, depths:, "
+                                         f"layout:, ...), got {what}")], locs))
+    data = dict(data)
+    if default_name and "name" not in data:
+        data["name"] = default_name
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_locate(_problems(exc, data), locs)) from None
+    problems = check_spec(spec)
+    if problems:
+        raise SpecError(_locate(problems, locs))
+    spec._locations = locs
+    return spec
+
+
+def load_spec(source: SpecLike) -> Spec:
+    """A :class:`Spec` from a Spec, a mapping, a path, a preset name or YAML text."""
+    if isinstance(source, Spec):
+        problems = check_spec(source)
+        if problems:
+            raise SpecError(_locate(problems, source._locations))
+        return source
+    if isinstance(source, Mapping):
+        locs = Locations(default_file="<dict>")
+        data, locs = resolve_extends(dict(source), locs, Path.cwd())
+        return validate_data(data, locs)
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source
+                                           and ":" not in source):
+        text = os.fspath(source)
+        path = Path(text)
+        if not path.is_file() and not looks_like_path(text):
+            preset = find_preset(text)
+            if preset is None:
+                from .source import preset_names
+
+                raise SpecError(Problem(f"no spec file or preset named {text!r}{_near(text, preset_names())}"
+                                        f" presets: {', '.join(preset_names())}", (), text))
+            path = preset
+            text = os.path.relpath(preset)
+        data, locs = read_spec_file(path, text)
+        data, locs = resolve_extends(data, locs, path.parent)
+        return validate_data(data, locs, default_name=path.stem)
+    if isinstance(source, str):
+        data, locs = parse_yaml(source, "<string>")
+        data, locs = resolve_extends(data, locs, Path.cwd())
+        return validate_data(data, locs)
+    raise TypeError(f"cannot read a spec from {type(source).__name__}")
+
+
+def spec_to_data(spec: Spec) -> dict:
+    """Plain data that :func:`load_spec` turns back into an equal Spec."""
+    return spec.model_dump(mode="json", exclude_unset=True)
+
+
+def dump_spec(spec: Spec) -> str:
+    return yaml.safe_dump(spec_to_data(spec), sort_keys=False, default_flow_style=None)
+
+
+__all__ = ["Locations", "Problem", "Spec", "SpecError", "StageValues", "dump_spec", "format_count",
+           "format_path", "load_spec", "parse_count", "spec_to_data", "validate_data"]

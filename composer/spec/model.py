@@ -1,0 +1,169 @@
+"""The spec language as pydantic v2 models (the schema), plus the cross-field checks pydantic cannot
+place on a YAML line."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    PrivateAttr,
+    model_validator,
+)
+
+from ..channel import CHANNEL_MIXERS
+from ..macro import MACROS
+from ..mixers import MIXERS, resolve_symbol, symbol_names
+from .errors import Problem
+from ..parts import HeadConfig, NormConfig
+from ..perstage import StageValues, per_stage, per_stage_model, stage_count_problem
+
+
+def _union(models: list[type[BaseModel]]) -> Any:
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="type")]
+
+
+MixerOverride = _union([per_stage_model(cls) for cls in MIXERS.values()])
+ChannelMixer = _union(list(CHANNEL_MIXERS.values()))
+MacroName = Literal[tuple(MACROS)]  # type: ignore[valid-type]
+Layout = Union[str, list[Union[str, list[str]]]]
+
+
+class Spec(BaseModel):
+    """A backbone: macro conventions, per-stage widths/depths, and a token-mixer layout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="model name (defaults to the file name)")
+    macro: MacroName = Field(default="metaformer", description="stem / downsampling / block / head conventions")
+    input_size: PositiveInt = Field(default=224, description="square input resolution the spec is compiled at")
+    in_chans: PositiveInt = 3
+    num_classes: NonNegativeInt = Field(default=1000, description="0 gives a headless backbone")
+    widths: list[PositiveInt] = Field(min_length=1, description="channels per stage")
+    depths: list[PositiveInt] = Field(min_length=1, description="blocks per stage")
+    layout: Layout = Field(description="mixer symbols: 'Conv-Conv-A-A', or a list with one entry per stage; "
+                                       "an entry may be a list with one symbol per block")
+    mixers: dict[str, MixerOverride] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="per-symbol parameter overrides (scalar or one value per stage), "
+                                          "or new symbols with an explicit type")
+    channel_mixer: ChannelMixer = Field(default=None, description="the block's channel mixer")  # type: ignore
+    norm: NormConfig = Field(default=None, description="block norm")  # type: ignore[assignment]
+    stem_norm: NormConfig | None = None
+    downsample_norm: NormConfig | None = None
+    res_scale: per_stage(float | None) = Field(default=None, description="res-scale init per stage (None: off)")
+    layer_scale: per_stage(float | None) = Field(default=None, description="layer-scale init per stage (None: off)")
+    drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0, description="stochastic depth, ramped per block")
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    _locations: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        """Fill what the user left out from the macro's conventions, and mixer types from symbols."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        macro = MACROS.get(data.get("macro", "metaformer"))
+        if macro is not None:
+            for key, value in macro.spec_defaults(data).items():
+                data.setdefault(key, value)
+        mixers = data.get("mixers")
+        if isinstance(mixers, dict):
+            filled = {}
+            for symbol, entry in mixers.items():
+                if entry is None:
+                    entry = {}
+                if isinstance(entry, dict) and "type" not in entry:
+                    known = resolve_symbol(str(symbol), str(data.get("macro", "metaformer")))
+                    if known is not None:
+                        entry = {"type": known.type, **entry}
+                filled[symbol] = entry
+            data["mixers"] = filled
+        return data
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.widths)
+
+    def stage_symbols(self) -> list[list[str]]:
+        """The mixer symbol of every block, stage by stage (assumes :func:`check_spec` passed)."""
+        stages = parse_layout(self.layout)
+        return [entry if isinstance(entry, list) else [entry] * depth for entry, depth in zip(stages, self.depths)]
+
+    def symbol_type(self, symbol: str) -> str | None:
+        if symbol in self.mixers:
+            return self.mixers[symbol].type
+        known = resolve_symbol(symbol, self.macro)
+        return known.type if known else None
+
+
+def parse_layout(layout: Layout) -> list[str | list[str]]:
+    if isinstance(layout, str):
+        return [part.strip() for part in layout.split("-")]
+    return list(layout)
+
+
+def _nearest(name: str, options: list[str]) -> str:
+    lowered = {o.lower(): o for o in options}
+    if name.lower() in lowered:
+        return f"; did you mean {lowered[name.lower()]!r}?"
+    near = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def unknown_symbol_message(symbol: str, macro: str, user_symbols: list[str]) -> str:
+    options = sorted(set(symbol_names(macro)) | set(user_symbols))
+    return (f"unknown mixer symbol {symbol!r}{_nearest(symbol, options)} known symbols: {', '.join(options)} "
+            f"(or define it under mixers: with a type)")
+
+
+def check_spec(spec: Spec) -> list[Problem]:
+    """Cross-field checks: stage counts agree, every symbol is known, per-stage lists fit."""
+    problems: list[Problem] = []
+    n = len(spec.widths)
+    if len(spec.depths) != n:
+        problems.append(Problem(f"has {len(spec.depths)} stages but widths has {n}; give one depth per stage",
+                                ("depths",)))
+    stages = parse_layout(spec.layout)
+    layout_text = spec.layout if isinstance(spec.layout, str) else None
+    if len(stages) != n:
+        problems.append(Problem(
+            f"has {len(stages)} stages ({'-'.join(map(str, stages))}) but widths has {n}; write one "
+            f"symbol per stage, e.g. {'-'.join(['Conv'] * n)}", ("layout",)))
+    user_symbols = list(spec.mixers)
+    for i, entry in enumerate(stages):
+        symbols = entry if isinstance(entry, list) else [entry]
+        if isinstance(entry, list) and i < len(spec.depths) and len(entry) != spec.depths[i]:
+            problems.append(Problem(
+                f"stage {i} lists {len(entry)} mixers but depths[{i}] is {spec.depths[i]}; give one symbol per "
+                "block or a single symbol for the whole stage", ("layout", i)))
+        for j, symbol in enumerate(symbols):
+            if not isinstance(symbol, str) or not symbol:
+                problems.append(Problem(f"expected a mixer symbol, got {symbol!r}", ("layout", i)))
+                continue
+            if spec.symbol_type(symbol) is None:
+                path = ("layout",) if layout_text is not None else (("layout", i, j) if isinstance(entry, list)
+                                                                     else ("layout", i))
+                where = f"stage {i}: " if layout_text is not None else ""
+                problems.append(Problem(where + unknown_symbol_message(symbol, spec.macro, user_symbols), path))
+    for field in ("res_scale", "layer_scale"):
+        msg = stage_count_problem(getattr(spec, field), n)
+        if msg:
+            problems.append(Problem(msg, (field,)))
+    for symbol, override in spec.mixers.items():
+        for field in override.model_fields_set:
+            msg = stage_count_problem(getattr(override, field), n)
+            if msg:
+                problems.append(Problem(msg, ("mixers", symbol, field)))
+    return problems
+
+
+__all__ = ["Spec", "StageValues", "check_spec", "parse_layout", "unknown_symbol_message"]

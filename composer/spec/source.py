@@ -1,0 +1,183 @@
+"""Reading spec text: YAML with line numbers, ``extends:`` chains, presets.
+
+The loader keeps, for every key and list item, the file and line it was written on, so that a problem
+found later (by pydantic, by the Plan) can be reported as ``specs/x.yaml:7: layout[2]: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+
+from .errors import Problem, SpecError
+
+_SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Locations:
+    """Map from a path in the spec data to (file, line) where it was written."""
+
+    entries: dict[tuple, tuple[str, int]] = field(default_factory=dict)
+    default_file: str | None = None
+
+    def find(self, path: tuple) -> tuple[str | None, int | None]:
+        """The location of ``path`` or of its nearest written ancestor."""
+        path = tuple(path)
+        while True:
+            if path in self.entries:
+                return self.entries[path]
+            if not path:
+                return self.default_file, None
+            path = path[:-1]
+
+    def override(self, other: Locations, data: Any) -> None:
+        """Layer a child's locations (``other``, for the overrides ``data``) over these."""
+
+        def drop_replaced(value: Any, prefix: tuple) -> None:
+            for key, sub in value.items():
+                path = prefix + (key,)
+                if isinstance(sub, Mapping):
+                    drop_replaced(sub, path)  # merged key by key: the parent's other keys stay
+                else:
+                    self.entries = {p: v for p, v in self.entries.items() if p[: len(path)] != path}
+
+        if isinstance(data, Mapping):
+            drop_replaced(data, ())
+        self.entries.update(other.entries)
+
+
+def _walk(node: yaml.Node, loader: yaml.SafeLoader, path: tuple, file: str, locs: Locations) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int)):
+                raise SpecError(Problem(f"keys must be names, got {key!r}", path, file,
+                                        key_node.start_mark.line + 1))
+            if key in out:
+                raise SpecError(Problem(f"duplicate key {key!r} (first given on line "
+                                        f"{locs.entries[path + (key,)][1]})", path + (key,), file,
+                                        key_node.start_mark.line + 1))
+            locs.entries[path + (key,)] = (file, key_node.start_mark.line + 1)
+            out[key] = _walk(value_node, loader, path + (key,), file, locs)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            locs.entries[path + (i,)] = (file, item.start_mark.line + 1)
+            items.append(_walk(item, loader, path + (i,), file, locs))
+        return items
+    return loader.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, Locations]:
+    """Parse YAML text into plain data plus the line of every key and list item."""
+    locs = Locations(default_file=file)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else _walk(node, loader, (), file, locs)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise SpecError(Problem(f"YAML syntax error: {what}; check indentation, colons and brackets there",
+                                (), file, line)) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(Problem(f"YAML syntax error: {exc}", (), file)) from None
+    finally:
+        loader.dispose()
+    return data, locs
+
+
+def spec_search_path() -> list[FsPath]:
+    """Folders searched for preset names: $COMPOSER_SPECS_PATH, then the repository's specs/."""
+    dirs = [FsPath(p) for p in os.environ.get("COMPOSER_SPECS_PATH", "").split(os.pathsep) if p]
+    dirs.append(FsPath(__file__).resolve().parents[2] / "specs")
+    return dirs
+
+
+def preset_names() -> list[str]:
+    names = set()
+    for folder in spec_search_path():
+        if folder.is_dir():
+            names.update(p.stem for p in folder.iterdir() if p.suffix in _SPEC_SUFFIXES)
+    return sorted(names)
+
+
+def find_preset(name: str) -> FsPath | None:
+    for folder in spec_search_path():
+        for suffix in _SPEC_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def looks_like_path(ref: str) -> bool:
+    return ref.endswith(_SPEC_SUFFIXES) or "/" in ref or os.sep in ref
+
+
+def _deep_merge(base: Mapping, override: Mapping) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_spec_file(path: FsPath, display: str | None = None) -> tuple[Any, Locations]:
+    display = display or str(path)
+    try:
+        text = FsPath(path).read_text()
+    except FileNotFoundError:
+        raise SpecError(Problem(f"no such file: {display}", (), display)) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(Problem(f"cannot read spec file: {exc}", (), display)) from None
+    return parse_yaml(text, display)
+
+
+def resolve_extends(data: Any, locs: Locations, base_dir: FsPath | None,
+                    chain: tuple[str, ...] = ()) -> tuple[Any, Locations]:
+    """Merge the ``extends:`` chain of ``data`` (parents first) into one mapping without ``extends``."""
+    if not isinstance(data, Mapping) or "extends" not in data:
+        return data, locs
+    ref = data["extends"]
+    if not isinstance(ref, str) or not ref.strip():
+        raise SpecError.at(("extends",), f"expected a preset name or a path to a spec file, got {ref!r}", locs)
+    if looks_like_path(ref):
+        parent_path = (base_dir or FsPath.cwd()) / ref
+        if not parent_path.is_file():
+            raise SpecError.at(("extends",), f"no such spec file: {ref} (looked for {parent_path})", locs)
+    else:
+        parent_path = find_preset(ref)
+        if parent_path is None:
+            import difflib
+
+            near = difflib.get_close_matches(ref, preset_names(), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; presets: {', '.join(preset_names())}"
+            raise SpecError.at(("extends",), f"unknown preset {ref!r}{hint}", locs)
+    key = str(parent_path.resolve())
+    if key in chain:
+        cycle = " -> ".join([*(FsPath(c).stem for c in chain), FsPath(key).stem])
+        raise SpecError.at(("extends",), f"extends cycle: {cycle}; remove one of these extends", locs)
+    display = os.path.relpath(parent_path) if parent_path.is_absolute() else str(parent_path)
+    parent, parent_locs = read_spec_file(parent_path, display)
+    if not isinstance(parent, Mapping):
+        raise SpecError(Problem("a spec must be a mapping of fields (name: ..., widths: ...)", (), display))
+    parent, parent_locs = resolve_extends(parent, parent_locs, parent_path.parent, chain + (key,))
+    child = {k: v for k, v in data.items() if k != "extends"}
+    merged = _deep_merge(parent, child)
+    merged_locs = Locations(dict(parent_locs.entries), locs.default_file)
+    merged_locs.override(locs, child)
+    if "name" not in child:
+        merged.pop("name", None)  # a variant is not its parent: name it or stay anonymous
+    return merged, merged_locs

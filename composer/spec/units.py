@@ -1,0 +1,52 @@
+"""Human units for counts: ``5GFLOPs``, ``4.1G``, ``30M``, ``1.5e9``, ``800K params``.
+
+Magnitudes are decimal (K=1e3, M=1e6, G=1e9, T=1e12), as papers use them. A FLOP here is a MAC
+(see docs/flop-conventions.md), so ``5GFLOPs`` and ``5GMACs`` both mean 5e9 multiply-accumulates.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_UNIT_WORDS = ("flops", "flop", "macs", "mac", "params", "param", "parameters")
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_count(value: str | int | float) -> int:
+    """Parse a count with an optional K/M/G/T suffix and unit word into an exact integer.
+
+    >>> parse_count("5GFLOPs"), parse_count("4.1G"), parse_count("30M"), parse_count(1200)
+    (5000000000, 4100000000, 30000000, 1200)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a count such as 5G or 30M, got {value!r}")
+    if isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
+        match = _PATTERN.match(value)
+        if not match or (match.group(3) and match.group(3).lower() not in _UNIT_WORDS):
+            raise ValueError(
+                f"cannot read {value!r} as a count: use a number with an optional K/M/G/T suffix "
+                "and unit (FLOPs, MACs, params), e.g. 5GFLOPs, 4.1G, 30M"
+            )
+        try:
+            number = Decimal(match.group(1)) * _SCALE[match.group(2).lower()]
+        except InvalidOperation as exc:  # pragma: no cover - the regex admits only valid decimals
+            raise ValueError(f"cannot read {value!r} as a count") from exc
+    else:
+        raise ValueError(f"expected a count such as 5G or 30M, got {type(value).__name__}")
+    if number < 0:
+        raise ValueError(f"a count must be non-negative, got {value!r}")
+    return int(number.to_integral_value())
+
+
+def format_count(n: float, unit: str = "", digits: int = 2) -> str:
+    """``4_106_941_440`` -> ``4.11G``: the largest decimal magnitude, ``digits`` decimals."""
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.{digits}f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
