@@ -74,7 +74,11 @@ class Spec(BaseModel):
         macro = MACROS.get(data.get("macro", "metaformer"))
         if macro is not None:
             for key, value in macro.spec_defaults(data).items():
-                data.setdefault(key, value)
+                given = data.get(key)
+                if isinstance(given, dict) and isinstance(value, dict):
+                    data[key] = {**value, **given}  # a partial override keeps the macro's other values
+                else:
+                    data.setdefault(key, value)
         mixers = data.get("mixers")
         if isinstance(mixers, dict):
             filled = {}
