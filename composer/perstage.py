@@ -45,13 +45,14 @@ def per_stage(tp: Any) -> Any:
                     out.append(adapter.validate_python(item))
                 except ValidationError as exc:
                     raise PydanticCustomError(
-                        "per_stage", "stage {stage} value {value!r}: {msg}",
-                        {"stage": i, "value": item, "msg": first_message(exc)}) from None
+                        "per_stage", "stage {stage}: {msg}, got {value}",
+                        {"stage": i, "value": repr(item), "msg": first_message(exc)}) from None
             return out
         try:
             return adapter.validate_python(value)
         except ValidationError as exc:
-            raise PydanticCustomError("per_stage", "{msg}", {"msg": first_message(exc)}) from None
+            raise PydanticCustomError("per_stage", "{msg}, got {value}",
+                                      {"msg": first_message(exc), "value": repr(value)}) from None
 
     return Annotated[Any, PlainValidator(validate, json_schema_input_type=Union[tp, list[tp]])]
 

@@ -104,7 +104,7 @@ def _drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
     import torch
 
     total = sum(depths)
-    return [t.tolist() for t in torch.linspace(0, rate, total).split(depths)]
+    return [t.tolist() for t in torch.linspace(0, rate, total, device="cpu").split(depths)]
 
 
 def _spec_error(spec: Spec, problems: list[Problem]) -> SpecError:

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..channel import CHANNEL_MIXERS
-from ..mixers import MIXERS
+from ..mixers import MIXERS, resolve_symbol
 from .errors import Problem, SpecError, format_path
 from .model import Spec, check_spec, unknown_symbol_message
 from ..parts import HeadConfig, NormConfig
@@ -28,7 +28,11 @@ def _model_at(path: tuple, data: Any) -> type | None:
         return Spec
     if len(path) == 2 and path[0] == "mixers":
         entry = data.get("mixers", {}).get(path[1]) if isinstance(data, Mapping) else None
-        cls = MIXERS.get(entry.get("type")) if isinstance(entry, Mapping) else None
+        type_name = entry.get("type") if isinstance(entry, Mapping) else None
+        if type_name is None:
+            known = resolve_symbol(str(path[1]), str(data.get("macro", "metaformer")))
+            type_name = known.type if known else None
+        cls = MIXERS.get(type_name)
         return per_stage_model(cls) if cls else None
     if path == ("channel_mixer",):
         entry = data.get("channel_mixer") if isinstance(data, Mapping) else None
@@ -96,7 +100,7 @@ def _problems(exc: ValidationError, data: Any) -> list[Problem]:
             expected = err.get("ctx", {}).get("expected", "")
             msg = f"got {_short(given)}{_near(given, [e.strip().strip(chr(39)) for e in expected.split(',')])}"
             msg += f" allowed: {expected.replace(' or ', ', ')}"
-        elif kind != "per_stage" and not isinstance(given, (Mapping, list)):
+        elif kind != "per_stage" and not isinstance(given, (Mapping, list)) and repr(given) not in msg:
             msg = f"{msg[:1].lower() + msg[1:]}, got {_short(given)}"
         else:
             msg = msg[:1].lower() + msg[1:]

@@ -35,7 +35,8 @@ class Problem:
         where = ""
         if self.file is not None:
             where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
-        return f"{where}{format_path(self.path)}: {self.message}"
+        field = f"{format_path(self.path)}: " if self.path else ""
+        return f"{where}{field}{self.message}"
 
 
 class SpecError(ValueError):

@@ -87,7 +87,10 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, Locations]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
-        raise SpecError(Problem(f"YAML syntax error: {what}; check indentation, colons and brackets there",
+        start = exc.context_mark
+        if start is not None and mark is not None and start.line != mark.line:
+            what += f" (the construct began on line {start.line + 1})"
+        raise SpecError(Problem(f"YAML syntax error: {what}; check indentation, colons and brackets",
                                 (), file, line)) from None
     except yaml.YAMLError as exc:
         raise SpecError(Problem(f"YAML syntax error: {exc}", (), file)) from None

@@ -1,0 +1,43 @@
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two-core CI machines run much slower (and bimodally) with intra-op threading; pin it.
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+TARGETS = Path(os.environ.get("COMPOSER_TARGETS", ROOT.parent / "shared" / "reference" / "targets.md"))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``composer ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from composer.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    def write(text: str, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def readme_commands() -> tuple[str, str]:
+    text = (ROOT / "README.md").read_text()
+    install = re.search(r"## Install and run.*?```bash\n(.*?)\n```", text, re.S).group(1).strip()
+    test = re.search(r"## Test.*?```bash\n(.*?)\n```", text, re.S).group(1).strip()
+    return install, test
