@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from .cost_types import Cost
 from .macro import MACROS, Part
 from .mixers import MIXERS, MixerCheckError, MixerConfig, MixerContext, resolve_symbol
-from .spec import Problem, Spec, SpecError, SpecLike, load_spec
 from .perstage import first_message, pick
+from .spec import Problem, Spec, SpecError, SpecLike, load_spec
 from .spec.units import format_count
 
 

@@ -8,8 +8,8 @@ conv/linear weight, zero biases. State-dict keys equal timm's.
 
 from __future__ import annotations
 
-from torch import nn
 from timm.layers import DropPath, trunc_normal_
+from torch import nn
 
 from ..cost_types import Cost, conv_cost, conv_out
 from ..layers import Layout, Scale

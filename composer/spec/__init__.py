@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from ..channel import CHANNEL_MIXERS
 from ..mixers import MIXERS, resolve_symbol
-from .errors import Problem, SpecError, format_path
-from .model import Spec, check_spec, unknown_symbol_message
 from ..parts import HeadConfig, NormConfig
 from ..perstage import StageValues, per_stage_model
+from .errors import Problem, SpecError, format_path
+from .model import Spec, check_spec, unknown_symbol_message
 from .source import Locations, find_preset, looks_like_path, parse_yaml, read_spec_file, resolve_extends
 from .units import format_count, parse_count
 
@@ -97,10 +97,11 @@ def _problems(exc: ValidationError, data: Any) -> list[Problem]:
                 tag = err.get("ctx", {}).get("tag")
                 msg = f"unknown mixer type {tag!r}{_near(tag, MIXERS)} allowed types: {', '.join(sorted(MIXERS))}"
         elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            msg = f"got {_short(given)}{_near(given, [e.strip().strip(chr(39)) for e in expected.split(',')])}"
-            msg += f" allowed: {expected.replace(' or ', ', ')}"
-        elif kind != "per_stage" and not isinstance(given, (Mapping, list)) and repr(given) not in msg:
+            expected = err.get("ctx", {}).get("expected", "").replace(" or ", ", ")
+            options = [e.strip().strip("'") for e in expected.split(",")]
+            near = _near(given, options)
+            msg = f"got {_short(given)}{near or ';'} allowed: {expected}"
+        elif kind not in ("per_stage", "value_error") and not isinstance(given, (Mapping, list)):
             msg = f"{msg[:1].lower() + msg[1:]}, got {_short(given)}"
         else:
             msg = msg[:1].lower() + msg[1:]
@@ -160,7 +161,7 @@ def load_spec(source: SpecLike) -> Spec:
             path = preset
             text = os.path.relpath(preset)
         data, locs = read_spec_file(path, text)
-        data, locs = resolve_extends(data, locs, path.parent)
+        data, locs = resolve_extends(data, locs, path.parent, (str(path.resolve()),))
         return validate_data(data, locs, default_name=path.stem)
     if isinstance(source, str):
         data, locs = parse_yaml(source, "<string>")

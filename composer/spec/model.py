@@ -19,9 +19,9 @@ from pydantic import (
 from ..channel import CHANNEL_MIXERS
 from ..macro import MACROS
 from ..mixers import MIXERS, resolve_symbol, symbol_names
-from .errors import Problem
 from ..parts import HeadConfig, NormConfig
 from ..perstage import StageValues, per_stage, per_stage_model, stage_count_problem
+from .errors import Problem
 
 
 def _union(models: list[type[BaseModel]]) -> Any:
@@ -92,6 +92,12 @@ class Spec(BaseModel):
                 filled[symbol] = entry
             data["mixers"] = filled
         return data
+
+    def __eq__(self, other: object) -> bool:
+        # where a spec was read from (its locations) is not part of what it says
+        return isinstance(other, Spec) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # mutable model
 
     @property
     def num_stages(self) -> int:
