@@ -4,10 +4,11 @@ timm's state dicts load strictly, and outputs equal timm's."""
 import pytest
 import timm
 import torch
-from conftest import SPECS
 
 import composer
 from composer.cost import count_macs
+
+from conftest import SPECS
 
 # From shared/reference/targets.md: exact params of the official code, fvcore MACs (which also count
 # LayerNorm, 0.3-0.7% above our convention). None: the model has no published MAC figure there.

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from conftest import SPECS
 
 import composer
 from composer import Spec, compose, dump_spec, estimate, load_spec, plan
 from composer.cost import count_macs
 from composer.mixers import MIXERS, SYMBOLS
+
+from conftest import SPECS
 
 TINY = {"name": "tiny", "input_size": 64, "num_classes": 10, "widths": [32, 64, 96, 128], "depths": [1, 1, 2, 1],
         "layout": "Conv-Conv-A-A"}

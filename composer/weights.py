@@ -1,0 +1,87 @@
+"""Loading checkpoints into compiled models: ``load(model, path_or_state_dict, source=...)``.
+
+A source names a key layout. ``timm`` is our own layout (composer keeps timm's MetaFormer keys) and also
+accepts the original sail-sg MetaFormer names (``downsample_layers.*``, ``stages.i.j``, ``norm``, ``head.fc1``),
+renamed and reshaped (sail-sg stores 1x1 convs as linears) the way timm's checkpoint filter documents.
+Loading is strict: a mismatch raises :class:`WeightsError` listing the missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+
+class WeightsError(ValueError):
+    pass
+
+
+def _sail_sg_to_timm(key: str) -> str:
+    key = re.sub(r"^downsample_layers\.0\.", "stem.", key)
+    key = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", key)
+    key = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", key)
+    key = key.replace(".pre_norm.", ".norm.").replace(".post_norm.", ".norm.")
+    key = re.sub(r"^head\.", "head.fc.", key)  # sail-sg's head is timm's head.fc (MlpHead or Linear)
+    return re.sub(r"^norm\.", "head.norm.", key)
+
+
+def _timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if any(k.startswith("stem.") for k in state):
+        return dict(state)
+    return {_sail_sg_to_timm(k): v for k, v in state.items()}
+
+
+SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {"timm": _timm}
+
+
+def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
+    if isinstance(source, Mapping):
+        state = source
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise WeightsError(f"no checkpoint file at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
+            state = state[wrapper]
+            break
+    return dict(state)
+
+
+def _fit_shapes(state: dict[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> dict:
+    """Reshape tensors whose element count matches (Linear [o, i] <-> 1x1 conv [o, i, 1, 1])."""
+    out = {}
+    for key, value in state.items():
+        target = model_state.get(key)
+        if target is not None and value.shape != target.shape and value.numel() == target.numel():
+            value = value.reshape(target.shape)
+        out[key] = value
+    return out
+
+
+def load(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str = "timm") -> nn.Module:
+    """Load ``checkpoint`` (a path or a state dict) into ``model`` strictly, mapping keys from ``source``."""
+    if source not in SOURCES:
+        raise WeightsError(f"unknown weight source {source!r}; known: {', '.join(sorted(SOURCES))}")
+    model_state = model.state_dict()
+    state = _fit_shapes(SOURCES[source](read_state_dict(checkpoint)), model_state)
+    missing = [k for k in model_state if k not in state]
+    unexpected = [k for k in state if k not in model_state]
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
+             for k, v in state.items() if k in model_state and v.shape != model_state[k].shape]
+    if missing or unexpected or wrong:
+        def show(keys):
+            return ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
+
+        parts = [f"{len(missing)} missing: {show(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected: {show(unexpected)}" if unexpected else "",
+                 f"{len(wrong)} with other shapes: {show(wrong)}" if wrong else ""]
+        raise WeightsError(f"checkpoint does not fit the model (source={source!r}): "
+                           + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+    return model
