@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+import torch
 from pydantic import ValidationError
 
 from .cost_types import Cost
 from .macro import MACROS, Part
 from .mixers import MIXERS, MixerCheckError, MixerConfig, MixerContext, resolve_symbol
 from .perstage import first_message, pick
-from .spec import Problem, Spec, SpecError, SpecLike, load_spec
+from .spec import Problem, Spec, SpecError, SpecLike, load_spec, locate
 from .spec.units import format_count
 
 
@@ -101,18 +102,12 @@ class Plan:
 
 def _drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
     """Linear ramp from 0 to ``rate`` over all blocks, split by stage (timm's ``linspace`` values)."""
-    import torch
-
     total = sum(depths)
     return [t.tolist() for t in torch.linspace(0, rate, total, device="cpu").split(depths)]
 
 
 def _spec_error(spec: Spec, problems: list[Problem]) -> SpecError:
-    locs = spec._locations
-    for p in problems:
-        if locs is not None:
-            p.file, p.line = locs.find(p.path)
-    return SpecError(problems)
+    return SpecError(locate(problems, spec._locations))
 
 
 def resolve_mixer(spec: Spec, symbol: str, stage: int) -> MixerConfig:
@@ -162,8 +157,7 @@ def plan(source: SpecLike) -> Plan:
             shape = down.out_shape
         for j, symbol in enumerate(symbols):
             mixer = resolve_mixer(spec, symbol, i)
-            ctx = MixerContext(shape[0], shape[1], shape[2], i, j, spec.num_stages, spec.depths[i], spec.macro,
-                               spec.input_size)
+            ctx = MixerContext.at(spec, i, j, shape)
             try:
                 mixer.check(ctx)
             except MixerCheckError as exc:
@@ -173,8 +167,9 @@ def plan(source: SpecLike) -> Plan:
                     path = ("mixers", symbol, exc.field)
                 else:
                     path = ("layout",)
+                hint = f" (set mixers.{symbol}.{exc.field})" if exc.field and path == ("layout",) else ""
                 problems.append(Problem(f"stage {i} ({symbol}, width {shape[0]}, {shape[1]}x{shape[2]} map): "
-                                        f"{exc}", path))
+                                        f"{exc}{hint}", path))
                 break
             part = macro.block(spec, i, j, shape, mixer, rates[i][j])
             last = add(f"{stage}.blocks.{j}", part, last, stage=i, symbol=symbol)

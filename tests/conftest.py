@@ -1,4 +1,3 @@
-import os
 import re
 from pathlib import Path
 
@@ -10,7 +9,6 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
-TARGETS = Path(os.environ.get("COMPOSER_TARGETS", ROOT.parent / "shared" / "reference" / "targets.md"))
 
 
 @pytest.fixture

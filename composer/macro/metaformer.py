@@ -134,8 +134,7 @@ class MetaFormerMacro(Macro):
 
     def block(self, spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float) -> Part:
         dim, h, w = shape
-        ctx = MixerContext(dim, h, w, stage, index, spec.num_stages, spec.depths[stage], spec.macro,
-                           spec.input_size)
+        ctx = MixerContext.at(spec, stage, index, shape)
         layer_scale, res_scale = pick(spec.layer_scale, stage), pick(spec.res_scale, stage)
         mixer_cost = mixer.cost(ctx)
         rest, channel = block_cost(spec, dim, h * w, layer_scale, res_scale)

@@ -48,6 +48,12 @@ class MixerContext:
     def tokens(self) -> int:
         return self.height * self.width
 
+    @classmethod
+    def at(cls, spec, stage: int, block: int, shape: tuple[int, int, int]) -> MixerContext:
+        """The context of block ``block`` of ``stage`` in ``spec``, whose input is ``shape`` (C, H, W)."""
+        return cls(shape[0], shape[1], shape[2], stage, block, spec.num_stages, spec.depths[stage], spec.macro,
+                   spec.input_size)
+
 
 class MixerCheckError(ValueError):
     """A config that cannot work at its position; ``field`` names the config field to change

@@ -109,7 +109,7 @@ def _problems(exc: ValidationError, data: Any) -> list[Problem]:
     return problems
 
 
-def _locate(problems: list[Problem], locs: Locations | None) -> list[Problem]:
+def locate(problems: list[Problem], locs: Locations | None) -> list[Problem]:
     for problem in problems:
         if locs is not None and problem.file is None:
             problem.file, problem.line = locs.find(problem.path)
@@ -120,7 +120,7 @@ def validate_data(data: Any, locs: Locations | None = None, default_name: str | 
     """Validate plain data (after ``extends`` is resolved) into a checked :class:`Spec`."""
     if not isinstance(data, Mapping):
         what = "empty" if data is None else f"a {type(data).__name__}"
-        raise SpecError(_locate([Problem(f"a spec must be a mapping of fields (name:, widths:, depths:, "
+        raise SpecError(locate([Problem(f"a spec must be a mapping of fields (name:, widths:, depths:, "
                                          f"layout:, ...), got {what}")], locs))
     data = dict(data)
     if default_name and "name" not in data:
@@ -128,10 +128,10 @@ def validate_data(data: Any, locs: Locations | None = None, default_name: str | 
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_locate(_problems(exc, data), locs)) from None
+        raise SpecError(locate(_problems(exc, data), locs)) from None
     problems = check_spec(spec)
     if problems:
-        raise SpecError(_locate(problems, locs))
+        raise SpecError(locate(problems, locs))
     spec._locations = locs
     return spec
 
@@ -141,7 +141,7 @@ def load_spec(source: SpecLike) -> Spec:
     if isinstance(source, Spec):
         problems = check_spec(source)
         if problems:
-            raise SpecError(_locate(problems, source._locations))
+            raise SpecError(locate(problems, source._locations))
         return source
     if isinstance(source, Mapping):
         locs = Locations(default_file="<dict>")
@@ -179,5 +179,5 @@ def dump_spec(spec: Spec) -> str:
     return yaml.safe_dump(spec_to_data(spec), sort_keys=False, default_flow_style=None)
 
 
-__all__ = ["Locations", "Problem", "Spec", "SpecError", "StageValues", "dump_spec", "format_count",
+__all__ = ["Locations", "Problem", "locate", "Spec", "SpecError", "StageValues", "dump_spec", "format_count",
            "format_path", "load_spec", "parse_count", "spec_to_data", "validate_data"]
