@@ -75,6 +75,11 @@ class HeadConfig(BaseModel):
     hidden_drop: NonNegativeFloat = Field(default=0.0, description="dropout inside the MLP head")
     drop: NonNegativeFloat = Field(default=0.0, description="dropout before the classifier")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data  # head: linear
+
     def cost(self, dim: int, num_classes: int) -> Cost:
         norm = self.norm.cost(dim) if self.norm else Cost()
         if num_classes == 0:

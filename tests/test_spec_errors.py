@@ -60,6 +60,11 @@ CASES = {
     "bad head type": (BASE + "head: {type: mpl}\n", ["spec.yaml:5:", "head.type", "did you mean 'mlp'"]),
     "unknown preset in extends": ("extends: cafromer_s18\n",
                                   ["spec.yaml:1:", "extends", "did you mean caformer_s18"]),
+    "layout of the wrong type": (BASE.replace("Conv-Conv-A-A", "5"),
+                                 ["spec.yaml:4: layout: input should be a valid string or a valid list, got 5"]),
+    "symbol of the wrong type": (BASE.replace("Conv-Conv-A-A", "[Conv, Conv, 7, A]"),
+                                 ["spec.yaml:4: layout[2]:", "got 7"]),
+    "empty symbol": (BASE.replace("Conv-Conv-A-A", "Conv--A-A"), ["spec.yaml:4: layout: stage 1:", "got ''"]),
     "extends a missing file": ("extends: ./nowhere.yaml\n", ["spec.yaml:1:", "extends", "no such spec file"]),
 }
 
@@ -74,6 +79,13 @@ def test_broken_spec_message(case, run_cli, write_spec, monkeypatch):
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in err, f"{case}: {fragment!r} not in {err!r}"
+
+
+def test_a_union_mismatch_is_reported_once(run_cli, write_spec, monkeypatch):
+    path = write_spec(BASE.replace("Conv-Conv-A-A", "[Conv, Conv, 7, A]"))
+    monkeypatch.chdir(path.parent)
+    _, _, err = run_cli("validate", path.name)
+    assert err.count("\n") == 1, err  # one line: the list item, not also "layout should be a string"
 
 
 def test_there_are_at_least_fifteen_distinct_broken_specs():

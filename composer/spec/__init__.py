@@ -65,6 +65,8 @@ def _clean_loc(loc: tuple, data: Any) -> tuple:
     for part in loc:
         if isinstance(node, Mapping) and part not in node and part in _TAGS:
             continue
+        if isinstance(part, str) and node is not None and not isinstance(node, Mapping):
+            continue  # a union member's label (``str``, ``list[str]``), not a place in the spec
         path.append(part)
         if isinstance(node, Mapping):
             node = node.get(part)
@@ -106,7 +108,24 @@ def _problems(exc: ValidationError, data: Any) -> list[Problem]:
         else:
             msg = msg[:1].lower() + msg[1:]
         problems.append(Problem(msg, path))
-    return problems
+    return _merge_alternatives(problems)
+
+
+def _merge_alternatives(problems: list[Problem]) -> list[Problem]:
+    """One problem per field: a value failing every member of a union reads 'a valid string or a valid list'."""
+    merged: dict[tuple, Problem] = {}
+    for problem in problems:
+        if problem.path in merged:
+            first = merged[problem.path]
+            alt = problem.message.removeprefix("input should be ").split(", got ")[0]
+            head, _, given = first.message.partition(", got ")
+            first.message = f"{head} or {alt}" + (f", got {given}" if given else "")
+        else:
+            merged[problem.path] = problem
+    # a union branch that failed on the value's type is noise when another branch got deeper into it
+    return [p for p in merged.values()
+            if not (p.message.startswith("input should be a valid")
+                    and any(q.path[: len(p.path)] == p.path and len(q.path) > len(p.path) for q in merged.values()))]
 
 
 def locate(problems: list[Problem], locs: Locations | None) -> list[Problem]:

@@ -157,7 +157,8 @@ def check_spec(spec: Spec) -> list[Problem]:
                 "block or a single symbol for the whole stage", ("layout", i)))
         for j, symbol in enumerate(symbols):
             if not isinstance(symbol, str) or not symbol:
-                problems.append(Problem(f"expected a mixer symbol, got {symbol!r}", ("layout", i)))
+                where, path = (f"stage {i}: ", ("layout",)) if layout_text is not None else ("", ("layout", i))
+                problems.append(Problem(f"{where}expected a mixer symbol, got {symbol!r}", path))
                 continue
             if spec.symbol_type(symbol) is None:
                 path = ("layout",) if layout_text is not None else (("layout", i, j) if isinstance(entry, list)
