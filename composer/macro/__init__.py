@@ -1,8 +1,9 @@
 """Macro families: stems, downsampling, blocks and heads. ``MACROS`` maps a spec's ``macro`` to one."""
 
 from .base import Macro, Part
+from .hornet import HorNetMacro
 from .metaformer import MetaFormerMacro
 
-MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(),)}
+MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(), HorNetMacro())}
 
 __all__ = ["MACROS", "Macro", "Part"]

@@ -1,0 +1,163 @@
+"""HorNet's recursive gated convolution gⁿConv (Rao et al., NeurIPS 2022), symbol ``gnConv``.
+
+gⁿConv of order n on C channels (widths d_k = C / 2^(n-1-k), k = 0..n-1, ascending; S = Σ d_k):
+``proj_in`` (1x1, C -> 2C) splits into p (d_0 channels) and the S channels that go through one spatial
+filter, scaled by ``s`` (1/3 in every published model) and split into q_0..q_{n-1} of widths d_0..d_{n-1};
+then x = p ⊙ q_0 and x = pws[k](x) ⊙ q_{k+1} (1x1 convs d_k -> d_{k+1}); ``proj_out`` (1x1, C -> C).
+No activation anywhere: the products are the only non-linearity.
+
+The spatial filter is a k x k depthwise conv with bias (``filter: dw``, HorNet-7x7) or the global-local
+filter (``filter: gf``, HorNet-GF): channels-first LN, half the channels through a 3x3 depthwise conv
+without bias, the other half through a learned complex filter applied in the 2-D real-FFT domain (in
+float32), the halves interleaved channel by channel (local_0, global_0, local_1, ...), then LN. The complex
+weight is stored as (S/2, h, w, 2) with (h, w) = (H, W//2 + 1) of the stage's feature map at the spec's
+input size (the official 14x8 / 7x4 at 224, 24x13 / 12x7 at 384); another input size bilinearly
+resizes it (align_corners=True) on every forward, as the official code does.
+
+State-dict keys equal the official ``gnconv``: ``proj_in``, ``dwconv`` (``dwconv.dw``,
+``dwconv.complex_weight``, ``dwconv.pre_norm``, ``dwconv.post_norm`` for GF), ``pws.k``, ``proj_out``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+from timm.layers import trunc_normal_
+from torch import nn
+
+from ..cost_types import Cost, conv_cost, linear_cost
+from ..layers import LayerNorm
+from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+
+GF_LOCAL_KERNEL = 3
+
+
+def gnconv_dims(dim: int, order: int) -> list[int]:
+    """The widths d_0..d_{n-1} of the recursive gating, ascending (the official ``dims``)."""
+    return [dim // 2 ** (order - 1 - k) for k in range(order)]
+
+
+def _real_fft_macs(n: int, batch: int) -> float:
+    """One real 2-D transform of n points on ``batch`` channels in composer's convention (1.25·n·log2 n
+    MAC-equivalents), rounded to half a MAC as the counted cross-check does (FlopCounterMode counts int flops)."""
+    return round(2 * 1.25 * batch * n * math.log2(n)) / 2 if n > 1 else 0.0
+
+
+class GlobalLocalFilter(nn.Module):
+    """HorNet's GF: LN, [3x3 depthwise | FFT global filter] interleaved, LN; on (B, S, H, W)."""
+
+    def __init__(self, dim: int, h: int, w: int):
+        super().__init__()
+        half = dim // 2
+        self.dw = nn.Conv2d(half, half, GF_LOCAL_KERNEL, padding=GF_LOCAL_KERNEL // 2, groups=half, bias=False)
+        self.complex_weight = nn.Parameter(torch.empty(half, h, w, 2, dtype=torch.float32))
+        self.pre_norm = LayerNorm(dim, eps=1e-6, layout="channels_first")
+        self.post_norm = LayerNorm(dim, eps=1e-6, layout="channels_first")
+        self.reset_filter()
+
+    def reset_filter(self) -> None:
+        if self.complex_weight.device.type != "meta":
+            trunc_normal_(self.complex_weight, std=0.02)
+
+    def forward(self, x):
+        x = self.pre_norm(x)
+        dtype = x.dtype
+        local, glob = torch.chunk(x, 2, dim=1)
+        local = self.dw(local)
+        b, c, h, w = glob.shape
+        spectrum = torch.fft.rfft2(glob.float(), dim=(2, 3), norm="ortho")
+        weight = self.complex_weight
+        if weight.shape[1:3] != spectrum.shape[2:4]:
+            weight = F.interpolate(weight.permute(3, 0, 1, 2), size=spectrum.shape[2:4], mode="bilinear",
+                                   align_corners=True).permute(1, 2, 3, 0)
+        spectrum = spectrum * torch.view_as_complex(weight.float().contiguous())
+        glob = torch.fft.irfft2(spectrum, s=(h, w), dim=(2, 3), norm="ortho").to(dtype)  # the FFT runs in fp32
+        x = torch.stack((local, glob), dim=2).reshape(b, 2 * c, h, w)  # local_0, global_0, local_1, ...
+        return self.post_norm(x)
+
+
+class GnConv(nn.Module):
+    """Recursive gated convolution on (B, C, H, W)."""
+
+    def __init__(self, dim: int, order: int, spatial: nn.Module, scale: float):
+        super().__init__()
+        self.order = order
+        self.dims = gnconv_dims(dim, order)
+        self.scale = scale
+        self.proj_in = nn.Conv2d(dim, 2 * dim, 1)
+        self.dwconv = spatial
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.pws = nn.ModuleList(nn.Conv2d(self.dims[k], self.dims[k + 1], 1) for k in range(order - 1))
+
+    def forward(self, x):
+        p, abc = torch.split(self.proj_in(x), (self.dims[0], sum(self.dims)), dim=1)
+        q = torch.split(self.dwconv(abc) * self.scale, self.dims, dim=1)
+        x = p * q[0]
+        for k, pw in enumerate(self.pws):
+            x = pw(x) * q[k + 1]
+        return self.proj_out(x)
+
+
+@register_mixer
+class GnConvConfig(MixerConfig):
+    type: Literal["gn_conv"] = "gn_conv"
+    order: int = Field(default=5, ge=1, le=5, description="gating order n (HorNet: 2, 3, 4, 5 by stage)")
+    kernel_size: PositiveInt = Field(default=7, description="depthwise kernel of filter dw (odd)")
+    filter: Literal["dw", "gf"] = Field(default="dw", description="dw: k x k depthwise conv; gf: global-local "
+                                                                   "filter (3x3 depthwise + FFT global filter)")
+    s: float = Field(default=1 / 3, description="scale of the filter output (1/3 in every HorNet)")
+    summary = "recursive gated conv: 1x1 in, depthwise (or global-local FFT) filter, n-order gating, 1x1 out"
+    paper = "HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions (Rao et al. 2022)"
+
+    def check(self, ctx: MixerContext) -> None:
+        step = 2 ** (self.order - 1)
+        if ctx.dim % step:
+            raise MixerCheckError(f"order {self.order} gates over widths {ctx.dim}/{step}, ..., {ctx.dim}/2, "
+                                  f"{ctx.dim}, so the width must be divisible by 2^(order-1) = {step}; use a "
+                                  f"lower order or a width divisible by {step}", "order")
+        if self.filter == "dw" and self.kernel_size % 2 == 0:
+            raise MixerCheckError(f"kernel_size must be odd so that 'same' padding keeps the feature map, "
+                                  f"got {self.kernel_size}", "kernel_size")
+        if self.filter == "gf" and sum(gnconv_dims(ctx.dim, self.order)) % 2:
+            raise MixerCheckError(f"filter gf halves the {sum(gnconv_dims(ctx.dim, self.order))} filtered "
+                                  f"channels, which needs the width divisible by 2^order = {2 ** self.order}",
+                                  "filter")
+
+    def filter_size(self, ctx: MixerContext) -> tuple[int, int]:
+        """(h, w) of GF's complex weight: the rfft2 spectrum of the stage's feature map."""
+        return ctx.height, ctx.width // 2 + 1
+
+    def cost(self, ctx: MixerContext) -> Cost:
+        c, hw, n = ctx.dim, (ctx.height, ctx.width), ctx.tokens
+        dims = gnconv_dims(c, self.order)
+        total = sum(dims)
+        cost = linear_cost(c, 2 * c, n) + linear_cost(c, c, n)
+        cost += sum((linear_cost(dims[k], dims[k + 1], n) for k in range(self.order - 1)), Cost())
+        if self.filter == "dw":
+            return cost + conv_cost(total, total, self.kernel_size, hw, groups=total)
+        half = total // 2
+        fh, fw = self.filter_size(ctx)
+        fft = 2 * _real_fft_macs(n, half)  # rfft2 and irfft2 over the H x W map, on half the channels
+        return (cost + Cost(4 * total)  # pre_norm and post_norm
+                + conv_cost(half, half, GF_LOCAL_KERNEL, hw, groups=half, bias=False)
+                + Cost(half * fh * fw * 2, 0, fft))
+
+    def build(self, ctx: MixerContext) -> nn.Module:
+        total = sum(gnconv_dims(ctx.dim, self.order))
+        if self.filter == "dw":
+            spatial = nn.Conv2d(total, total, self.kernel_size, padding=self.kernel_size // 2, groups=total)
+        else:
+            spatial = GlobalLocalFilter(total, *self.filter_size(ctx))
+        return GnConv(ctx.dim, self.order, spatial, self.s)
+
+    def init_weights(self, module: nn.Module) -> None:
+        # the generic init leaves the complex filter alone; the official one draws it from trunc_normal(0.02)
+        if isinstance(module.dwconv, GlobalLocalFilter):
+            module.dwconv.reset_filter()
+
+
+register_symbol("gnConv", "gn_conv", doc="recursive gated conv gⁿConv (HorNet)")
