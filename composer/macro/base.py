@@ -10,10 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from timm.layers import trunc_normal_
 from torch import nn
 
 from ..cost_types import Cost
 from ..layers import to_layout
+from ..mixers.base import MixerConfig, MixerContext
+from ..perstage import pick
 
 if TYPE_CHECKING:
     from ..spec.model import Spec
@@ -52,6 +55,26 @@ class Stage(nn.Module):
         return to_layout(x, layout, "channels_first")
 
 
+class GlobalAvgPool(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=True)
+
+
+class Head(nn.Sequential):
+    """global_pool -> norm -> flatten -> drop -> fc, as timm's MetaFormer head (keys ``norm``, ``fc``)."""
+
+    def __init__(self, dim: int, num_classes: int, cfg):
+        super().__init__()
+        self.global_pool = GlobalAvgPool()
+        self.norm = cfg.norm.build(dim, "channels_first") if cfg.norm else nn.Identity()
+        self.flatten = nn.Flatten(1)
+        self.drop = nn.Dropout(cfg.drop)
+        self.fc = cfg.build_classifier(dim, num_classes)
+
+
+BlockFactory = Callable[[nn.Module, "float | None", "float | None"], nn.Module]
+
+
 class Macro:
     name: str = ""
     summary: str = ""
@@ -69,11 +92,45 @@ class Macro:
     def block(self, spec: Spec, stage: int, index: int, shape: Shape, mixer: Any, drop_path: float) -> Part:
         raise NotImplementedError
 
+    def block_part(self, spec: Spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float,
+                   make_block: BlockFactory) -> Part:
+        """A pre-norm two-branch block (token mixer, then channel mixer, each with optional layer / res
+        scale): its cost, and ``make_block(mixer_module, layer_scale, res_scale)`` to build it."""
+        dim, h, w = shape
+        ctx = MixerContext.at(spec, stage, index, shape)
+        layer_scale, res_scale = pick(spec.layer_scale, stage), pick(spec.res_scale, stage)
+        mixer_cost = mixer.cost(ctx)
+        channel = spec.channel_mixer.cost(dim, h * w)
+        scales = Cost(sum(2 * dim for value in (layer_scale, res_scale) if value is not None))
+        rest = spec.norm.cost(dim) * 2 + scales + channel
+
+        def build():
+            module = mixer.build(ctx)
+            module.mixer_config = mixer  # lets init_weights find each mixer's own init
+            return make_block(module, layer_scale, res_scale)
+
+        return Part("block", mixer_cost + rest, shape, shape, build,
+                    {"mixer": mixer, "mixer_cost": mixer_cost, "channel_cost": channel, "drop_path": drop_path,
+                     "layout": mixer.layout})
+
     def head(self, spec: Spec, in_shape: Shape) -> Part:
-        raise NotImplementedError
+        """Global average pool, ``head.norm``, then the classifier of ``spec.head``."""
+        dim = in_shape[0]
+        return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
+                    lambda: Head(dim, spec.num_classes, spec.head))
 
     def stage(self, downsample: nn.Module, blocks: list[nn.Module]) -> nn.Module:
         return Stage(downsample, blocks)
 
     def init_weights(self, model: nn.Module) -> None:
-        """The reference initialisation, applied once to the whole built model."""
+        """The reference initialisation, applied once to the whole built model: trunc-normal(0.02) on every
+        conv / linear weight and zero biases (MetaFormer, HorNet, ...), then each mixer's own init."""
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in model.modules():
+            config = getattr(module, "mixer_config", None)
+            if config is not None:
+                config.init_weights(module)

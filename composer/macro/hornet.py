@@ -18,18 +18,16 @@ from __future__ import annotations
 import re
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 
 from ..channel.mlp import Mlp
-from ..cost_types import Cost, conv_cost, conv_out
+from ..cost_types import conv_cost, conv_out
 from ..layers import Layout, Scale, to_layout
-from ..mixers.base import MixerConfig, MixerContext
+from ..mixers.base import MixerConfig
 from ..parts import LN
-from ..perstage import pick
 from ..weights import SOURCES
 from .base import Macro, Part, Shape
-from .metaformer import Head
 
 
 class HorNetBlock(nn.Module):
@@ -139,36 +137,10 @@ class HorNetMacro(Macro):
         return Part("downsample", cost, in_shape, (cout, ho, wo), build)
 
     def block(self, spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float) -> Part:
-        dim, h, w = shape
-        ctx = MixerContext.at(spec, stage, index, shape)
-        layer_scale, res_scale = pick(spec.layer_scale, stage), pick(spec.res_scale, stage)
-        mixer_cost = mixer.cost(ctx)
-        channel = spec.channel_mixer.cost(dim, h * w)
-        scales = sum(2 * dim for value in (layer_scale, res_scale) if value is not None)
-        rest = spec.norm.cost(dim) * 2 + Cost(scales) + channel
+        dim = shape[0]
 
-        def build():
-            module = HorNetBlock(dim, mixer.build(ctx), spec.channel_mixer.build(dim, "channels_last"), spec.norm,
-                                 mixer.layout, drop_path, layer_scale, res_scale)
-            module.mixer_config = mixer  # lets init_weights find each mixer's own init
-            return module
+        def make_block(module, layer_scale, res_scale):
+            return HorNetBlock(dim, module, spec.channel_mixer.build(dim, "channels_last"), spec.norm,
+                               mixer.layout, drop_path, layer_scale, res_scale)
 
-        return Part("block", mixer_cost + rest, shape, shape, build,
-                    {"mixer": mixer, "mixer_cost": mixer_cost, "channel_cost": channel, "drop_path": drop_path,
-                     "layout": mixer.layout})
-
-    def head(self, spec, in_shape: Shape) -> Part:
-        dim = in_shape[0]
-        return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
-                    lambda: Head(dim, spec.num_classes, spec.head))
-
-    def init_weights(self, model: nn.Module) -> None:
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for module in model.modules():
-            config = getattr(module, "mixer_config", None)
-            if config is not None:
-                config.init_weights(module.gnconv)
+        return self.block_part(spec, stage, index, shape, mixer, drop_path, make_block)

@@ -8,14 +8,13 @@ conv/linear weight, zero biases. State-dict keys equal timm's.
 
 from __future__ import annotations
 
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 
-from ..cost_types import Cost, conv_cost, conv_out
+from ..cost_types import conv_cost, conv_out
 from ..layers import Layout, Scale
-from ..mixers.base import MixerConfig, MixerContext
-from ..parts import LN, LN_NOBIAS, HeadConfig
-from ..perstage import pick
+from ..mixers.base import MixerConfig
+from ..parts import LN, LN_NOBIAS
 from .base import Macro, Part, Shape
 
 
@@ -68,30 +67,6 @@ class MetaFormerBlock(nn.Module):
         return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
 
 
-class GlobalAvgPool(nn.Module):
-    def forward(self, x):
-        return x.mean((2, 3), keepdim=True)
-
-
-class Head(nn.Sequential):
-    """global_pool -> norm -> flatten -> drop -> fc, as timm's MetaFormer head (keys ``norm``, ``fc``)."""
-
-    def __init__(self, dim: int, num_classes: int, cfg: HeadConfig):
-        super().__init__()
-        self.global_pool = GlobalAvgPool()
-        self.norm = cfg.norm.build(dim, "channels_first") if cfg.norm else nn.Identity()
-        self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(cfg.drop)
-        self.fc = cfg.build_classifier(dim, num_classes)
-
-
-def block_cost(spec, dim: int, tokens: int, layer_scale, res_scale) -> tuple[Cost, Cost]:
-    """(everything but the mixer, channel-mixer part) of a pre-norm MetaFormer-style block."""
-    scales = sum(2 * dim for value in (layer_scale, res_scale) if value is not None)
-    channel = spec.channel_mixer.cost(dim, tokens)
-    return spec.norm.cost(dim) * 2 + Cost(scales) + channel, channel
-
-
 class MetaFormerMacro(Macro):
     name = "metaformer"
     summary = "MetaFormer baselines (PoolFormerV2, ConvFormer, CAFormer, ...): 7x7/4 stem, pre-norm blocks"
@@ -133,35 +108,10 @@ class MetaFormerMacro(Macro):
                     lambda: Downsampling(cin, cout, spec.downsample_norm))
 
     def block(self, spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float) -> Part:
-        dim, h, w = shape
-        ctx = MixerContext.at(spec, stage, index, shape)
-        layer_scale, res_scale = pick(spec.layer_scale, stage), pick(spec.res_scale, stage)
-        mixer_cost = mixer.cost(ctx)
-        rest, channel = block_cost(spec, dim, h * w, layer_scale, res_scale)
+        dim = shape[0]
 
-        def build():
-            module = mixer.build(ctx)
-            block = MetaFormerBlock(dim, module, spec.channel_mixer.build(dim, mixer.layout), spec.norm,
-                                    mixer.layout, drop_path, layer_scale, res_scale)
-            block.mixer_config = mixer  # lets init_weights find each mixer's own init
-            return block
+        def make_block(module, layer_scale, res_scale):
+            return MetaFormerBlock(dim, module, spec.channel_mixer.build(dim, mixer.layout), spec.norm,
+                                   mixer.layout, drop_path, layer_scale, res_scale)
 
-        return Part("block", mixer_cost + rest, shape, shape, build,
-                    {"mixer": mixer, "mixer_cost": mixer_cost, "channel_cost": channel, "drop_path": drop_path,
-                     "layout": mixer.layout})
-
-    def head(self, spec, in_shape: Shape) -> Part:
-        dim = in_shape[0]
-        return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
-                    lambda: Head(dim, spec.num_classes, spec.head))
-
-    def init_weights(self, model: nn.Module) -> None:
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for module in model.modules():
-            config = getattr(module, "mixer_config", None)
-            if config is not None:
-                config.init_weights(module.token_mixer)
+        return self.block_part(spec, stage, index, shape, mixer, drop_path, make_block)
