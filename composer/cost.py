@@ -10,7 +10,6 @@ Conventions (docs/flop-conventions.md): MACs = FlopCounterMode total / 2; FFTs k
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from math import prod
 
@@ -18,12 +17,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from .cost_types import fft_cost
+
 aten = torch.ops.aten
-
-
-def fft_macs(n: int, batch: int, real: bool) -> float:
-    """FFTW convention: a real transform of size n costs 2.5·n·log2 n flops (1.25 MAC-equivalents)."""
-    return 0.0 if n <= 1 else batch * (1.25 if real else 2.5) * n * math.log2(n)
 
 
 def _dims(dim, ndim):
@@ -33,19 +29,19 @@ def _dims(dim, ndim):
 def _r2c(x, dim, *args, out_shape=None, **kwargs):
     d = _dims(dim, len(x))
     n = prod(x[i] for i in d)
-    return round(2 * fft_macs(n, prod(x) // n, True))
+    return int(2 * fft_cost(n, prod(x) // n, True))
 
 
 def _c2r(x, dim, *args, out_shape=None, **kwargs):
     d = _dims(dim, len(out_shape))
     n = prod(out_shape[i] for i in d)
-    return round(2 * fft_macs(n, prod(out_shape) // n, True))
+    return int(2 * fft_cost(n, prod(out_shape) // n, True))
 
 
 def _c2c(x, dim, *args, out_shape=None, **kwargs):
     d = _dims(dim, len(x))
     n = prod(x[i] for i in d)
-    return round(2 * fft_macs(n, prod(x) // n, False))
+    return int(2 * fft_cost(n, prod(x) // n, False))
 
 
 def _grid_sample(x, grid, *args, out_shape=None, **kwargs):

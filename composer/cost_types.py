@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -51,3 +52,12 @@ def norm_params(dim: int, affine_bias: bool = True, affine: bool = True) -> Cost
 
 def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def fft_cost(n: int, batch: int, real: bool = True) -> float:
+    """MAC-equivalents of one FFT call on ``batch`` signals of ``n`` points (FFTW convention: a real transform
+    is 2.5·n·log2 n flops, a complex one 5·n·log2 n; 2 flops per MAC), rounded to whole flops per call as the
+    counted cross-check reports it."""
+    if n <= 1:
+        return 0.0
+    return round(2 * batch * (1.25 if real else 2.5) * n * math.log2(n)) / 2

@@ -20,7 +20,6 @@ State-dict keys equal the official ``gnconv``: ``proj_in``, ``dwconv`` (``dwconv
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -29,7 +28,7 @@ from pydantic import Field, PositiveInt
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..cost_types import Cost, conv_cost, linear_cost
+from ..cost_types import Cost, conv_cost, fft_cost, linear_cost
 from ..layers import LayerNorm
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
@@ -39,12 +38,6 @@ GF_LOCAL_KERNEL = 3
 def gnconv_dims(dim: int, order: int) -> list[int]:
     """The widths d_0..d_{n-1} of the recursive gating, ascending (the official ``dims``)."""
     return [dim // 2 ** (order - 1 - k) for k in range(order)]
-
-
-def _real_fft_macs(n: int, batch: int) -> float:
-    """One real 2-D transform of n points on ``batch`` channels in composer's convention (1.25·n·log2 n
-    MAC-equivalents), rounded to half a MAC as the counted cross-check does (FlopCounterMode counts int flops)."""
-    return round(2 * 1.25 * batch * n * math.log2(n)) / 2 if n > 1 else 0.0
 
 
 class GlobalLocalFilter(nn.Module):
@@ -141,7 +134,7 @@ class GnConvConfig(MixerConfig):
             return cost + conv_cost(total, total, self.kernel_size, hw, groups=total)
         half = total // 2
         fh, fw = self.filter_size(ctx)
-        fft = 2 * _real_fft_macs(n, half)  # rfft2 and irfft2 over the H x W map, on half the channels
+        fft = 2 * fft_cost(n, half)  # rfft2 and irfft2 over the H x W map, on half the channels
         return (cost + Cost(4 * total)  # pre_norm and post_norm
                 + conv_cost(half, half, GF_LOCAL_KERNEL, hw, groups=half, bias=False)
                 + Cost(half * fh * fw * 2, 0, fft))

@@ -26,7 +26,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from ..cost_types import Cost, conv_cost, linear_cost
+from ..cost_types import Cost, conv_cost, fft_cost, linear_cost
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 FilterSize = PositiveInt | Literal["auto"] | None
@@ -37,12 +37,6 @@ _FAST_DECAY, _SLOW_DECAY, _TARGET = 0.3, 1.5, 1e-2
 def _decay_rates(channels: int) -> torch.Tensor:
     """Per-channel decay rates from ln(target)/slow (channel 0) to ln(target)/fast (last channel)."""
     return torch.linspace(math.log(_TARGET) / _SLOW_DECAY, math.log(_TARGET) / _FAST_DECAY, channels)
-
-
-def _rfft_macs(n: int, batch: int) -> float:
-    """One call of a real FFT (or inverse) of size n on ``batch`` signals: 1.25 n log2 n MAC-equivalents
-    each, rounded to whole FLOPs (2 per MAC) per call as composer.cost.count_macs does."""
-    return 0.0 if n <= 1 else round(2 * batch * 1.25 * n * math.log2(n)) / 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,7 +219,7 @@ class HyenaPixelConfig(MixerConfig):
                 + conv_cost(3 * c, 3 * c, self.kernel_size, (ctx.height, ctx.width), groups=3 * c)
                 + filt + linear_cost(c, c, n) + Cost(2 * c if self.use_layernorm else 0))
         # rfft2 of the filter (C maps) and of the input (C maps), irfft2 of the product (C maps)
-        return cost + Cost(fft_macs=3 * _rfft_macs(self.fft_size(ctx), c))
+        return cost + Cost(fft_macs=3 * fft_cost(self.fft_size(ctx), c))
 
     def build(self, ctx: MixerContext) -> nn.Module:
         return HyenaPixel(ctx.dim, self.kernel_size, self.size(ctx), self.filter_emb_dim, self.order(),
@@ -370,7 +364,7 @@ class _HyenaConfigBase(MixerConfig):
                 + linear_cost(e, o, length) + linear_cost(o, o, length) * 2 + linear_cost(o, fc, length, bias=False))
         cost = linear_cost(c, inner, n) + short + filt + norms + linear_cost(c, c, n)
         # per order step: rfft of the filter and of the input, irfft of the product (C sequences each)
-        return cost + Cost(fft_macs=3 * (r - 1) * _rfft_macs(fft_conv1d_size(n), c))
+        return cost + Cost(fft_macs=3 * (r - 1) * fft_cost(fft_conv1d_size(n), c))
 
     def build(self, ctx: MixerContext) -> nn.Module:
         return Hyena1D(ctx.dim, self.size(ctx), self.emb_dim, self.filter_order, self.order, self.causal,
