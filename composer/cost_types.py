@@ -46,10 +46,6 @@ def linear_cost(cin: int, cout: int, tokens: int, bias: bool = True) -> Cost:
     return Cost(cin * cout + (cout if bias else 0), tokens * cin * cout)
 
 
-def norm_params(dim: int, affine_bias: bool = True, affine: bool = True) -> Cost:
-    return Cost(dim * (int(affine) + int(affine and affine_bias)))
-
-
 def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 

@@ -51,11 +51,6 @@ class Estimate:
     stages: list[StageCost] = field(default_factory=list)
     head: Cost = field(default_factory=Cost)
 
-    @property
-    def total_macs(self) -> float:
-        """MACs plus the FFT term (what a budget on 'all compute' compares against)."""
-        return self.macs + self.fft_macs
-
     def __str__(self) -> str:
         fft = f" + {format_count(self.fft_macs)} FFT" if self.fft_macs else ""
         return (f"{self.name or 'spec'} @{self.input_size}: {self.params:,} params, "

@@ -2,7 +2,8 @@
 
 A source names a key layout. ``timm`` is our own layout (composer keeps timm's MetaFormer keys) and also
 accepts the original sail-sg MetaFormer names (``downsample_layers.*``, ``stages.i.j``, ``norm``, ``head.fc1``),
-renamed and reshaped (sail-sg stores 1x1 convs as linears) the way timm's checkpoint filter documents.
+which the official HorNet checkpoints share (``hornet``), renamed and reshaped (sail-sg stores 1x1 convs
+as linears) the way timm's checkpoint filter documents.
 Loading is strict: a mismatch raises :class:`WeightsError` listing the missing and unexpected keys.
 """
 
@@ -24,7 +25,8 @@ def _sail_sg_to_timm(key: str) -> str:
     key = re.sub(r"^downsample_layers\.0\.", "stem.", key)
     key = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", key)
     key = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", key)
-    key = key.replace(".pre_norm.", ".norm.").replace(".post_norm.", ".norm.")
+    # sail-sg names the stem / downsampling norms pre_norm / post_norm; mixers may use those names too (HorNet's GF)
+    key = re.sub(r"^(stem|stages\.\d+\.downsample)\.(pre|post)_norm\.", r"\1.norm.", key)
     key = re.sub(r"^head\.", "head.fc.", key)  # sail-sg's head is timm's head.fc (MlpHead or Linear)
     return re.sub(r"^norm\.", "head.norm.", key)
 
@@ -35,7 +37,10 @@ def _timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_sail_sg_to_timm(k): v for k, v in state.items()}
 
 
-SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {"timm": _timm}
+# The official HorNet repository uses the same outer layout as sail-sg's MetaFormer (downsample_layers.*,
+# stages.i.j, norm, head), and its block keys are composer's, so one mapping serves both.
+SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
+    "timm": _timm, "hornet": _timm}
 
 
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:

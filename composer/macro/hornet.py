@@ -15,8 +15,6 @@ Keys inside a block equal the official ones (``norm1``, ``gnconv``, ``norm2``, `
 
 from __future__ import annotations
 
-import re
-
 import torch
 from timm.layers import DropPath
 from torch import nn
@@ -26,7 +24,6 @@ from ..cost_types import conv_cost, conv_out
 from ..layers import Layout, Scale, to_layout
 from ..mixers.base import MixerConfig
 from ..parts import LN
-from ..weights import SOURCES
 from .base import Macro, Part, Shape
 
 
@@ -68,23 +65,6 @@ class HorNetBlock(nn.Module):
             y = y * self.gamma2
         x = self.res_scale2(x) + self.drop_path(y)
         return to_layout(x, "channels_last", self.layout)
-
-
-def _official_to_composer(key: str) -> str:
-    key = re.sub(r"^downsample_layers\.0\.", "stem.", key)
-    key = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", key)
-    key = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", key)
-    key = re.sub(r"^head\.", "head.fc.", key)
-    return re.sub(r"^norm\.", "head.norm.", key)
-
-
-def _hornet_source(state):
-    if any(k.startswith("stem.") for k in state):
-        return dict(state)
-    return {_official_to_composer(k): v for k, v in state.items()}
-
-
-SOURCES["hornet"] = _hornet_source
 
 
 class HorNetMacro(Macro):

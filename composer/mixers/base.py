@@ -87,11 +87,6 @@ class MixerConfig(BaseModel):
     def init_weights(self, module: nn.Module) -> None:
         """Called after the macro's generic init; mixers with an init of their own override this."""
 
-    def label(self) -> str:
-        """Short text for tables: the type and the parameters that differ from the defaults."""
-        changed = self.model_dump(exclude_defaults=True, exclude={"type"})
-        return self.type + ("(" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
-
 
 MIXERS: dict[str, type[MixerConfig]] = {}
 
