@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
-import torch
 from pydantic import ValidationError
 
 from .cost_types import Cost
 from .macro import MACROS, Part
 from .mixers import MIXERS, MixerCheckError, MixerConfig, MixerContext, resolve_symbol
 from .perstage import first_message, pick
-from .spec import Problem, Spec, SpecError, SpecLike, load_spec, locate
+from .spec import EnsembleSpec, Problem, Spec, SpecError, SpecLike, load_spec, locate
 from .spec.units import format_count
 
 
@@ -50,11 +49,14 @@ class Estimate:
     stem: Cost = field(default_factory=Cost)
     stages: list[StageCost] = field(default_factory=list)
     head: Cost = field(default_factory=Cost)
+    members: list[Estimate] = field(default_factory=list)
+    """An ensemble's member estimates (their sum is this estimate); empty for a single network."""
 
     def __str__(self) -> str:
         fft = f" + {format_count(self.fft_macs)} FFT" if self.fft_macs else ""
+        of = f" (ensemble of {' + '.join(m.name or 'spec' for m in self.members)})" if self.members else ""
         return (f"{self.name or 'spec'} @{self.input_size}: {self.params:,} params, "
-                f"{format_count(self.macs)} MACs{fft}")
+                f"{format_count(self.macs)} MACs{fft}{of}")
 
 
 class Plan:
@@ -95,10 +97,27 @@ class Plan:
                         self.graph.nodes["stem"]["cost"], stages, self.graph.nodes["head"]["cost"])
 
 
+class EnsemblePlan:
+    """The Plan of an ensemble: one member Plan per member spec; costs are the sums of the members'."""
+
+    def __init__(self, spec: EnsembleSpec, members: list[Plan]):
+        self.spec = spec
+        self.members = members
+
+    def estimate(self) -> Estimate:
+        members = [m.estimate() for m in self.members]
+        return Estimate(self.spec.name, self.spec.input_size, sum(m.params for m in members),
+                        sum(m.macs for m in members), sum(m.fft_macs for m in members), members=members)
+
+
 def _drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
-    """Linear ramp from 0 to ``rate`` over all blocks, split by stage (timm's ``linspace`` values)."""
-    total = sum(depths)
-    return [t.tolist() for t in torch.linspace(0, rate, total, device="cpu").split(depths)]
+    """Linear ramp from 0 to ``rate`` over all blocks, split by stage (timm's linspace, to 1e-8)."""
+    total, rates, start = sum(depths), [], 0
+    step = rate / (total - 1) if total > 1 else 0.0
+    for depth in depths:  # plain Python: a torch.linspace here costs as much as a whole stage's closed forms
+        rates.append([(start + j) * step for j in range(depth)])
+        start += depth
+    return rates
 
 
 def _spec_error(spec: Spec, problems: list[Problem]) -> SpecError:
@@ -121,9 +140,12 @@ def resolve_mixer(spec: Spec, symbol: str, stage: int) -> MixerConfig:
                                          ("mixers", symbol, *err["loc"]))]) from None
 
 
-def plan(source: SpecLike) -> Plan:
-    """Resolve a spec into its Plan (shapes and analytic cost of every module)."""
+def plan(source: SpecLike) -> Plan | EnsemblePlan:
+    """Resolve a spec into its Plan (shapes and analytic cost of every module); an ensemble spec gives an
+    :class:`EnsemblePlan` holding one Plan per member."""
     spec = load_spec(source)
+    if isinstance(spec, EnsembleSpec):
+        return EnsemblePlan(spec, [plan(member) for member in spec.members])
     macro = MACROS[spec.macro]
     g = nx.DiGraph(name=spec.name or "spec", input_size=spec.input_size)
 
@@ -150,8 +172,9 @@ def plan(source: SpecLike) -> Plan:
             last = add(f"{stage}.downsample", down, last, stage=i)
             g.add_edge(stage, last, relation="contains")
             shape = down.out_shape
+        mixers = {symbol: resolve_mixer(spec, symbol, i) for symbol in dict.fromkeys(symbols)}
         for j, symbol in enumerate(symbols):
-            mixer = resolve_mixer(spec, symbol, i)
+            mixer = mixers[symbol]
             ctx = MixerContext.at(spec, i, j, shape)
             try:
                 mixer.check(ctx)
@@ -179,5 +202,6 @@ def plan(source: SpecLike) -> Plan:
 
 
 def estimate(source: SpecLike) -> Estimate:
-    """Exact params, MACs (paper convention) and FFT MACs of a spec, without building it."""
+    """Exact params, MACs (paper convention) and FFT MACs of a spec, without building it (an ensemble: the
+    sum over its members, each in ``members``)."""
     return plan(source).estimate()
