@@ -6,11 +6,11 @@
 26341656
 """
 
-from .build import ComposedModel, build, compose
-from .plan import Estimate, Plan, estimate, plan
-from .spec import Spec, SpecError, dump_spec, load_spec, parse_count
+from .build import ComposedEnsemble, ComposedModel, build, compose
+from .plan import EnsemblePlan, Estimate, Plan, estimate, plan
+from .spec import EnsembleSpec, Spec, SpecError, dump_spec, load_spec, parse_count
 
 __version__ = "0.1.0"
 
-__all__ = ["ComposedModel", "Estimate", "Plan", "Spec", "SpecError", "build", "compose", "dump_spec",
-           "estimate", "load_spec", "parse_count", "plan"]
+__all__ = ["ComposedEnsemble", "ComposedModel", "EnsemblePlan", "EnsembleSpec", "Estimate", "Plan", "Spec",
+           "SpecError", "build", "compose", "dump_spec", "estimate", "load_spec", "parse_count", "plan"]

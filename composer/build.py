@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .plan import Plan, plan
+from .plan import EnsemblePlan, Plan, plan
 from .spec import SpecLike
 
 
@@ -58,10 +58,25 @@ class ComposedModel(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build(p: Plan) -> ComposedModel:
-    return ComposedModel(p)
+class ComposedEnsemble(nn.Module):
+    """Separately trained members evaluated together: ``forward(x)`` is the mean of the members' logits
+    (no softmax, no weights), as the HyenaPixel paper's ensembles. Member ``i`` is ``members.i`` (load
+    each member's checkpoint into it)."""
+
+    def __init__(self, plan: EnsemblePlan):
+        super().__init__()
+        self.name = plan.spec.name
+        self.num_classes = plan.spec.num_classes
+        self.members = nn.ModuleList(ComposedModel(p) for p in plan.members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
 
 
-def compose(source: SpecLike) -> ComposedModel:
+def build(p: Plan | EnsemblePlan) -> ComposedModel | ComposedEnsemble:
+    return ComposedEnsemble(p) if isinstance(p, EnsemblePlan) else ComposedModel(p)
+
+
+def compose(source: SpecLike) -> ComposedModel | ComposedEnsemble:
     """Build the PyTorch model of a spec (a path, preset name, YAML string, dict or Spec)."""
     return build(plan(source))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .plan import Plan
+from .plan import EnsemblePlan, Plan
 from .spec.units import format_count
 
 
@@ -17,8 +17,34 @@ def _table(rows: list[list[str]], align: str) -> str:
     return "\n".join(lines)
 
 
-def stage_table(p: Plan) -> str:
-    """Per-stage mixer, depth, width, feature map, params and GMACs, with stem, head and totals."""
+def ensemble_table(p: EnsemblePlan) -> str:
+    """One row per member (its layout, params, GMACs, FFT GMACs) and the ensemble's totals (their sums)."""
+    est = p.estimate()
+    has_fft = est.fft_macs > 0
+    header = ["member", "spec", "layout", "params", "GMACs"] + (["FFT GMACs"] if has_fft else [])
+
+    def row(index, name, layout, e):
+        r = [index, name, layout, f"{e.params:,}", f"{e.macs / 1e9:.3f}"]
+        return r + ([f"{e.fft_macs / 1e9:.3f}"] if has_fft else [])
+
+    rows = [header]
+    for i, (member, m) in enumerate(zip(p.members, est.members)):
+        layout = "-".join(s.mixer_summary for s in m.stages)
+        rows.append(row(str(i), member.spec.name or "spec", layout, m))
+    rows.append(row("total", "", "", est))
+    spec = p.spec
+    title = (f"{spec.name or 'ensemble'}  (ensemble of {len(p.members)}: mean of the members' logits, input "
+             f"{spec.input_size}x{spec.input_size}, {spec.num_classes} classes)")
+    foot = (f"MACs = multiply-accumulates at batch 1, summed over the members: {format_count(est.macs)}"
+            + (f" + {format_count(est.fft_macs)} in FFTs" if has_fft else ""))
+    return f"{title}\n{_table(rows, 'lllrr' + ('r' if has_fft else ''))}\n{foot}"
+
+
+def stage_table(p: Plan | EnsemblePlan) -> str:
+    """Per-stage mixer, depth, width, feature map, params and GMACs, with stem, head and totals (for an
+    ensemble: one row per member, see :func:`ensemble_table`)."""
+    if isinstance(p, EnsemblePlan):
+        return ensemble_table(p)
     est = p.estimate()
     has_fft = est.fft_macs > 0
     header = ["stage", "mixer", "depth", "width", "feature map", "params", "GMACs"] + (["FFT GMACs"] if has_fft else [])

@@ -2,9 +2,12 @@
 
 A source names a key layout. ``timm`` is our own layout (composer keeps timm's MetaFormer keys) and also
 accepts the original sail-sg MetaFormer names (``downsample_layers.*``, ``stages.i.j``, ``norm``, ``head.fc1``),
-which the official HorNet checkpoints share (``hornet``), renamed and reshaped (sail-sg stores 1x1 convs
-as linears) the way timm's checkpoint filter documents.
+which the official HorNet (``hornet``) and HyenaPixel (``hyenapixel``) checkpoints share, renamed and reshaped
+(sail-sg stores 1x1 convs as linears) the way timm's checkpoint filter documents.
 Loading is strict: a mismatch raises :class:`WeightsError` listing the missing and unexpected keys.
+An ensemble (``ComposedEnsemble``) is loaded member by member: ``load(model.members[i], checkpoint_i, ...)``.
+A 224 HyenaPixel checkpoint for a model compiled at another input_size with re-sized filters goes through
+:func:`resize_hyena_state_dict` first (composer.resolution; docs/hyenapixel.md).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ def _timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_sail_sg_to_timm(k): v for k, v in state.items()}
 
 
-# The official HorNet repository uses the same outer layout as sail-sg's MetaFormer (downsample_layers.*,
-# stages.i.j, norm, head), and its block keys are composer's, so one mapping serves both.
+# The official HorNet and HyenaPixel repositories use the same outer layout as sail-sg's MetaFormer
+# (downsample_layers.*, stages.i.j, norm, head; HyenaPixel's MetaFormer is a copy of sail-sg's, channels-last, so
+# its SepConv / MLP 1x1 layers are Linears), and their mixer keys are composer's (Hpx: pointwise_conv,
+# depthwise_conv, long_conv.*; Hb: in_proj, short_filter, filter_fn.*), so one mapping serves all three.
 SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
-    "timm": _timm, "hornet": _timm}
+    "timm": _timm, "hornet": _timm, "hyenapixel": _timm}
 
 
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
@@ -90,3 +95,10 @@ def load(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str 
                            + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def resize_hyena_state_dict(state, from_spec, to_spec, distance="stretch"):
+    """See :func:`composer.resolution.resize_hyena_state_dict`."""
+    from .resolution import resize_hyena_state_dict as resize
+
+    return resize(read_state_dict(state), from_spec, to_spec, distance)

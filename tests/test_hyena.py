@@ -217,3 +217,55 @@ def test_filter_size_is_resolved_from_the_map_or_pinned():
         HyenaPixelConfig(long_kernel_size=12).check(ctx)
     with pytest.raises(ValueError):
         HyenaBidirectionalConfig(emb_dim=4).check(ctx)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Other resolutions
+
+
+def test_keep_or_resize_filters_at_another_resolution():
+    from composer.resolution import at_input_size
+
+    keep, resize = at_input_size("hpxformer_s18", 384, "keep"), at_input_size("hpxformer_s18", 384)
+    assert keep.mixers["Hpx"].long_kernel_size == [111, 55, 27, 13]
+    # the official hpx_former_s18_384 (29.34M, 12.41G fvcore) and _384_interpolate (33.05M, 14.10G fvcore)
+    est_keep, est_resize = composer.estimate(keep), composer.estimate(resize)
+    assert est_keep.params == TARGETS["hpxformer_s18"][0] and abs(est_keep.macs / 12.41e9 - 1) < 0.01
+    assert est_resize.params == 33_053_406 and abs(est_resize.macs / 14.10e9 - 1) < 0.01
+    assert composer.estimate(at_input_size("hbformer_s18", 384, "keep")).params == TARGETS["hbformer_s18"][0]
+
+
+def test_resized_state_dict_loads_strictly_and_keeps_the_centre_tap():
+    from composer.resolution import at_input_size, resize_hyena_state_dict
+
+    torch.manual_seed(0)
+    small = composer.compose(tiny(size=64))
+    big_spec = at_input_size(tiny(size=64), 96)
+    big = composer.compose(big_spec)
+    state = resize_hyena_state_dict(small.state_dict(), tiny(size=64), big_spec)
+    big.load_state_dict(state, strict=True)
+    old, new = small.stages[0].blocks[0].token_mixer.long_conv, big.stages[0].blocks[0].token_mixer.long_conv
+    assert old.z.shape[-1] == 31 and new.z.shape[-1] == 47  # 2F-1 at 16x16 and 24x24
+    with torch.no_grad():
+        assert torch.allclose(old.filter()[..., 15, 15], new.filter()[..., 23, 23], atol=1e-6)
+        assert torch.allclose(new.distance_map[0, 0, 23, 0], centre_distance(47)[23, 0] * 31 / 47)
+        assert torch.isfinite(big(torch.randn(1, 3, 96, 96))).all()
+    hb_old = small.stages[1].blocks[0].token_mixer.filter_fn.pos_emb
+    hb_new = big.stages[1].blocks[0].token_mixer.filter_fn.pos_emb
+    assert hb_new.z.shape[1] == 2 * 144 - 1 and torch.equal(hb_new.z[0, [0, -1]], hb_old.z[0, [0, -1]])
+    assert resize_hyena_state_dict(small.state_dict(), tiny(size=64), tiny(size=64)).keys() == small.state_dict().keys()
+    official = resize_hyena_state_dict(small.state_dict(), tiny(size=64), big_spec, distance="official")
+    key = "stages.0.blocks.0.token_mixer.long_conv.distance_map"
+    assert torch.allclose(official[key], state[key] * 2)  # divided by (K_new / 2) / K_old, as the official code
+
+
+def test_hb_and_causal_hyena_refuse_a_smaller_input_than_compiled():
+    model = composer.compose(tiny("Hpx-Hb-Hpx-Hpx", size=64))
+    with pytest.raises(ValueError, match=r"Hb was compiled for a 8x8 map \(input_size 64\) but got 6x6"):
+        model(torch.randn(1, 3, 48, 48))
+    causal = HyenaCausalConfig(emb_dim=5).build(MixerContext(dim=8, height=4, width=4, input_size=64))
+    with pytest.raises(ValueError, match="causal Hyena was compiled for a 4x4 map"):
+        causal(torch.randn(1, 3, 3, 8))
+    hpx = composer.compose(tiny("Hpx-Hpx-Hpx-Hpx", size=64))
+    assert hpx(torch.randn(1, 3, 48, 48)).shape == (1, 1000)  # Hpx pads its FFT: any map size works
+    assert model(torch.randn(1, 3, 80, 80)).shape == (1, 1000)  # larger: works, the filter is no longer global

@@ -300,9 +300,11 @@ class Hyena1D(nn.Module):
     ``HyenaOperator``: in_proj, short_filter, filter_fn.*, qk_norm.i, out_norm, out_proj)."""
 
     def __init__(self, dim: int, filter_size: int, emb_dim: int, filter_order: int, order: int, causal: bool,
-                 use_layernorm: bool, shift: float):
+                 use_layernorm: bool, shift: float, compiled_hw: tuple[int, int] | None = None,
+                 input_size: int | None = None):
         super().__init__()
         self.dim, self.order, self.causal, self.use_layernorm = dim, order, causal, use_layernorm
+        self.compiled_hw, self.input_size = compiled_hw, input_size
         inner = dim * (order + 1)
         self.in_proj = nn.Linear(dim, inner)
         if use_layernorm:
@@ -312,9 +314,22 @@ class Hyena1D(nn.Module):
         self.short_filter = nn.Conv1d(inner, inner, 3, padding=2 if causal else 1, groups=inner)
         self.filter_fn = HyenaFilter(dim * (order - 1), emb_dim, filter_order, filter_size, causal, shift)
 
+    def check_input(self, h: int, w: int) -> None:
+        """The filter indexes the raster sequence of the compiled map: a smaller map would meet taps trained for
+        other offsets (the official code then silently computes something else), so refuse it."""
+        if self.compiled_hw is not None and h * w < self.compiled_hw[0] * self.compiled_hw[1]:
+            ch, cw = self.compiled_hw
+            at = f" (input_size {self.input_size})" if self.input_size else ""
+            raise ValueError(
+                f"{'causal Hyena' if self.causal else 'Hb'} was compiled for a {ch}x{cw} map{at} but got {h}x{w}; "
+                "its filter indexes the raster sequence of the compiled map, so a smaller input would give wrong "
+                "results: compile the spec at this input_size (auto filters re-size; "
+                "composer.resolution.resize_hyena_state_dict converts weights)")
+
     def forward(self, x):
         b, h, w, c = x.shape
         n = h * w
+        self.check_input(h, w)
         u = self.in_proj(x.reshape(b, n, c)).transpose(1, 2)
         u = self.short_filter(u)[..., :n]
         *gates, v = u.split(self.dim, dim=1)
@@ -368,7 +383,7 @@ class _HyenaConfigBase(MixerConfig):
 
     def build(self, ctx: MixerContext) -> nn.Module:
         return Hyena1D(ctx.dim, self.size(ctx), self.emb_dim, self.filter_order, self.order, self.causal,
-                       self.use_layernorm, self.shift)
+                       self.use_layernorm, self.shift, (ctx.height, ctx.width), ctx.input_size)
 
 
 @register_mixer

@@ -15,17 +15,18 @@ from ..mixers import MIXERS, resolve_symbol
 from ..parts import HeadConfig, NormConfig
 from ..perstage import StageValues, per_stage_model
 from .errors import Problem, SpecError, format_path
-from .model import Spec, check_spec, unknown_symbol_message
+from .model import EnsembleSpec, Spec, check_ensemble, check_spec, unknown_symbol_message
 from .source import Locations, find_preset, looks_like_path, parse_yaml, read_spec_file, resolve_extends
 from .units import format_count, parse_count
 
-SpecLike = Spec | str | os.PathLike | Mapping
+SpecLike = Spec | EnsembleSpec | str | os.PathLike | Mapping
+AnySpec = Spec | EnsembleSpec
 
 
 def _model_at(path: tuple, data: Any) -> type | None:
     """The pydantic model that validates the mapping at ``path`` (for listing its allowed fields)."""
     if path == ():
-        return Spec
+        return EnsembleSpec if isinstance(data, Mapping) and "ensemble" in data else Spec
     if len(path) == 2 and path[0] == "mixers":
         entry = data.get("mixers", {}).get(path[1]) if isinstance(data, Mapping) else None
         type_name = entry.get("type") if isinstance(entry, Mapping) else None
@@ -135,8 +136,10 @@ def locate(problems: list[Problem], locs: Locations | None) -> list[Problem]:
     return problems
 
 
-def validate_data(data: Any, locs: Locations | None = None, default_name: str | None = None) -> Spec:
-    """Validate plain data (after ``extends`` is resolved) into a checked :class:`Spec`."""
+def validate_data(data: Any, locs: Locations | None = None, default_name: str | None = None,
+                  base_dir: Path | None = None) -> AnySpec:
+    """Validate plain data (after ``extends`` is resolved) into a checked :class:`Spec` (or, for a mapping
+    with ``ensemble:``, an :class:`EnsembleSpec` whose members are resolved relative to ``base_dir``)."""
     if not isinstance(data, Mapping):
         what = "empty" if data is None else f"a {type(data).__name__}"
         raise SpecError(locate([Problem(f"a spec must be a mapping of fields (name:, widths:, depths:, "
@@ -144,6 +147,14 @@ def validate_data(data: Any, locs: Locations | None = None, default_name: str | 
     data = dict(data)
     if default_name and "name" not in data:
         data["name"] = default_name
+    if "ensemble" in data:
+        try:
+            ensemble = EnsembleSpec.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(locate(_problems(exc, data), locs)) from None
+        ensemble._locations = locs
+        ensemble._base_dir = base_dir
+        return resolve_ensemble(ensemble)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -155,8 +166,72 @@ def validate_data(data: Any, locs: Locations | None = None, default_name: str | 
     return spec
 
 
-def load_spec(source: SpecLike) -> Spec:
-    """A :class:`Spec` from a Spec, a mapping, a path, a preset name or YAML text."""
+def _sub_locations(locs: Locations | None, prefix: tuple) -> Locations:
+    """The locations below ``prefix``, re-rooted (an inline member spec keeps the lines of its file)."""
+    if locs is None:
+        return Locations(default_file="<dict>")
+    file, _ = locs.find(prefix)
+    entries = {p[len(prefix):]: v for p, v in locs.entries.items() if p[: len(prefix)] == prefix and p != prefix}
+    if prefix in locs.entries:
+        entries[()] = locs.entries[prefix]
+    return Locations(entries, default_file=file)
+
+
+def resolve_ensemble(ensemble: EnsembleSpec) -> EnsembleSpec:
+    """Check an ensemble and load its members (``ensemble._members``); problems keep their file:line."""
+    locs = ensemble._locations
+    problems = check_ensemble(ensemble)
+    if problems:
+        raise SpecError(locate(problems, locs))
+    base_dir = getattr(ensemble, "_base_dir", None) or Path.cwd()
+    overrides = {k: getattr(ensemble, k) for k in ("input_size", "num_classes") if getattr(ensemble, k) is not None}
+    members: list[Spec] = []
+    for i, (entry, path) in enumerate(ensemble.member_refs()):
+        if isinstance(entry, str):
+            data: dict = {"extends": entry}
+            member_locs = Locations({("extends",): locs.find(path) if locs else ("<dict>", None)},
+                                    default_file=locs.find(path)[0] if locs else "<dict>")
+            default_name = Path(entry).stem
+        else:
+            data, member_locs, default_name = dict(entry), _sub_locations(locs, path), None
+            data.setdefault("name", f"{ensemble.name or 'ensemble'}.{i}")
+        for key, value in overrides.items():
+            data[key] = value
+            if locs is not None:
+                member_locs.entries[(key,)] = locs.find((key,))
+        try:
+            data, member_locs = resolve_extends(data, member_locs, base_dir)
+        except SpecError as exc:  # an unknown preset / missing file: point at the member, not at `extends`
+            for problem in exc.problems:
+                if isinstance(entry, str) and problem.path == ("extends",):
+                    problem.path = path
+            raise
+        if isinstance(data, Mapping) and "ensemble" in data:
+            raise SpecError(locate([Problem("an ensemble member cannot itself be an ensemble; list its members "
+                                            "here instead", path)], locs))
+        member = validate_data(data, member_locs, default_name=default_name)
+        members.append(member)
+    first = members[0]
+    for i, (member, (_, path)) in enumerate(zip(members, ensemble.member_refs())):
+        for key in ("input_size", "num_classes", "in_chans"):
+            if getattr(member, key) != getattr(first, key):
+                hint = f"; set {key}: in the ensemble spec" if key != "in_chans" else ""
+                raise SpecError(locate([Problem(
+                    f"member {i} ({member.name}) has {key} {getattr(member, key)} but member 0 ({first.name}) "
+                    f"has {getattr(first, key)}; the members must agree{hint}", path)], locs))
+    ensemble._members = members
+    written = set(ensemble.model_fields_set)
+    ensemble.input_size = first.input_size  # the ensemble's own values (what its input / output are) ...
+    ensemble.num_classes = first.num_classes
+    ensemble.__pydantic_fields_set__.intersection_update(written)  # ... not overrides the user wrote
+    return ensemble
+
+
+def load_spec(source: SpecLike) -> AnySpec:
+    """A :class:`Spec` (or :class:`EnsembleSpec`) from a spec object, a mapping, a path, a preset name or
+    YAML text."""
+    if isinstance(source, EnsembleSpec):
+        return resolve_ensemble(source)
     if isinstance(source, Spec):
         problems = check_spec(source)
         if problems:
@@ -181,7 +256,7 @@ def load_spec(source: SpecLike) -> Spec:
             text = os.path.relpath(preset)
         data, locs = read_spec_file(path, text)
         data, locs = resolve_extends(data, locs, path.parent, (str(path.resolve()),))
-        return validate_data(data, locs, default_name=path.stem)
+        return validate_data(data, locs, default_name=path.stem, base_dir=path.parent)
     if isinstance(source, str):
         data, locs = parse_yaml(source, "<string>")
         data, locs = resolve_extends(data, locs, Path.cwd())
@@ -189,14 +264,15 @@ def load_spec(source: SpecLike) -> Spec:
     raise TypeError(f"cannot read a spec from {type(source).__name__}")
 
 
-def spec_to_data(spec: Spec) -> dict:
+def spec_to_data(spec: AnySpec) -> dict:
     """Plain data that :func:`load_spec` turns back into an equal Spec."""
     return spec.model_dump(mode="json", exclude_unset=True)
 
 
-def dump_spec(spec: Spec) -> str:
+def dump_spec(spec: AnySpec) -> str:
     return yaml.safe_dump(spec_to_data(spec), sort_keys=False, default_flow_style=None)
 
 
-__all__ = ["Locations", "Problem", "locate", "Spec", "SpecError", "StageValues", "dump_spec", "format_count",
-           "format_path", "load_spec", "parse_count", "spec_to_data", "validate_data"]
+__all__ = ["AnySpec", "EnsembleSpec", "Locations", "Problem", "locate", "Spec", "SpecError", "StageValues",
+           "dump_spec", "format_count", "format_path", "load_spec", "parse_count", "resolve_ensemble", "spec_to_data",
+           "validate_data"]

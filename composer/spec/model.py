@@ -177,4 +177,90 @@ def check_spec(spec: Spec) -> list[Problem]:
     return problems
 
 
-__all__ = ["Spec", "StageValues", "check_spec", "parse_layout", "unknown_symbol_message"]
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ensembles: separately trained members evaluated together (mean of their logits)
+
+ENSEMBLE_FAMILIES = {
+    "Hpx": "hpxformer", "CHpx": "chpxformer", "HpxA": "hpxaformer", "Hb": "hbformer", "HbA": "hbaformer",
+    "Conv": "convformer", "CA": "caformer",
+}
+"""Shorthand member names of the HyenaPixel paper's Table 1 (``Hpx/Hb/Conv/CA``) -> preset family."""
+
+EnsembleMember = Union[str, dict[str, Any]]
+
+
+class EnsembleSpec(BaseModel):
+    """Several member specs compiled into one module that averages their logits; costs add up.
+
+    ``ensemble`` is a list of members (a preset name, a path relative to this file, or an inline spec
+    mapping) or the paper's shorthand ``Hpx/Hb/Conv/CA`` together with ``size: s18`` (each name maps to a
+    preset family, see :data:`ENSEMBLE_FAMILIES`). ``input_size`` / ``num_classes``, when given, override
+    every member's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="model name (defaults to the file name)")
+    ensemble: Union[str, list[EnsembleMember]] = Field(
+        description="members: a list of preset names, paths or inline specs, or the shorthand 'Hpx/Conv' "
+                    "with size")
+    size: str | None = Field(default=None, description="size suffix for the shorthand, e.g. s18 -> hpxformer_s18")
+    input_size: PositiveInt | None = Field(default=None, description="compile every member at this resolution")
+    num_classes: NonNegativeInt | None = Field(default=None, description="override every member's classes")
+
+    _locations: Any = PrivateAttr(default=None)
+    _members: list[Spec] = PrivateAttr(default_factory=list)
+    _base_dir: Any = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EnsembleSpec) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # mutable model
+
+    @property
+    def members(self) -> list[Spec]:
+        """The resolved member specs (set by the loader)."""
+        return self._members
+
+    @property
+    def in_chans(self) -> int:
+        return self._members[0].in_chans
+
+    def member_refs(self) -> list[tuple[str | dict, tuple]]:
+        """Each member as written (a reference or an inline mapping) with its path in the spec data."""
+        if isinstance(self.ensemble, str):
+            names = [part.strip() for part in self.ensemble.split("/")]
+            return [(f"{ENSEMBLE_FAMILIES.get(n, n)}_{self.size}" if self.size else n, ("ensemble",))
+                    for n in names]
+        return [(entry, ("ensemble", i)) for i, entry in enumerate(self.ensemble)]
+
+
+def check_ensemble(spec: EnsembleSpec) -> list[Problem]:
+    problems = []
+    if isinstance(spec.ensemble, str):
+        names = [part.strip() for part in spec.ensemble.split("/")]
+        if len(names) < 2 or not all(names):
+            problems.append(Problem(f"the shorthand needs two or more member names separated by '/', got "
+                                    f"{spec.ensemble!r}", ("ensemble",)))
+        if spec.size is None and any(n in ENSEMBLE_FAMILIES for n in names):
+            problems.append(Problem(f"the shorthand {spec.ensemble!r} needs a size (size: s18 makes "
+                                    f"{ENSEMBLE_FAMILIES.get(names[0], names[0])}_s18), or list preset names",
+                                    ("ensemble",)))
+        unknown = [n for n in names if n and spec.size is not None and n not in ENSEMBLE_FAMILIES]
+        if unknown:
+            near = _nearest(unknown[0], list(ENSEMBLE_FAMILIES))
+            problems.append(Problem(f"unknown shorthand member {unknown[0]!r}{near}"
+                                    f" known: {', '.join(ENSEMBLE_FAMILIES)} (or list preset names / paths)",
+                                    ("ensemble",)))
+    else:
+        if len(spec.ensemble) < 2:
+            problems.append(Problem(f"an ensemble needs two or more members, got {len(spec.ensemble)}",
+                                    ("ensemble",)))
+        if spec.size is not None:
+            problems.append(Problem("size only applies to the shorthand ('Hpx/Conv'); list full preset names",
+                                    ("size",)))
+    return problems
+__all__ = ["ENSEMBLE_FAMILIES", "EnsembleSpec", "Spec", "StageValues", "check_ensemble", "check_spec", "parse_layout",
+           "unknown_symbol_message"]
