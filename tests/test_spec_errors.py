@@ -133,3 +133,13 @@ def test_python_api_raises_spec_error_with_location(write_spec):
         composer.compose(path)
     problem = info.value.problems[0]
     assert problem.line == 2 and problem.path == ("widths", 2)
+
+
+def test_per_stage_channel_mixer_values_are_checked_in_every_macro(run_cli, write_spec, monkeypatch):
+    path = write_spec("extends: caformer_s18\nchannel_mixer: {type: conv_glu, ratio: [8, 8, 4]}\n")
+    monkeypatch.chdir(path.parent)
+    code, _, err = run_cli("validate", path.name)
+    assert code == 2 and "spec.yaml:2: channel_mixer.ratio: has 3 per-stage values" in err
+    path.write_text("extends: caformer_s18\nchannel_mixer: {type: conv_glu, ratio: [8, 8, 4, 4]}\n")
+    code, out, err = run_cli("validate", path.name)
+    assert code == 0, err  # another type does not inherit the macro default's MLP fields

@@ -9,11 +9,17 @@ from torch import nn
 
 from ..cost_types import Cost, linear_cost
 from ..layers import ACTIVATION_PARAMS, Layout, make_act
+from ..perstage import StageValues, pick
 
 
 class ChannelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str
+
+    def at_stage(self, stage: int) -> ChannelConfig:
+        """This config with its per-stage values (fields typed ``per_stage(...)``) picked for ``stage``."""
+        update = {name: pick(value, stage) for name, value in self if isinstance(value, StageValues)}
+        return self.model_copy(update=update) if update else self
 
     def cost(self, dim: int, tokens: int) -> Cost:
         raise NotImplementedError

@@ -3,7 +3,8 @@
 from .base import Macro, Part
 from .hornet import HorNetMacro
 from .metaformer import MetaFormerMacro
+from .pvt import PvtMacro
 
-MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(), HorNetMacro())}
+MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(), HorNetMacro(), PvtMacro())}
 
 __all__ = ["MACROS", "Macro", "Part"]

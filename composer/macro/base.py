@@ -100,7 +100,7 @@ class Macro:
         ctx = MixerContext.at(spec, stage, index, shape)
         layer_scale, res_scale = pick(spec.layer_scale, stage), pick(spec.res_scale, stage)
         mixer_cost = mixer.cost(ctx)
-        channel = spec.channel_mixer.cost(dim, h * w)
+        channel = spec.channel_mixer.at_stage(stage).cost(dim, h * w)
         scales = Cost(sum(2 * dim for value in (layer_scale, res_scale) if value is not None))
         rest = spec.norm.cost(dim) * 2 + scales + channel
 

@@ -120,7 +120,7 @@ class HorNetMacro(Macro):
         dim = shape[0]
 
         def make_block(module, layer_scale, res_scale):
-            return HorNetBlock(dim, module, spec.channel_mixer.build(dim, "channels_last"), spec.norm,
+            return HorNetBlock(dim, module, spec.channel_mixer.at_stage(stage).build(dim, "channels_last"), spec.norm,
                                mixer.layout, drop_path, layer_scale, res_scale)
 
         return self.block_part(spec, stage, index, shape, mixer, drop_path, make_block)

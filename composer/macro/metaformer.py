@@ -111,7 +111,7 @@ class MetaFormerMacro(Macro):
         dim = shape[0]
 
         def make_block(module, layer_scale, res_scale):
-            return MetaFormerBlock(dim, module, spec.channel_mixer.build(dim, mixer.layout), spec.norm,
+            return MetaFormerBlock(dim, module, spec.channel_mixer.at_stage(stage).build(dim, mixer.layout), spec.norm,
                                    mixer.layout, drop_path, layer_scale, res_scale)
 
         return self.block_part(spec, stage, index, shape, mixer, drop_path, make_block)

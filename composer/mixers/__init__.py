@@ -3,7 +3,7 @@
 Importing this package registers every mixer type and layout symbol.
 """
 
-from . import attention, basic, conv, hornet, hyena  # noqa: F401  (registration side effects)
+from . import attention, basic, conv, hornet, hyena, transnext  # noqa: F401  (registration side effects)
 from .base import (
     MIXERS,
     SYMBOLS,

@@ -75,7 +75,8 @@ class Spec(BaseModel):
         if macro is not None:
             for key, value in macro.spec_defaults(data).items():
                 given = data.get(key)
-                if isinstance(given, dict) and isinstance(value, dict):
+                if isinstance(given, dict) and isinstance(value, dict) and given.get("type", value.get("type")) == \
+                        value.get("type"):
                     data[key] = {**value, **given}  # a partial override keeps the macro's other values
                 else:
                     data.setdefault(key, value)
@@ -169,6 +170,10 @@ def check_spec(spec: Spec) -> list[Problem]:
         msg = stage_count_problem(getattr(spec, field), n)
         if msg:
             problems.append(Problem(msg, (field,)))
+    for field, value in (spec.channel_mixer if spec.channel_mixer is not None else ()):
+        msg = stage_count_problem(value, n)
+        if msg:
+            problems.append(Problem(msg, ("channel_mixer", field)))
     for symbol, override in spec.mixers.items():
         for field in override.model_fields_set:
             msg = stage_count_problem(getattr(override, field), n)

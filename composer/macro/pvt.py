@@ -1,0 +1,242 @@
+"""The PVT-style macro of TransNeXt (Shi, CVPR 2024; github.com/DaiShiResearch/TransNeXt ``transnext.py``,
+after PVTv2): overlapping patch embeddings, pre-norm blocks without layer scale, a norm after every stage.
+
+* stem (``patch_embed1``): 7x7 stride-4 conv (padding 3, bias) + LN (eps 1e-5, ``stem_norm``);
+* stages 2-4 start with the previous stage's norm (``norm{i}``, the block norm: LN eps 1e-6) and an overlapping
+  3x3 stride-2 conv (padding 1, bias) + LN (eps 1e-5, ``downsample_norm``): ``stages.i.downsample.{pre_norm,
+  proj, norm}``;
+* blocks: ``x = x + drop_path(attn(norm1(x)))``, ``x = x + drop_path(mlp(norm2(x)))``, keys ``norm1``, ``attn``,
+  ``norm2``, ``mlp`` (ConvGLU, ratio [8, 8, 4, 4]);
+* head: the last stage's norm (``norm4``, on every token: ``head.global_pool.norm``), mean over tokens, Linear;
+* init: trunc-normal(0.02) on linears, normal(0, sqrt(2 / fan_out)) on convs, zero biases, then each mixer's
+  own init (query embedding, learnable tokens, local bias, temperature).
+
+In this macro ``A`` is aggregated attention and ``M`` TransNeXt's full attention (composer/mixers/transnext.py).
+With ``sr_ratio`` unset, aggregated attention pools every stage to the last stage's map (input / 32: 7x7 at
+224), halved when the last stage uses aggregated attention too (4x4 at 256 for A-A-A-A), as the paper sets it
+(appendix D.6; the official sr_ratios 8, 4, 2 and 16, 8, 4, 2). A-A-A-A at 224 (7x7 last map) is rejected:
+its pool would be degenerate. An explicit ``sr_ratio`` (normal mode) or ``pool_size`` (linear mode) overrides
+the rule. ``load(..., source="transnext")`` renames the official keys.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+
+from ..cost_types import conv_cost, conv_out
+from ..layers import Layout, Scale
+from ..mixers.base import MixerCheckError, MixerConfig, MixerContext
+from ..parts import LN, NormConfig
+from ..weights import SOURCES
+from .base import Macro, Part, Shape
+
+LN_EPS5 = NormConfig(type="layernorm", bias=True, eps=1e-5)
+
+
+class PatchEmbed(nn.Module):
+    """[pre_norm] -> overlapping conv (``proj``) -> LN (``norm``), on (B, C, H, W)."""
+
+    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, norm, pre_norm=None):
+        super().__init__()
+        self.pre_norm = pre_norm.build(in_chans, "channels_first") if pre_norm else nn.Identity()
+        self.proj = nn.Conv2d(in_chans, dim, kernel, stride=stride, padding=kernel // 2)
+        self.norm = norm.build(dim, "channels_first") if norm else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.proj(self.pre_norm(x)))
+
+
+class PvtBlock(nn.Module):
+    """Pre-norm block in its mixer's layout (``norm1``, ``attn``, ``norm2``, ``mlp``); optional scales."""
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp: nn.Module, norm, layout: Layout, drop_path: float,
+                 layer_scale: float | None, res_scale: float | None):
+        super().__init__()
+        self.layout = layout
+
+        def scale(value):
+            return Scale(dim, value, layout) if value is not None else nn.Identity()
+
+        self.norm1 = norm.build(dim, layout)
+        self.attn = mixer
+        self.norm2 = norm.build(dim, layout)
+        self.mlp = mlp
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale1, self.res_scale1 = scale(layer_scale), scale(res_scale)
+        self.layer_scale2, self.res_scale2 = scale(layer_scale), scale(res_scale)
+
+    def forward(self, x):
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path(self.attn(self.norm1(x))))
+        return self.res_scale2(x) + self.layer_scale2(self.drop_path(self.mlp(self.norm2(x))))
+
+
+class NormPool(nn.Module):
+    """The last stage's norm on every token, then the mean over tokens (TransNeXt's ``norm4`` + mean)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        return self.norm(x).mean((2, 3), keepdim=True)
+
+
+class PvtHead(nn.Sequential):
+    """global_pool (norm + mean) -> norm (identity) -> flatten -> drop -> fc; the same interface as Head."""
+
+    def __init__(self, dim: int, num_classes: int, cfg):
+        super().__init__()
+        self.global_pool = NormPool(cfg.norm.build(dim, "channels_first") if cfg.norm else nn.Identity())
+        self.norm = nn.Identity()
+        self.flatten = nn.Flatten(1)
+        self.drop = nn.Dropout(cfg.drop)
+        self.fc = cfg.build_classifier(dim, num_classes)
+
+
+def _spec_error(spec, path, message):
+    from ..spec.errors import SpecError  # the spec package imports the macros
+
+    return SpecError.at(path, message, spec._locations)
+
+
+class PvtMacro(Macro):
+    name = "pvt"
+    summary = "PVT / TransNeXt: overlapping patch embeddings, pre-norm blocks, ConvGLU, a norm after each stage"
+    stem_kernel, stem_stride = 7, 4
+    down_kernel, down_stride = 3, 2
+
+    def spec_defaults(self, data: dict) -> dict:
+        return {
+            "norm": LN,
+            "stem_norm": LN_EPS5,
+            "downsample_norm": LN_EPS5,
+            "channel_mixer": {"type": "conv_glu", "ratio": 4, "act": "gelu"},
+            "layer_scale": None,
+            "res_scale": None,
+            "head": {"type": "linear", "norm": LN},
+        }
+
+    def stem(self, spec) -> Part:
+        k, s = self.stem_kernel, self.stem_stride
+        size = conv_out(spec.input_size, k, s, k // 2)
+        dim = spec.widths[0]
+        cost = conv_cost(spec.in_chans, dim, k, (size, size))
+        if spec.stem_norm:
+            cost += spec.stem_norm.cost(dim)
+        return Part("stem", cost, (spec.in_chans, spec.input_size, spec.input_size), (dim, size, size),
+                    lambda: PatchEmbed(spec.in_chans, dim, k, s, spec.stem_norm))
+
+    def downsample(self, spec, stage: int, in_shape: Shape) -> Part | None:
+        if stage == 0:
+            return None
+        k, s = self.down_kernel, self.down_stride
+        cin, h, w = in_shape
+        cout = spec.widths[stage]
+        ho, wo = conv_out(h, k, s, k // 2), conv_out(w, k, s, k // 2)
+        cost = spec.norm.cost(cin) + conv_cost(cin, cout, k, (ho, wo))  # the previous stage's norm, the conv
+        if spec.downsample_norm:
+            cost += spec.downsample_norm.cost(cout)
+        return Part("downsample", cost, in_shape, (cout, ho, wo),
+                    lambda: PatchEmbed(cin, cout, k, s, spec.downsample_norm, pre_norm=spec.norm))
+
+    def maps(self, spec) -> list[tuple[int, int]]:
+        """The feature-map size of every stage at ``input_size``."""
+        side = conv_out(spec.input_size, self.stem_kernel, self.stem_stride, self.stem_kernel // 2)
+        sides = [side]
+        for _ in range(1, spec.num_stages):
+            sides.append(conv_out(sides[-1], self.down_kernel, self.down_stride, self.down_kernel // 2))
+        return [(s, s) for s in sides]
+
+    def resolve(self, spec, stage: int, mixer: MixerConfig) -> MixerConfig:
+        """Aggregated attention without sr_ratio / pool_size gets the paper's pool (appendix D.6): the last
+        stage's map in every stage (7x7 at 224), or half of it when the last stage uses aggregated attention
+        too (4x4 at 256); a last-stage map with no such halving makes that pool degenerate: a SpecError."""
+        if mixer.type != "aggregated_attention" or mixer.sr_ratio is not None or mixer.pool_size is not None:
+            return mixer
+        last = spec.num_stages - 1
+        symbols = spec.stage_symbols()[last]
+        side = self.maps(spec)[last][0]
+        if any(spec.symbol_type(symbol) == "aggregated_attention" for symbol in symbols):
+            if side < 2 or side % 2:
+                why = (f"a {side}x{side} map leaves an empty pool" if side < 2 else
+                       f"a {side}x{side} map has no integer halving, so the pool would be degenerate "
+                       f"({side // 2}x{side // 2} overlapping cells; pooling to {side}x{side} would put the "
+                       "window's features into the softmax twice)")
+                raise _spec_error(spec, ("layout",), (
+                    f"stage {last} ({symbols[0]}, {side}x{side} map at input_size {spec.input_size}): aggregated "
+                    f"attention in the last stage pools every stage to half the last stage's map, and {why}. Use "
+                    f"an input_size whose last-stage map is even (e.g. 256), full attention (M) in stage {last}, or "
+                    f"set mixers.{symbols[0]}.sr_ratio / pool_size explicitly"))
+            side //= 2
+        return mixer.model_copy(update={"pool_size": side})
+
+    def block(self, spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float) -> Part:
+        dim = shape[0]
+        mixer = self.resolve(spec, stage, mixer)
+        try:
+            mixer.check(MixerContext.at(spec, stage, index, shape))
+        except MixerCheckError as exc:
+            symbol = spec.stage_symbols()[stage][index]
+            raise _spec_error(spec, ("input_size",), f"stage {stage} ({symbol}, width {dim}, {shape[1]}x{shape[2]} "
+                                                     f"map at input_size {spec.input_size}): {exc}") from None
+        channel = spec.channel_mixer.at_stage(stage)
+
+        def make_block(module, layer_scale, res_scale):
+            return PvtBlock(dim, module, channel.build(dim, mixer.layout), spec.norm, mixer.layout, drop_path,
+                            layer_scale, res_scale)
+
+        return self.block_part(spec, stage, index, shape, mixer, drop_path, make_block)
+
+    def head(self, spec, in_shape: Shape) -> Part:
+        dim = in_shape[0]
+        return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
+                    lambda: PvtHead(dim, spec.num_classes, spec.head))
+
+    def init_weights(self, model: nn.Module) -> None:
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            else:
+                continue
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for module in model.modules():
+            config = getattr(module, "mixer_config", None)
+            if config is not None:
+                config.init_weights(module)
+
+
+# -- official checkpoints (DaiShiResearch/TransNeXt): patch_embed{i}, block{i}.{j}, norm{i}, head ------------
+
+def _transnext_key(key: str) -> str:
+    key = re.sub(r"^patch_embed1\.", "stem.", key)
+    key = re.sub(r"^patch_embed(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.downsample.", key)
+    key = re.sub(r"^block(\d+)\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.", key)
+    key = re.sub(r"^norm(\d+)\.", lambda m: f"stages.{int(m[1])}.downsample.pre_norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def transnext_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official TransNeXt keys -> composer's (``pvt`` macro); composer's own keys pass through. The final
+    norm is ``norm4`` in the four-stage models (the last ``norm{i}`` always maps to the head)."""
+    if any(k.startswith("stem.") for k in state):
+        return dict(state)
+    last = max((int(m[1]) for k in state if (m := re.match(r"^norm(\d+)\.", k))), default=4)
+    out = {}
+    for key, value in state.items():
+        if re.match(rf"^norm{last}\.", key):
+            key = "head.global_pool.norm." + key.split(".", 1)[1]
+        out[_transnext_key(key)] = value
+    return out
+
+
+SOURCES["transnext"] = transnext_state_dict
