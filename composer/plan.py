@@ -62,9 +62,10 @@ class Estimate:
 class Plan:
     """The analytic network: ``graph`` nodes carry ``part`` (shapes, cost, build) and ``cost``."""
 
-    def __init__(self, spec: Spec, graph: nx.DiGraph):
+    def __init__(self, spec: Spec, graph: nx.DiGraph, walk: Walk):
         self.spec = spec
         self.graph = graph
+        self._walk = walk
 
     @property
     def macro(self):
@@ -87,14 +88,7 @@ class Plan:
         return [v for _, v, r in self.graph.out_edges(name, data="relation") if r == "contains"]
 
     def estimate(self) -> Estimate:
-        stages = []
-        for i in range(self.spec.num_stages):
-            data = self.graph.nodes[f"stages.{i}"]
-            stages.append(StageCost(i, data["mixers"], self.spec.depths[i], self.spec.widths[i],
-                                    data["out_shape"][1:], data["cost"]))
-        total = sum((d["cost"] for n, d in self.graph.nodes(data=True) if "part" in d), Cost())
-        return Estimate(self.spec.name, self.spec.input_size, total.params, total.macs, total.fft_macs,
-                        self.graph.nodes["stem"]["cost"], stages, self.graph.nodes["head"]["cost"])
+        return self._walk.estimate(self.spec)
 
 
 class EnsemblePlan:
@@ -140,37 +134,54 @@ def resolve_mixer(spec: Spec, symbol: str, stage: int) -> MixerConfig:
                                          ("mixers", symbol, *err["loc"]))]) from None
 
 
-def plan(source: SpecLike) -> Plan | EnsemblePlan:
-    """Resolve a spec into its Plan (shapes and analytic cost of every module); an ensemble spec gives an
-    :class:`EnsemblePlan` holding one Plan per member."""
-    spec = load_spec(source)
-    if isinstance(spec, EnsembleSpec):
-        return EnsemblePlan(spec, [plan(member) for member in spec.members])
+@dataclass
+class StageWalk:
+    index: int
+    symbols: list[str]
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int] = (0, 0, 0)
+    members: list[tuple[str, Part, dict]] = field(default_factory=list)  # (module path, part, node extras)
+
+    @property
+    def cost(self) -> Cost:
+        return sum((part.cost for _, part, _ in self.members), Cost())
+
+
+@dataclass
+class Walk:
+    """Every part of a spec in data-flow order: what both the Plan graph and ``estimate`` are made from."""
+
+    stem: Part
+    stages: list[StageWalk]
+    head: Part
+
+    def estimate(self, spec: Spec) -> Estimate:
+        stages = [StageCost(s.index, s.symbols, spec.depths[s.index], spec.widths[s.index], s.out_shape[1:],
+                            s.cost) for s in self.stages]
+        total = self.stem.cost + sum((s.cost for s in stages), Cost()) + self.head.cost
+        return Estimate(spec.name, spec.input_size, total.params, total.macs, total.fft_macs, self.stem.cost,
+                        stages, self.head.cost)
+
+
+def walk(spec: Spec) -> Walk:
+    """Resolve every module of a (checked, non-ensemble) spec into a Part, raising SpecError for mixers that
+    cannot work where they are placed."""
     macro = MACROS[spec.macro]
-    g = nx.DiGraph(name=spec.name or "spec", input_size=spec.input_size)
-
-    def add(name: str, part: Part, previous: str | None, **extra) -> str:
-        g.add_node(name, part=part, kind=part.kind, cost=part.cost, in_shape=part.in_shape,
-                   out_shape=part.out_shape, **part.info, **extra)
-        if previous is not None:
-            g.add_edge(previous, name, relation="flow")
-        return name
-
-    last = add("stem", macro.stem(spec), None)
-    shape = g.nodes["stem"]["out_shape"]
+    stem = macro.stem(spec)
+    shape = stem.out_shape
     rates = _drop_path_rates(spec.drop_path_rate, spec.depths)
     problems: list[Problem] = []
+    stages = []
     for i, symbols in enumerate(spec.stage_symbols()):
-        stage = f"stages.{i}"
-        g.add_node(stage, kind="stage", in_shape=shape, mixers=symbols)
+        stage = StageWalk(i, symbols, shape)
+        stages.append(stage)
         down = macro.downsample(spec, i, shape)
         if down is not None:
             if min(down.out_shape[1:]) < 1:
                 raise _spec_error(spec, [Problem(
                     f"input_size {spec.input_size} leaves no feature map at stage {i}; use a larger input_size",
                     ("input_size",))])
-            last = add(f"{stage}.downsample", down, last, stage=i)
-            g.add_edge(stage, last, relation="contains")
+            stage.members.append((f"stages.{i}.downsample", down, {"stage": i}))
             shape = down.out_shape
         mixers = {symbol: resolve_mixer(spec, symbol, i) for symbol in dict.fromkeys(symbols)}
         for j, symbol in enumerate(symbols):
@@ -190,18 +201,45 @@ def plan(source: SpecLike) -> Plan | EnsemblePlan:
                                         f"{exc}{hint}", path))
                 break
             part = macro.block(spec, i, j, shape, mixer, rates[i][j])
-            last = add(f"{stage}.blocks.{j}", part, last, stage=i, symbol=symbol)
-            g.add_edge(stage, last, relation="contains")
-        g.nodes[stage]["cost"] = sum((g.nodes[v]["cost"] for _, v, r in g.out_edges(stage, data="relation")
-                                      if r == "contains"), Cost())
-        g.nodes[stage]["out_shape"] = shape
+            stage.members.append((f"stages.{i}.blocks.{j}", part, {"stage": i, "symbol": symbol}))
+        stage.out_shape = shape
     if problems:
         raise _spec_error(spec, problems)
-    add("head", macro.head(spec, shape), last)
-    return Plan(spec, g)
+    return Walk(stem, stages, macro.head(spec, shape))
+
+
+def plan(source: SpecLike) -> Plan | EnsemblePlan:
+    """Resolve a spec into its Plan (shapes and analytic cost of every module); an ensemble spec gives an
+    :class:`EnsemblePlan` holding one Plan per member."""
+    spec = load_spec(source)
+    if isinstance(spec, EnsembleSpec):
+        return EnsemblePlan(spec, [plan(member) for member in spec.members])
+    w = walk(spec)
+    g = nx.DiGraph(name=spec.name or "spec", input_size=spec.input_size)
+
+    def add(name: str, part: Part, previous: str | None, **extra) -> str:
+        g.add_node(name, part=part, kind=part.kind, cost=part.cost, in_shape=part.in_shape,
+                   out_shape=part.out_shape, **part.info, **extra)
+        if previous is not None:
+            g.add_edge(previous, name, relation="flow")
+        return name
+
+    last = add("stem", w.stem, None)
+    for stage in w.stages:
+        name = f"stages.{stage.index}"
+        g.add_node(name, kind="stage", in_shape=stage.in_shape, out_shape=stage.out_shape, mixers=stage.symbols,
+                   cost=stage.cost)
+        for member, part, extra in stage.members:
+            last = add(member, part, last, **extra)
+            g.add_edge(name, member, relation="contains")
+    add("head", w.head, last)
+    return Plan(spec, g, w)
 
 
 def estimate(source: SpecLike) -> Estimate:
     """Exact params, MACs (paper convention) and FFT MACs of a spec, without building it (an ensemble: the
     sum over its members, each in ``members``)."""
-    return plan(source).estimate()
+    spec = load_spec(source)
+    if isinstance(spec, EnsembleSpec):
+        return plan(spec).estimate()
+    return walk(spec).estimate(spec)  # no graph: the search calls this thousands of times

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..cost_types import Cost, linear_cost
 from ..layers import ACTIVATION_PARAMS, Layout, make_act
-from ..perstage import StageValues, pick
+from ..perstage import StageValues
 
 
 class ChannelConfig(BaseModel):
@@ -18,7 +18,7 @@ class ChannelConfig(BaseModel):
 
     def at_stage(self, stage: int) -> ChannelConfig:
         """This config with its per-stage values (fields typed ``per_stage(...)``) picked for ``stage``."""
-        update = {name: pick(value, stage) for name, value in self if isinstance(value, StageValues)}
+        update = {name: value[stage] for name, value in self.__dict__.items() if type(value) is StageValues}
         return self.model_copy(update=update) if update else self
 
     def cost(self, dim: int, tokens: int) -> Cost:

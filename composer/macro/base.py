@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from timm.layers import trunc_normal_
@@ -55,6 +56,34 @@ class Stage(nn.Module):
         return to_layout(x, layout, "channels_first")
 
 
+_MIXER_COSTS: dict = {}
+
+
+def memo_mixer_cost(mixer: MixerConfig, ctx: MixerContext) -> Cost:
+    """``mixer.cost(ctx)``, memoized: blocks with equal configs and contexts cost the same, so a stage of
+    nine blocks (and a search's thousands of similar samples) computes each closed form once. ``ctx.block``
+    takes part only for mixers that declare ``cost_depends_on_block``. The returned Cost is shared: never
+    mutate it."""
+    where = ctx if mixer.cost_depends_on_block else ctx.without_block()
+    try:
+        cost = _MIXER_COSTS.get((mixer, where))
+    except TypeError:  # a config holding an unhashable value: no memo
+        return mixer.cost(ctx)
+    if cost is None:
+        if len(_MIXER_COSTS) > 8192:
+            _MIXER_COSTS.clear()
+        cost = _MIXER_COSTS[(mixer, where)] = mixer.cost(ctx)
+    return cost
+
+
+@lru_cache(maxsize=8192)
+def _branch_costs(norm, channel_mixer, dim: int, tokens: int, layer_scale, res_scale) -> tuple[Cost, Cost]:
+    """(channel mixer, everything of a block but its token mixer): two norms, the scales, the channel mixer."""
+    channel = channel_mixer.cost(dim, tokens)
+    scales = Cost(sum(2 * dim for value in (layer_scale, res_scale) if value is not None))
+    return channel, norm.cost(dim) * 2 + scales + channel
+
+
 class GlobalAvgPool(nn.Module):
     def forward(self, x):
         return x.mean((2, 3), keepdim=True)
@@ -99,10 +128,9 @@ class Macro:
         dim, h, w = shape
         ctx = MixerContext.at(spec, stage, index, shape)
         layer_scale, res_scale = pick(spec.layer_scale, stage), pick(spec.res_scale, stage)
-        mixer_cost = mixer.cost(ctx)
-        channel = spec.channel_mixer.at_stage(stage).cost(dim, h * w)
-        scales = Cost(sum(2 * dim for value in (layer_scale, res_scale) if value is not None))
-        rest = spec.norm.cost(dim) * 2 + scales + channel
+        mixer_cost = memo_mixer_cost(mixer, ctx)
+        channel_mixer = spec.channel_mixer.at_stage(stage)
+        channel, rest = _branch_costs(spec.norm, channel_mixer, dim, h * w, layer_scale, res_scale)
 
         def build():
             module = mixer.build(ctx)

@@ -30,7 +30,9 @@ from ..cost_types import Cost
 from ..layers import Layout
 
 
-@dataclass(frozen=True)
+# slotted, not frozen: plans build two per block and frozen dataclasses construct ~4x slower; hashable by
+# value (unsafe_hash) for the cost memo, so treat it as immutable
+@dataclass(slots=True, unsafe_hash=True)
 class MixerContext:
     """Where a mixer sits in the network."""
 
@@ -47,6 +49,11 @@ class MixerContext:
     @property
     def tokens(self) -> int:
         return self.height * self.width
+
+    def without_block(self) -> tuple:
+        """Everything but the block index (what the cost of most mixers depends on), as a hashable key."""
+        return (self.dim, self.height, self.width, self.stage, self.num_stages, self.depth, self.macro,
+                self.input_size)
 
     @classmethod
     def at(cls, spec, stage: int, block: int, shape: tuple[int, int, int]) -> MixerContext:
@@ -74,6 +81,9 @@ class MixerConfig(BaseModel):
     """The tensor layout the module takes and returns; blocks convert around it."""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    cost_depends_on_block: ClassVar[bool] = False
+    """Set when ``cost`` reads ``ctx.block`` (e.g. a position embedding only in a stage's first block);
+    otherwise plans reuse one block's cost for every equal block."""
 
     def check(self, ctx: MixerContext) -> None:
         """Raise :class:`MixerCheckError` if this config cannot be used at ``ctx``."""
