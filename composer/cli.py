@@ -1,4 +1,4 @@
-"""``composer build | validate | list``: the command line.
+"""``composer build | validate | list | search``: the command line.
 
 Every problem with user input ends with exit code 2 and a message naming file:line and field; no
 traceback. ``--debug`` shows tracebacks for bug reports.
@@ -73,6 +73,19 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_search(args) -> int:
+    from .search import run
+
+    argv = [a for a in (args.argv or []) if a]
+    result = run(args.space, budget=args.budget, max_params=args.max_params, trials=args.trials,
+                 objective=args.objective, seed=args.seed, storage=args.storage, run_dir=args.run_dir,
+                 study_name=args.study_name, workers=args.workers, data=args.data, epochs=args.epochs,
+                 proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, heartbeat=args.heartbeat,
+                 progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
+                 argv=argv)
+    return 0 if result.counters.over_budget_built == 0 else 1
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="composer", description="Vision backbones from YAML specs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -86,12 +99,37 @@ def make_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_validate)
     ls = sub.add_parser("list", help="presets, mixer symbols with their parameters, macros")
     ls.set_defaults(func=_cmd_list)
+    s = sub.add_parser("search", help="budgeted Optuna search over a search space (search/*.yaml)")
+    s.add_argument("space", help="a search-space YAML file")
+    s.add_argument("--budget", help="hard MAC budget, e.g. 5GFLOPs (a FLOP is a MAC here); default: the space's")
+    s.add_argument("--max-params", help="hard parameter budget, e.g. 30M; default: the space's (or none)")
+    s.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
+    s.add_argument("--objective", help="proxy | naswot | gradnorm | train, or several joined by commas with "
+                                       "macs | params | latency for a Pareto search (default: the space's, or proxy)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db)")
+    s.add_argument("--run-dir", help="output folder (default: runs/SPACE-OBJECTIVE)")
+    s.add_argument("--study-name", help="default: SPACE-OBJECTIVE")
+    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
+    s.add_argument("--data", default="digits", help="train: 'digits' (scikit-learn) or an ImageFolder path")
+    s.add_argument("--epochs", type=int, default=3, help="train: epochs per trial (default 3)")
+    s.add_argument("--proxy-size", type=int, default=64, help="proxy: input resolution for scoring (default 64)")
+    s.add_argument("--proxy-batch", type=int, default=16, help="proxy: minibatch size (default 16)")
+    s.add_argument("--heartbeat", type=float, default=5.0,
+                   help="seconds between heartbeats; a trial silent for 3x this is failed and retried")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--worker-index", type=int, default=0,
+                   help="this process's index among processes sharing one study (offsets the sampler seed)")
+    s.set_defaults(func=_cmd_search)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args.argv = raw
     try:
         return args.func(args)
     except SpecError as exc:

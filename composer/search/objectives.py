@@ -1,0 +1,176 @@
+"""What a search maximises or minimises, evaluated only for samples that passed the budget check.
+
+* ``naswot`` (= ``proxy``): NASWOT (Mellor et al., 2021): log|K| of the Hamming-kernel of the binary
+  activation patterns (sign of every activation's input) of one minibatch. Training-free.
+* ``gradnorm``: the sum over parameters of the L2 norm of the cross-entropy gradient at initialisation on the
+  same minibatch (Abdelfattah et al., 2021, "Zero-cost proxies"). Training-free.
+  Both come from one forward + one backward pass; a proxy trial records both.
+* ``train``: validation accuracy after a short training run (digits from scikit-learn, or an ImageFolder).
+* ``macs``, ``params`` (GMACs and M params from the Plan, minimised), ``latency`` (measured ms per image at
+  the proxy resolution on this machine, minimised): partners for a multi-objective (Pareto) search.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..layers import ACTIVATIONS
+
+MAXIMIZE = {"proxy": True, "naswot": True, "gradnorm": True, "train": True, "macs": False, "params": False,
+            "latency": False}
+SCORE_OBJECTIVES = ("proxy", "naswot", "gradnorm")
+_ACT_TYPES = tuple({cls for cls in ACTIVATIONS.values() if isinstance(cls, type)} | {nn.ReLU, nn.GELU, nn.SiLU})
+
+
+def parse_objectives(text: str) -> list[str]:
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise ValueError("give an objective: proxy, naswot, gradnorm, train, or several joined by commas "
+                         "(e.g. proxy,macs)")
+    for name in names:
+        if name not in MAXIMIZE:
+            raise ValueError(f"unknown objective {name!r}; allowed: {', '.join(MAXIMIZE)} (join several with commas)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"objective {text!r} repeats a name")
+    if "train" in names and any(n in SCORE_OBJECTIVES for n in names):
+        raise ValueError("combine train with macs, params or latency, not with a proxy score")
+    return names
+
+
+def _minibatch(batch: int, size: int, in_chans: int, num_classes: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_chans, size, size, generator=gen)
+    y = torch.randint(0, max(num_classes, 1), (batch,), generator=gen)
+    return x, y
+
+
+def proxy_scores(model: nn.Module, size: int, batch: int, in_chans: int, num_classes: int, seed: int) -> dict:
+    """NASWOT and grad-norm of ``model`` on one random minibatch (same for every trial of a run)."""
+    x, y = _minibatch(batch, size, in_chans, num_classes, seed)
+    kernel = torch.zeros(batch, batch, dtype=torch.float64)
+
+    def hook(module, inputs, output):
+        codes = (inputs[0].detach() > 0).reshape(batch, -1).to(torch.float64)
+        kernel.add_(codes @ codes.T).add_((1 - codes) @ (1 - codes).T)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _ACT_TYPES)]
+    model.train()
+    model.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if num_classes > 0:
+        loss = F.cross_entropy(out, y)
+    else:
+        loss = out.pow(2).mean()
+    loss.backward()
+    grad_norm = sum(float(p.grad.norm()) for p in model.parameters() if p.grad is not None)
+    if handles:
+        sign, logdet = torch.linalg.slogdet(kernel)
+        naswot = float(logdet) if float(sign) > 0 else -1e3
+    else:
+        naswot = 0.0
+    return {"naswot": naswot, "gradnorm": grad_norm if math.isfinite(grad_norm) else 0.0,
+            "score_seconds": time.perf_counter() - t0, "activation_layers": len(handles)}
+
+
+def measure_latency(model: nn.Module, size: int, in_chans: int, repeats: int = 3) -> float:
+    """Median ms of a batch-1 forward at ``size`` (after one warm-up), in eval mode without gradients."""
+    model.eval()
+    x = torch.randn(1, in_chans, size, size)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    num_classes: int
+
+
+def load_dataset(source: str, size: int, in_chans: int, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
+    """``digits`` (scikit-learn's 1,797 8x8 handwritten digits, resized to ``size``) or an ImageFolder path."""
+    gen = torch.Generator().manual_seed(seed)
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = (x - 0.3) / 0.4
+        y = torch.tensor(digits.target, dtype=torch.long)
+        classes = 10
+    else:
+        from pathlib import Path
+
+        from torchvision import datasets, transforms
+
+        if not Path(source).is_dir():
+            raise ValueError(f"--data: {source!r} is neither 'digits' nor an ImageFolder directory "
+                             "(one sub-folder of images per class)")
+        tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        folder = datasets.ImageFolder(source, transform=tf)
+        xs, ys = zip(*(folder[i] for i in range(len(folder))))
+        x, y = torch.stack(xs), torch.tensor(ys)
+        classes = len(folder.classes)
+    if x.shape[1] != in_chans:
+        x = x[:, :1].expand(-1, in_chans, -1, -1).contiguous() if in_chans != 1 else x.mean(1, keepdim=True)
+    order = torch.randperm(len(y), generator=gen)
+    n_val = max(1, int(len(y) * val_fraction))
+    val, train = order[:n_val], order[n_val:]
+    return Dataset(source, x[train], y[train], x[val], y[val], classes)
+
+
+def train_and_validate(model: nn.Module, data: Dataset, epochs: int, seed: int, report=None,
+                       batch_size: int = 64, lr: float = 2e-3) -> float:
+    """Train ``epochs`` epochs (AdamW, cosine); ``report(epoch, accuracy)`` after each (it may raise to prune)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    steps = epochs * math.ceil(len(data.train_y) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
+    acc = 0.0
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(data.train_y))
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        acc = evaluate(model, data)
+        if report is not None:
+            report(epoch, acc)
+    return acc
+
+
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(data.val_y), batch_size):
+            correct += int((model(data.val_x[i:i + batch_size]).argmax(1) == data.val_y[i:i + batch_size]).sum())
+    return correct / len(data.val_y)

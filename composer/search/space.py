@@ -1,0 +1,450 @@
+"""Search spaces: a base spec plus choices, read from YAML with file:line for every problem.
+
+```yaml
+name: metaformer_s18            # defaults to the file name
+base: caformer_s18              # a preset, a spec path (relative to this file) or an inline spec mapping
+choices:                        # dotted spec paths -> options
+  layout: [[Conv, Hpx, Hb, gnConv], [Conv, Hpx, Hb, gnConv], [Conv, Hpx, A, M], [Conv, Hpx, A, M]]
+  depths: [[2, 3], [2, 3], [6, 9, 12], [2, 3]]
+  mixers.Conv.kernel_size: [3, 5, 7, 9]     # sampled only in stages whose chosen mixer is Conv
+  mixers.gnConv.order: [[1, 2, 3], [2, 3, 4], [3, 4, 5], [3, 4, 5]]
+budget: {macs: 5G, params: 40M}              # optional; the CLI's --budget / --max-params override it
+objective: proxy                             # optional default objective
+```
+
+Per-stage fields (``layout``, ``depths``, ``widths``, ``res_scale``, ``layer_scale`` and every
+``mixers.SYMBOL.param``) take either one option list for every stage or one option list per stage (a scalar
+entry fixes that stage). Other fields (``drop_path_rate``, ``channel_mixer.ratio``, ...) take one option list.
+An option list may also be a range ``{low: 2, high: 12, step: 1}`` (``log: true`` allowed).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..mixers import MIXERS, resolve_symbol
+from ..perstage import first_message, pick
+from ..plan import Estimate, estimate, plan
+from ..spec import Spec, SpecError, load_spec, spec_to_data, validate_data
+from ..spec.errors import Problem
+from ..spec.model import parse_layout
+from ..spec.source import Locations, looks_like_path, parse_yaml, read_spec_file, resolve_extends
+from ..spec.units import parse_count
+
+PER_STAGE_FIELDS = ("layout", "depths", "widths", "res_scale", "layer_scale")
+SPACE_FIELDS = ("name", "description", "base", "choices", "budget", "objective")
+Suggest = Callable[[str, "Domain"], Any]
+
+
+@dataclass
+class Domain:
+    """The options of one sampled value: categorical ``options`` or a numeric range."""
+
+    options: list | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    @property
+    def is_int(self) -> bool:
+        return self.options is None and all(isinstance(v, int) for v in (self.low, self.high))
+
+    @property
+    def first(self) -> Any:
+        return self.options[0] if self.options is not None else self.low
+
+    def values(self) -> list:
+        """Every option (a range is listed at its bounds), for validating them."""
+        return list(self.options) if self.options is not None else [self.low, self.high]
+
+
+@dataclass
+class Choice:
+    key: str                      # as written: "mixers.Conv.kernel_size"
+    path: tuple                   # ("mixers", "Conv", "kernel_size")
+    per_stage: bool
+    domains: list[Domain]         # one per stage (per_stage) or a single one
+
+    @property
+    def mixer(self) -> tuple[str, str] | None:
+        return (self.path[1], self.path[2]) if self.path[0] == "mixers" else None
+
+
+@dataclass
+class Check:
+    """The outcome of checking one sample before anything is built."""
+
+    data: dict
+    spec: Spec | None = None
+    estimate: Estimate | None = None
+    error: str | None = None
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    base: Spec
+    base_data: dict
+    choices: list[Choice]
+    budget_macs: int | None = None
+    budget_params: int | None = None
+    objective: str | None = None
+    file: str | None = None
+    locations: Locations = field(default_factory=Locations)
+
+    @property
+    def num_stages(self) -> int:
+        return self.base.num_stages
+
+    # -- sampling -------------------------------------------------------------------------------------------
+    def sample(self, suggest: Suggest) -> tuple[dict, dict]:
+        """A spec's data with every choice drawn through ``suggest(name, domain)``; also the drawn values."""
+        data = copy.deepcopy(self.base_data)
+        drawn: dict[str, Any] = {}
+
+        def draw(name: str, domain: Domain) -> Any:
+            if domain.options is not None and len(domain.options) == 1:
+                return domain.options[0]
+            drawn[name] = value = suggest(name, domain)
+            return value
+
+        n = self.num_stages
+        stage_symbols = [set(s) for s in self.base.stage_symbols()]
+        for choice in self.choices:
+            if choice.mixer is not None:
+                continue
+            if choice.path == ("layout",):
+                layout = parse_layout(self.base.layout)
+                for i in range(n):
+                    symbol = draw(f"layout[{i}]", choice.domains[i])
+                    layout[i], stage_symbols[i] = symbol, {symbol}
+                data["layout"] = "-".join(layout) if all(isinstance(s, str) for s in layout) else layout
+            elif choice.per_stage:
+                current = getattr(self.base, choice.path[0])
+                values = [pick(current, i) if not isinstance(current, list) or len(current) == n else None
+                          for i in range(n)]
+                for i in range(n):
+                    values[i] = draw(f"{choice.key}[{i}]", choice.domains[i])
+                data[choice.path[0]] = values
+            else:
+                _set(data, choice.path, draw(choice.key, choice.domains[0]))
+        for choice in self.choices:
+            if choice.mixer is None:
+                continue
+            symbol, param = choice.mixer
+            used = [i for i in range(n) if symbol in stage_symbols[i]]
+            if not used:
+                continue
+            override = self.base.mixers.get(symbol)
+            base_value = getattr(override, param) if override is not None and param in override.model_fields_set \
+                else None
+            values = [pick(base_value, i) if base_value is not None else choice.domains[i].first for i in range(n)]
+            for i in used:
+                values[i] = draw(f"{choice.key}[{i}]", choice.domains[i])
+            entry = data.setdefault("mixers", {}).setdefault(symbol, {})
+            entry[param] = values[0] if all(v == values[0] for v in values) else values
+        return data, drawn
+
+    def sample_random(self, rng) -> tuple[dict, dict]:
+        """A uniform sample with a ``random.Random`` (benchmarks, smoke tests)."""
+        def suggest(name: str, domain: Domain) -> Any:
+            if domain.options is not None:
+                return domain.options[rng.randrange(len(domain.options))]
+            if domain.is_int:
+                step = int(domain.step or 1)
+                return rng.randrange(int(domain.low), int(domain.high) + 1, step)
+            return rng.uniform(domain.low, domain.high)
+
+        return self.sample(suggest)
+
+    # -- feasibility ----------------------------------------------------------------------------------------
+    def check(self, data: dict) -> Check:
+        """Validate and plan ``data`` (no tensors allocated); ``error`` says why it cannot be built."""
+        try:
+            spec = validate_data(data, None)
+            return Check(data, spec, estimate(spec))
+        except SpecError as exc:
+            return Check(data, error=str(exc.problems[0]) if exc.problems else str(exc))
+
+
+def optuna_suggest(trial) -> Suggest:
+    def suggest(name: str, domain: Domain) -> Any:
+        if domain.options is not None:
+            return trial.suggest_categorical(name, domain.options)
+        if domain.is_int:
+            return trial.suggest_int(name, int(domain.low), int(domain.high), step=int(domain.step or 1),
+                                     log=domain.log)
+        return trial.suggest_float(name, float(domain.low), float(domain.high), step=domain.step, log=domain.log)
+
+    return suggest
+
+
+def _set(data: dict, path: tuple, value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {} if node.get(key) is None else (
+                {"type": node[key]} if isinstance(node[key], str) else dict(node[key]))
+        node = node[key]
+    node[path[-1]] = value
+
+
+# -- loading and validation -----------------------------------------------------------------------------------
+
+def _near(word: str, options) -> str:
+    near = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+class _Problems:
+    def __init__(self, locs: Locations):
+        self.locs, self.items = locs, []
+
+    def add(self, path: tuple, message: str) -> None:
+        file, line = self.locs.find(path)
+        self.items.append(Problem(message, path, file, line))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SpecError(self.items)
+
+
+def _domain(value: Any, path: tuple, problems: _Problems) -> Domain | None:
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"low", "high", "step", "log"}
+        if unknown or "low" not in value or "high" not in value:
+            problems.add(path, f"a range needs low and high (and optionally step, log), got {dict(value)!r}")
+            return None
+        low, high = value["low"], value["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
+            problems.add(path, f"a range needs numbers low <= high, got low={low!r} high={high!r}")
+            return None
+        return Domain(low=low, high=high, step=value.get("step"), log=bool(value.get("log", False)))
+    options = value if isinstance(value, list) else [value]
+    if not options:
+        problems.add(path, "an empty option list; give at least one option")
+        return None
+    for j, option in enumerate(options):
+        if not (option is None or isinstance(option, (bool, int, float, str))):
+            problems.add(path + (j,) if isinstance(value, list) else path,
+                         f"options must be numbers, strings, booleans or null, got {option!r}")
+            return None
+    if len({repr(o) for o in options}) != len(options):
+        problems.add(path, f"repeated options in {options!r}; list each option once")
+        return None
+    return Domain(options=list(options))
+
+
+def _load_base(raw: Any, locs: Locations, space_dir: Path) -> tuple[Spec, dict]:
+    if isinstance(raw, str):
+        if looks_like_path(raw):
+            path = space_dir / raw
+            if not path.is_file():
+                raise SpecError.at(("base",), f"no such spec file: {raw} (looked for {path})", locs)
+            data, base_locs = read_spec_file(path, os.path.relpath(path))
+            data, base_locs = resolve_extends(data, base_locs, path.parent, (str(path.resolve()),))
+            spec = validate_data(data, base_locs, default_name=path.stem)
+        else:
+            try:
+                spec = load_spec(raw)
+            except SpecError as exc:
+                if exc.problems and exc.problems[0].line is None:
+                    raise SpecError.at(("base",), exc.problems[0].message, locs) from None
+                raise
+    elif isinstance(raw, Mapping):
+        sub = Locations({k[1:]: v for k, v in locs.entries.items() if k[:1] == ("base",) and len(k) > 1},
+                        locs.default_file)
+        # locations of base fields keep the space file's lines
+        data, sub = resolve_extends(dict(raw), sub, space_dir)
+        spec = validate_data(data, sub)
+    else:
+        raise SpecError.at(("base",), f"expected a preset name, a spec path or a spec mapping, got {raw!r}", locs)
+    plan(spec)  # position checks: a base that cannot be planned is reported here, not per trial
+    return spec, spec_to_data(spec)
+
+
+def _mixer_type(base: Spec, symbol: str) -> str | None:
+    if symbol in base.mixers:
+        return base.mixers[symbol].type
+    known = resolve_symbol(symbol, base.macro)
+    return known.type if known else None
+
+
+def _check_options(space_base: Spec, base_data: dict, choice: Choice, problems: _Problems) -> None:
+    """Every option of every choice must be a valid value where it is used (schema and cross-field checks)."""
+    n = space_base.num_stages
+    key_path = ("choices", choice.key)
+    if choice.mixer is not None:
+        symbol, param = choice.mixer
+        type_name = _mixer_type(space_base, symbol)
+        cls = MIXERS[type_name]
+        if param not in cls.model_fields or param == "type":
+            allowed = [f for f in cls.model_fields if f != "type"]
+            problems.add(key_path, f"mixer {symbol} ({type_name}) has no parameter {param!r}{_near(param, allowed)}"
+                                   f" allowed: {', '.join(allowed)}")
+            return
+        for i, domain in enumerate(choice.domains):
+            for j, value in enumerate(domain.values()):
+                try:
+                    cls.model_validate({"type": type_name, param: value})
+                except ValidationError as exc:
+                    per = _is_per_stage_form(choice)
+                    problems.add(key_path + ((i, j) if per else (j,)),
+                                 f"{f'stage {i}: ' if per else ''}{first_message(exc)}, got {value!r}")
+                    return
+        return
+    for i, domain in enumerate(choice.domains):
+        for j, value in enumerate(domain.values()):
+            data = copy.deepcopy(base_data)
+            if choice.path == ("layout",):
+                layout = parse_layout(space_base.layout)
+                layout[i] = value
+                data["layout"] = layout
+                if not isinstance(value, str) or _mixer_type(space_base, value) is None:
+                    from ..mixers import symbol_names
+
+                    names = sorted(set(symbol_names(space_base.macro)) | set(space_base.mixers))
+                    problems.add(key_path + ((i, j) if _is_per_stage_form(choice) else (j,)),
+                                 f"stage {i}: unknown mixer symbol {value!r}{_near(value, names)} known symbols: "
+                                 f"{', '.join(names)}")
+                    return
+                continue
+            if choice.per_stage:
+                current = data.get(choice.path[0])
+                values = list(current) if isinstance(current, list) and len(current) == n else [current] * n
+                values[i] = value
+                data[choice.path[0]] = values
+            else:
+                _set(data, choice.path, value)
+            try:
+                validate_data(data, Locations())
+            except SpecError as exc:
+                msg = exc.problems[0].message if exc.problems else str(exc)
+                where = key_path + ((i, j) if _is_per_stage_form(choice) else (j,))
+                problems.add(where, f"option {value!r}{f' (stage {i})' if choice.per_stage else ''}: {msg}")
+                return
+
+
+def _is_per_stage_form(choice: Choice) -> bool:
+    return getattr(choice, "_per_stage_form", False)
+
+
+def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_name: str) -> SearchSpace:
+    problems = _Problems(locs)
+    if not isinstance(data, Mapping):
+        problems.add((), "a search space must be a mapping with base: and choices:")
+        problems.raise_if_any()
+    for key in data:
+        if key not in SPACE_FIELDS:
+            problems.add((key,), f"unknown field {key!r}{_near(key, SPACE_FIELDS)} allowed: {', '.join(SPACE_FIELDS)}")
+    for key in ("base", "choices"):
+        if key not in data:
+            problems.add((), f"required field {key!r} is missing")
+    problems.raise_if_any()
+    base, base_data = _load_base(data["base"], locs, space_dir)
+    n = base.num_stages
+    raw_choices = data["choices"]
+    if not isinstance(raw_choices, Mapping) or not raw_choices:
+        problems.add(("choices",), "expected a mapping of spec paths to options, e.g. "
+                                   "{layout: [Conv, A], mixers.Conv.kernel_size: [3, 5, 7]}")
+        problems.raise_if_any()
+    choices: list[Choice] = []
+    for key, value in raw_choices.items():
+        path = tuple(str(key).split("."))
+        where = ("choices", key)
+        if path[0] not in Spec.model_fields or path[0] in ("name", "macro"):
+            allowed = [f for f in Spec.model_fields if f not in ("name", "macro")]
+            problems.add(where, f"unknown spec field {path[0]!r}{_near(path[0], allowed)} allowed: "
+                                f"{', '.join(allowed)}, mixers.SYMBOL.param")
+            continue
+        if path[0] == "mixers":
+            if len(path) != 3:
+                problems.add(where, f"write mixer parameters as mixers.SYMBOL.param, got {key!r}")
+                continue
+            if _mixer_type(base, path[1]) is None:
+                problems.add(where, f"unknown mixer symbol {path[1]!r} for macro {base.macro}")
+                continue
+        elif path[0] in PER_STAGE_FIELDS and len(path) > 1:
+            problems.add(where, f"{path[0]} is chosen per stage as a whole; write {path[0]}: [...]")
+            continue
+        per_stage = path[0] in PER_STAGE_FIELDS or path[0] == "mixers"
+        per_stage_form = isinstance(value, list) and any(isinstance(v, (list, Mapping)) for v in value) \
+            and per_stage
+        if per_stage_form:
+            if len(value) != n:
+                problems.add(where, f"has {len(value)} per-stage option lists but the base has {n} stages; give "
+                                    "one option list per stage, or one list for every stage")
+                continue
+            domains = [_domain(v, where + (i,), problems) for i, v in enumerate(value)]
+        else:
+            domain = _domain(value, where, problems)
+            domains = [domain] * (n if per_stage else 1)
+        if any(d is None for d in domains):
+            continue
+        choice = Choice(str(key), path, per_stage, domains)
+        choice._per_stage_form = per_stage_form  # type: ignore[attr-defined]
+        _check_options(base, base_data, choice, problems)
+        choices.append(choice)
+    problems.raise_if_any()
+    # a mixer parameter must be usable somewhere
+    layout_choice = next((c for c in choices if c.path == ("layout",)), None)
+    symbols = [set(s) for s in base.stage_symbols()]
+    if layout_choice is not None:
+        symbols = [set(d.values()) for d in layout_choice.domains]
+    for choice in choices:
+        if choice.mixer and not any(choice.mixer[0] in s for s in symbols):
+            problems.add(("choices", choice.key), f"mixer {choice.mixer[0]} is not used in any stage of the base "
+                                                  f"and not among the layout choices; add it to choices.layout")
+    budget = data.get("budget") or {}
+    macs = params = None
+    if not isinstance(budget, Mapping):
+        problems.add(("budget",), f"expected {{macs: 5G, params: 30M}}, got {budget!r}")
+    else:
+        for key in budget:
+            if key not in ("macs", "params"):
+                problems.add(("budget", key), f"unknown budget {key!r}{_near(key, ['macs', 'params'])} allowed: "
+                                              "macs, params")
+        try:
+            macs = parse_count(budget["macs"]) if budget.get("macs") is not None else None
+        except ValueError as exc:
+            problems.add(("budget", "macs"), str(exc))
+        try:
+            params = parse_count(budget["params"]) if budget.get("params") is not None else None
+        except ValueError as exc:
+            problems.add(("budget", "params"), str(exc))
+    objective = data.get("objective")
+    if objective is not None and not isinstance(objective, str):
+        problems.add(("objective",), f"expected an objective name such as proxy or proxy,macs, got {objective!r}")
+    name = data.get("name") or default_name
+    if not isinstance(name, str):
+        problems.add(("name",), f"expected a name, got {name!r}")
+    problems.raise_if_any()
+    order = sorted(choices, key=lambda c: (c.path != ("layout",), c.mixer is not None))
+    return SearchSpace(name, base, base_data, order, macs, params, objective, file, locs)
+
+
+def load_space(source: str | os.PathLike | Mapping | SearchSpace) -> SearchSpace:
+    """A :class:`SearchSpace` from a YAML path, YAML text or a mapping. Problems raise SpecError (file:line)."""
+    if isinstance(source, SearchSpace):
+        return source
+    if isinstance(source, Mapping):
+        locs = Locations(default_file="<dict>")
+        return parse_space(dict(source), locs, "<dict>", Path.cwd(), "space")
+    text = os.fspath(source)
+    if "\n" in text:
+        data, locs = parse_yaml(text, "<string>")
+        return parse_space(data, locs, "<string>", Path.cwd(), "space")
+    path = Path(text)
+    if not path.is_file():
+        raise SpecError(Problem(f"no such search-space file: {text}", (), text))
+    data, locs = parse_yaml(path.read_text(), text)
+    return parse_space(data, locs, text, path.parent, path.stem)

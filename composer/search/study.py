@@ -1,0 +1,466 @@
+"""The search loop: Optuna study, hard budget before building, crash-safe storage, several workers.
+
+Every trial samples the space, validates and plans the sample (no tensors), and checks the Plan's MACs and
+params against the budget. Only a feasible sample is built and scored; an infeasible one completes at once
+with a penalty value and positive constraint values, so the sampler (TPE or NSGA-II with
+``constraints_func``) learns the feasible region. The study lives in a storage (default: SQLite in the run
+directory) with heartbeats: a trial left RUNNING by a killed process goes stale, is failed and re-queued
+(``RetryFailedTrialCallback``), and the loop runs until the study holds ``trials`` finished (complete or
+pruned) trials, whichever process finished them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..spec import SpecError
+from ..spec.errors import Problem
+from ..spec.units import format_count, parse_count
+from .objectives import MAXIMIZE, SCORE_OBJECTIVES, load_dataset, parse_objectives
+from .space import SearchSpace, load_space, optuna_suggest
+
+PENALTY = 1e9          # the value an infeasible or invalid sample gets (-PENALTY when maximising)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class Settings:
+    objectives: list[str]
+    budget_macs: int
+    budget_params: int | None
+    trials: int
+    seed: int = 0
+    proxy_size: int = 64
+    proxy_batch: int = 16
+    data: str = "digits"
+    epochs: int = 3
+    dedupe: bool = True
+
+    def study_attrs(self) -> dict:
+        return {"objectives": ",".join(self.objectives), "budget_macs": self.budget_macs,
+                "budget_params": self.budget_params, "proxy_size": self.proxy_size,
+                "proxy_batch": self.proxy_batch, "data": self.data, "epochs": self.epochs}
+
+
+@dataclass
+class Counters:
+    """What this process did (the log's figures)."""
+
+    sampled: int = 0
+    infeasible: int = 0
+    invalid: int = 0
+    built: int = 0
+    over_budget_built: int = 0
+    reused: int = 0
+    check_seconds: float = 0.0
+    build_seconds: list[float] = field(default_factory=list)
+
+
+_SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")   # optuna >= 5: constraints_func is deprecated
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return trial.user_attrs.get("constraints", [1.0, 1.0])
+
+
+def _constrain(trial: optuna.Trial, values: list[float]) -> None:
+    """Tell the sampler how far over budget a sample is (<= 0: feasible); kept as a user attr too."""
+    trial.set_user_attr("constraints", values)
+    if _SET_CONSTRAINT:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # a retried trial inherits its constraints
+            trial.set_constraint("macs", values[0])
+            trial.set_constraint("params", values[1])
+
+
+def open_storage(url: str, heartbeat: float):
+    """An Optuna storage for ``url``; RDB storages get heartbeats and the retry of stale trials."""
+    if url.startswith("journal:") or url.endswith(".log"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if retry is not None:
+            kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=3)
+        else:
+            kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
+                                          grace_period=max(2, round(3 * heartbeat)), **kwargs)
+
+
+class Searcher:
+    """One worker process's view of a study."""
+
+    def __init__(self, space: SearchSpace, settings: Settings, study: optuna.Study, log=print):
+        self.space, self.settings, self.study, self.log = space, settings, study, log
+        self.counters = Counters()
+        self.dataset = None
+        if "train" in settings.objectives:
+            self.dataset = load_dataset(settings.data, space.base.input_size, space.base.in_chans, settings.seed)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- one trial ------------------------------------------------------------------------------------------
+    def objective(self, trial: optuna.Trial):
+        s, c = self.settings, self.counters
+        t0 = time.perf_counter()
+        data, drawn = self.space.sample(optuna_suggest(trial))
+        data["name"] = f"{self.space.name}_t{trial.number}"
+        check = self.space.check(data)  # the Plan's estimate decides what may be built
+        c.sampled += 1
+        c.check_seconds += time.perf_counter() - t0
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("spec", data)
+        if check.error is not None:
+            c.invalid += 1
+            trial.set_user_attr("feasible", False)
+            trial.set_user_attr("error", check.error)
+            _constrain(trial, [1.0, 1.0])
+            return self._penalty(None)
+        est = check.estimate
+        over_macs = est.macs / s.budget_macs - 1.0
+        over_params = est.params / s.budget_params - 1.0 if s.budget_params else -1.0
+        feasible = over_macs <= 0 and over_params <= 0
+        trial.set_user_attr("macs", est.macs)
+        trial.set_user_attr("params", est.params)
+        trial.set_user_attr("fft_macs", est.fft_macs)
+        trial.set_user_attr("slack_macs", s.budget_macs - est.macs)
+        if s.budget_params:
+            trial.set_user_attr("slack_params", s.budget_params - est.params)
+        _constrain(trial, [over_macs, over_params])
+        trial.set_user_attr("feasible", feasible)
+        if not feasible:
+            c.infeasible += 1
+            return self._penalty(est)
+        if s.dedupe:
+            twin = self._twin(trial, drawn)
+            if twin is not None:
+                c.reused += 1
+                trial.set_user_attr("reused_from", twin.number)
+                for key in ("naswot", "gradnorm", "latency_ms", "accuracy"):
+                    if key in twin.user_attrs:
+                        trial.set_user_attr(key, twin.user_attrs[key])
+                return twin.values[0] if len(twin.values) == 1 else list(twin.values)
+        return self._evaluate(trial, check)
+
+    def _twin(self, trial, drawn: dict):
+        for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.params == drawn and other.user_attrs.get("feasible") and other.number != trial.number:
+                return other
+        return None
+
+    def _penalty(self, est):
+        values = []
+        for name in self.settings.objectives:
+            if name == "macs" and est is not None:
+                values.append(est.macs / 1e9)
+            elif name == "params" and est is not None:
+                values.append(est.params / 1e6)
+            else:
+                values.append(-PENALTY if MAXIMIZE[name] else PENALTY)
+        return values[0] if len(values) == 1 else values
+
+    def _build(self, data: dict, check) -> Any:
+        """The only place a model is built: after the budget check passed."""
+        from ..build import compose
+
+        s, c = self.settings, self.counters
+        est = check.estimate
+        if est.macs > s.budget_macs or (s.budget_params and est.params > s.budget_params):
+            c.over_budget_built += 1   # cannot happen: infeasible samples return before this
+        t0 = time.perf_counter()
+        model = compose(data)
+        c.built += 1
+        c.build_seconds.append(time.perf_counter() - t0)
+        return model
+
+    def _evaluate(self, trial: optuna.Trial, check):
+        import torch
+
+        s = self.settings
+        spec = check.spec
+        t0 = time.perf_counter()
+        torch.manual_seed(s.seed)
+        results: dict[str, float] = {}
+        trial.set_user_attr("built", True)
+        if "train" in s.objectives:
+            from .objectives import train_and_validate
+
+            model = self._build(check.data, check)
+            single = len(s.objectives) == 1
+
+            def report(epoch: int, acc: float) -> None:
+                trial.set_user_attr(f"accuracy_epoch{epoch}", acc)
+                if single:
+                    trial.report(acc, epoch)
+                    if trial.should_prune():
+                        trial.set_user_attr("accuracy", acc)
+                        raise optuna.TrialPruned(f"pruned after epoch {epoch} at accuracy {acc:.3f}")
+
+            results["train"] = train_and_validate(model, self.dataset, s.epochs, s.seed, report)
+            trial.set_user_attr("accuracy", results["train"])
+        needs_proxy = any(n in SCORE_OBJECTIVES or n == "latency" for n in s.objectives)
+        if needs_proxy:
+            from .objectives import measure_latency, proxy_scores
+
+            data = dict(check.data, drop_path_rate=0.0)
+            size = min(s.proxy_size, spec.input_size)
+            if size != spec.input_size:
+                small = self.space.check(dict(data, input_size=size))
+                if small.error is not None:   # the architecture does not fit the small input: score at full size
+                    size = spec.input_size
+                else:
+                    data = small.data
+            model = self._build(data, check)
+            trial.set_user_attr("proxy_size", size)
+            if any(n in SCORE_OBJECTIVES for n in s.objectives):
+                scores = proxy_scores(model, size, s.proxy_batch, spec.in_chans, spec.num_classes, s.seed)
+                trial.set_user_attr("naswot", scores["naswot"])
+                trial.set_user_attr("gradnorm", scores["gradnorm"])
+                results.update(proxy=scores["naswot"], naswot=scores["naswot"], gradnorm=scores["gradnorm"])
+            if "latency" in s.objectives:
+                results["latency"] = measure_latency(model, size, spec.in_chans)
+                trial.set_user_attr("latency_ms", results["latency"])
+        results["macs"] = check.estimate.macs / 1e9
+        results["params"] = check.estimate.params / 1e6
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        values = [results[n] for n in s.objectives]
+        return values[0] if len(values) == 1 else values
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        trials = self.study.get_trials(deepcopy=False)
+        out = {state.name: 0 for state in TrialState}
+        for t in trials:
+            out[t.state.name] += 1
+        out["finished"] = out["COMPLETE"] + out["PRUNED"]
+        out["feasible"] = sum(1 for t in trials if t.state in FINISHED and t.user_attrs.get("feasible"))
+        return out
+
+    def best_text(self) -> str:
+        if len(self.settings.objectives) > 1:
+            front = [t for t in _feasible(self.study) if t.state == TrialState.COMPLETE]
+            return f"{len(front)} feasible"
+        best = best_trial(self.study, self.settings)
+        return "-" if best is None else f"{best.value:.4g} (#{best.number})"
+
+    def loop(self, progress: bool = True, poll: float = 1.0) -> None:
+        n = self.settings.trials
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, initial=min(self.counts()["finished"], n), desc=f"search {self.space.name}",
+                       unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+        def update(study, trial) -> None:
+            if bar is None:
+                return
+            counts = self.counts()
+            bar.n = min(counts["finished"], n)
+            frac = counts["feasible"] / max(counts["finished"], 1)
+            bar.set_postfix_str(f"best {self.best_text()}, feasible {counts['feasible']}/{counts['finished']} "
+                                f"({frac:.0%})")
+            bar.refresh()
+
+        try:
+            while True:
+                counts = self.counts()
+                if counts["finished"] >= n:
+                    break
+                if counts["finished"] + counts["RUNNING"] >= n and counts["WAITING"] == 0:
+                    # the remaining trials run elsewhere, or belong to a dead worker and will go stale
+                    optuna.storages.fail_stale_trials(self.study)
+                    time.sleep(poll)
+                    continue
+                self.study.optimize(self.objective, n_trials=1, callbacks=[update], gc_after_trial=False)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _feasible(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("feasible") and t.user_attrs.get("built", "reused_from" in t.user_attrs)]
+
+
+def best_trial(study: optuna.Study, settings: Settings):
+    trials = _feasible(study)
+    if not trials:
+        return None
+    sign = 1 if MAXIMIZE[settings.objectives[0]] else -1
+    return max(trials, key=lambda t: sign * t.value)
+
+
+def pareto_front(study: optuna.Study, settings: Settings) -> list[optuna.trial.FrozenTrial]:
+    trials = _feasible(study)
+    signs = [1 if MAXIMIZE[n] else -1 for n in settings.objectives]
+
+    def dominates(a, b) -> bool:
+        av = [s * v for s, v in zip(signs, a.values)]
+        bv = [s * v for s, v in zip(signs, b.values)]
+        return all(x >= y for x, y in zip(av, bv)) and any(x > y for x, y in zip(av, bv))
+
+    front = [t for t in trials if not any(dominates(o, t) for o in trials)]
+    return sorted(front, key=lambda t: t.values[0], reverse=signs[0] > 0)
+
+
+def _sampler(settings: Settings, seed: int):
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    extra = {} if _SET_CONSTRAINT else {"constraints_func": _constraints}
+    if len(settings.objectives) > 1:
+        pop = max(4, min(50, settings.trials // 4))
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, **extra)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, min(10, settings.trials // 4)), **extra)
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    run_dir: Path
+    settings: Settings
+    counters: Counters
+    best_specs: list[Path]
+    seconds: float
+    summary: str
+
+
+def _slug(objectives: list[str]) -> str:
+    return "-".join(objectives)
+
+
+def run(space, *, budget: str | int | None = None, max_params: str | int | None = None, trials: int = 20,
+        objective: str | None = None, seed: int = 0, storage: str | None = None, run_dir: str | None = None,
+        study_name: str | None = None, workers: int = 1, data: str = "digits", epochs: int = 3,
+        proxy_size: int = 64, proxy_batch: int = 16, heartbeat: float = 5.0, progress: bool = True,
+        report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None) -> SearchResult:
+    """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written."""
+    t_start = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    space = load_space(space)
+    try:
+        objectives = parse_objectives(objective or space.objective or "proxy")
+    except ValueError as exc:
+        raise SpecError(Problem(str(exc), ("objective",))) from None
+    macs = _count(budget, "--budget") if budget is not None else space.budget_macs
+    params = _count(max_params, "--max-params") if max_params is not None else space.budget_params
+    if macs is None:
+        raise SpecError(Problem("no MAC budget: give --budget (e.g. 5GFLOPs) or budget: {macs: 5G} in the space",
+                                ("budget",), space.file))
+    if trials < 1:
+        raise SpecError(Problem(f"--trials must be at least 1, got {trials}", ()))
+    settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, data, epochs)
+    if "train" in objectives:
+        try:
+            dataset = load_dataset(data, space.base.input_size, space.base.in_chans, seed)
+        except ValueError as exc:
+            raise SpecError(Problem(str(exc), ())) from None
+        if space.base.num_classes != dataset.num_classes:
+            log(f"note: {data} has {dataset.num_classes} classes; the sampled specs use num_classes "
+                f"{dataset.num_classes} (the base has {space.base.num_classes})")
+            space.base_data["num_classes"] = dataset.num_classes
+    run_path = Path(run_dir or Path("runs") / f"{space.name}-{_slug(objectives)}")
+    run_path.mkdir(parents=True, exist_ok=True)
+    storage_url = storage or f"sqlite:///{(run_path / 'study.db').resolve()}"
+    study_name = study_name or f"{space.name}-{_slug(objectives)}"
+    store = open_storage(storage_url, heartbeat)
+    directions = ["maximize" if MAXIMIZE[n] else "minimize" for n in objectives]
+    study = optuna.create_study(storage=store, study_name=study_name, directions=directions, load_if_exists=True,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    attrs = settings.study_attrs()
+    existing = study.user_attrs
+    if existing.get("settings") and existing["settings"] != attrs:
+        diff = {k: (existing["settings"].get(k), v) for k, v in attrs.items() if existing["settings"].get(k) != v}
+        raise SpecError(Problem(
+            f"study {study_name!r} in {storage_url} was run with other settings "
+            f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())}); rerun with the same "
+            "settings to continue it, or give --run-dir / --study-name for a new study", ()))
+    if not existing.get("settings"):
+        study.set_user_attr("settings", attrs)
+        study.set_user_attr("space", space.file or space.name)
+    already = len(study.get_trials(deepcopy=False))
+    study.sampler = _sampler(settings, seed + 7919 * worker_index + already)
+    if worker_index == 0:
+        done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
+        what = f"continuing study {study_name!r} ({done} of {trials} trials finished)" if already else \
+            f"new study {study_name!r}"
+        log(f"{what}: objective {','.join(objectives)}, budget {format_count(macs)} MACs"
+            f"{f', {format_count(params)} params' if params else ''}; storage {storage_url}; run dir {run_path}")
+    children = []
+    if workers > 1 and argv is not None and worker_index == 0:
+        for i in range(1, workers):
+            cmd = [sys.executable, "-m", "composer.cli", *argv, "--storage", storage_url, "--run-dir", str(run_path),
+                   "--study-name", study_name, "--worker-index", str(i), "--no-report", "--no-progress"]
+            children.append(subprocess.Popen(cmd))
+    searcher = Searcher(space, settings, study, log)
+    interrupted = False
+    try:
+        searcher.loop(progress=progress)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for child in children:
+            try:
+                child.wait()
+            except KeyboardInterrupt:
+                child.terminate()
+                interrupted = True
+    c = searcher.counters
+    log(f"this process: {c.sampled} samples checked ({c.check_seconds / max(c.sampled, 1) * 1e3:.1f} ms each), "
+        f"{c.infeasible} over budget, {c.invalid} invalid, {c.reused} repeats reused, {c.built} models built, "
+        f"{c.over_budget_built} over-budget models built")
+    best_specs: list[Path] = []
+    summary = ""
+    if report:
+        from .report import write_report
+
+        best_specs, summary = write_report(study, settings, run_path, space)
+        log(summary)
+    if interrupted:
+        log("interrupted: the study is saved; rerun the same command to continue it")
+        raise KeyboardInterrupt
+    return SearchResult(study, run_path, settings, c, best_specs, time.perf_counter() - t_start, summary)
+
+
+def _count(value, flag: str) -> int:
+    try:
+        return parse_count(value)
+    except ValueError as exc:
+        raise SpecError(Problem(f"{flag}: {exc}", ())) from None
+
+
+def trials_table(study: optuna.Study) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row = {"number": t.number, "state": t.state.name}
+        if t.values is not None:
+            for i, v in enumerate(t.values):
+                row[f"value_{i}" if len(t.values) > 1 else "value"] = v
+        for key in ("feasible", "macs", "params", "fft_macs", "slack_macs", "slack_params", "naswot", "gradnorm",
+                    "accuracy", "latency_ms", "seconds", "proxy_size", "reused_from", "worker", "error"):
+            if key in t.user_attrs:
+                row[key] = t.user_attrs[key]
+        row.update({f"param:{k}": v for k, v in t.params.items()})
+        if "spec" in t.user_attrs:
+            row["layout"] = t.user_attrs["spec"].get("layout")
+            row["depths"] = json.dumps(t.user_attrs["spec"].get("depths"))
+        rows.append(row)
+    return rows
