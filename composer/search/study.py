@@ -261,6 +261,19 @@ class Searcher:
         best = best_trial(self.study, self.settings)
         return "-" if best is None else f"{best.value:.4g} (#{best.number})"
 
+    def _beat_unbeaten(self) -> None:
+        """Give every RUNNING trial one heartbeat. A worker killed between creating a trial and its first
+        heartbeat leaves a trial that Optuna never sees as stale (no heartbeat row); after this beat it goes
+        stale one grace period later and is retried. A live worker's own beats keep its trial alive."""
+        storage = self.study._storage
+        if not getattr(storage, "get_heartbeat_interval", lambda: None)():
+            return
+        seen = self.__dict__.setdefault("_beaten", set())
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial._trial_id not in seen:
+                seen.add(trial._trial_id)
+                storage.record_heartbeat(trial._trial_id)
+
     def loop(self, progress: bool = True, poll: float = 1.0) -> None:
         n = self.settings.trials
         bar = None
@@ -287,6 +300,7 @@ class Searcher:
                     break
                 if counts["finished"] + counts["RUNNING"] >= n and counts["WAITING"] == 0:
                     # the remaining trials run elsewhere, or belong to a dead worker and will go stale
+                    self._beat_unbeaten()
                     optuna.storages.fail_stale_trials(self.study)
                     time.sleep(poll)
                     continue
