@@ -155,10 +155,14 @@ class Macro:
         conv / linear weight and zero biases (MetaFormer, HorNet, ...), then each mixer's own init."""
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                self.init_layer(module)
         for module in model.modules():
             config = getattr(module, "mixer_config", None)
             if config is not None:
                 config.init_weights(module)
+
+    def init_layer(self, module: nn.Conv2d | nn.Linear) -> None:
+        """The generic init of one conv / linear layer; macros whose reference differs override this."""
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

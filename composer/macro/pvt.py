@@ -198,21 +198,15 @@ class PvtMacro(Macro):
         return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
                     lambda: PvtHead(dim, spec.num_classes, spec.head))
 
-    def init_weights(self, model: nn.Module) -> None:
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            else:
-                continue
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        for module in model.modules():
-            config = getattr(module, "mixer_config", None)
-            if config is not None:
-                config.init_weights(module)
+    def init_layer(self, module: nn.Conv2d | nn.Linear) -> None:
+        """TransNeXt's init: trunc-normal(0.02) linears, He-normal (fan-out) convs, zero biases."""
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        else:
+            trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 # -- official checkpoints (DaiShiResearch/TransNeXt): patch_embed{i}, block{i}.{j}, norm{i}, head ------------
