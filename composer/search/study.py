@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from ..spec import SpecError
@@ -102,8 +103,16 @@ def open_storage(url: str, heartbeat: float):
             kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=3)
         else:
             kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=3)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
-                                          grace_period=max(2, round(3 * heartbeat)), **kwargs)
+        for attempt in range(8):
+            try:
+                return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
+                                                  grace_period=max(2, round(3 * heartbeat)), **kwargs)
+            except sqlalchemy.exc.SQLAlchemyError:
+                # several workers starting on a new database race to create its schema; the losers retry
+                # once the winner has made it
+                if attempt == 7:
+                    raise
+                time.sleep(0.25 * (attempt + 1))
 
 
 class Searcher:
