@@ -23,14 +23,16 @@ class ComposedModel(nn.Module):
         spec = plan.spec
         self.name = spec.name
         self.num_classes = spec.num_classes
-        self.num_features = spec.widths[-1]
+        self.num_features = spec.head.pooled_dim(spec.widths[-1])  # what forward_head(pre_logits=True) gives
         self.stem = plan.node("stem")["part"].build()
         stages = []
         for i in range(spec.num_stages):
             down = f"stages.{i}.downsample"
             downsample = plan.node(down)["part"].build() if down in plan.graph else nn.Identity()
             blocks = [plan.node(f"stages.{i}.blocks.{j}")["part"].build() for j in range(spec.depths[i])]
-            stages.append(plan.macro.stage(downsample, blocks))
+            norm = f"stages.{i}.norm"
+            stages.append(plan.macro.stage(downsample, blocks,
+                                           plan.node(norm)["part"].build() if norm in plan.graph else None))
         self.stages = nn.Sequential(*stages)
         self.head = plan.node("head")["part"].build()
         self.feature_info = [

@@ -74,14 +74,26 @@ class HeadConfig(BaseModel):
     hidden_norm: NormConfig = Field(default=LN, description="norm inside the MLP head")
     hidden_drop: NonNegativeFloat = Field(default=0.0, description="dropout inside the MLP head")
     drop: NonNegativeFloat = Field(default=0.0, description="dropout before the classifier")
+    transform_ratio: PositiveFloat | None = Field(
+        default=None, description="before pooling: 1x1 conv to ratio x width (no bias) + BatchNorm + GELU "
+                                  "(the unified architecture's extra transform, 1.5)")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return {"type": data} if isinstance(data, str) else data  # head: linear
 
-    def cost(self, dim: int, num_classes: int) -> Cost:
-        norm = self.norm.cost(dim) if self.norm else Cost()
+    def pooled_dim(self, dim: int) -> int:
+        """The width after pooling: ``dim``, or ``transform_ratio`` x ``dim`` with the extra transform."""
+        return int(self.transform_ratio * dim) if self.transform_ratio else dim
+
+    def cost(self, dim: int, num_classes: int, tokens: int = 1) -> Cost:
+        """``tokens``: the final feature map's H x W (only the extra transform runs before pooling)."""
+        transform = Cost()
+        if self.transform_ratio:  # bias-free 1x1 conv on every token + BatchNorm (weight, bias)
+            transform = linear_cost(dim, self.pooled_dim(dim), tokens, bias=False) + Cost(2 * self.pooled_dim(dim))
+            dim = self.pooled_dim(dim)
+        norm = transform + (self.norm.cost(dim) if self.norm else Cost())
         if num_classes == 0:
             return norm
         if self.type == "linear":

@@ -127,11 +127,31 @@ def resolve_mixer(spec: Spec, symbol: str, stage: int) -> MixerConfig:
     if override is not None:
         values.update({k: pick(getattr(override, k), stage) for k in override.model_fields_set if k != "type"})
     try:
-        return MIXERS[type_name].model_validate({"type": type_name, **values})
+        return _mixer_config(type_name, values)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         raise _spec_error(spec, [Problem(f"stage {stage}: {first_message(exc)}",
                                          ("mixers", symbol, *err["loc"]))]) from None
+
+
+_MIXER_CONFIGS: dict = {}
+
+
+def _mixer_config(type_name: str, values: dict) -> MixerConfig:
+    """``MIXERS[type_name]`` validated from ``values``, memoized: pydantic validation is the dearest step of a
+    walk and a search resolves the same few configs thousands of times (configs are frozen, so sharing one is
+    safe). The key holds each value's type, so ``True`` and ``1`` stay apart; a list value is not memoized."""
+    try:
+        key = (type_name, *sorted((k, type(v), v) for k, v in values.items()))
+        config = _MIXER_CONFIGS.get(key)
+    except TypeError:
+        return MIXERS[type_name].model_validate({"type": type_name, **values})
+    if config is None:
+        config = MIXERS[type_name].model_validate({"type": type_name, **values})
+        if len(_MIXER_CONFIGS) > 4096:
+            _MIXER_CONFIGS.clear()
+        _MIXER_CONFIGS[key] = config
+    return config
 
 
 @dataclass
@@ -163,9 +183,14 @@ class Walk:
                         stages, self.head.cost)
 
 
-def walk(spec: Spec) -> Walk:
+def walk(spec: Spec, costs_only: bool = False) -> Walk:
     """Resolve every module of a (checked, non-ensemble) spec into a Part, raising SpecError for mixers that
-    cannot work where they are placed."""
+    cannot work where they are placed.
+
+    ``costs_only`` (``estimate``): a block equal to the one before it in its stage (same symbol, a mixer whose
+    cost does not read the block index) reuses that block's Part: its cost is the same (the contract of
+    ``cost_depends_on_block``), only its build closure and drop-path rate would differ, so such a Walk gives
+    costs and must not be built from. Every block's ``check`` still runs at its own position."""
     macro = MACROS[spec.macro]
     stem = macro.stem(spec)
     shape = stem.out_shape
@@ -200,8 +225,14 @@ def walk(spec: Spec) -> Walk:
                 problems.append(Problem(f"stage {i} ({symbol}, width {shape[0]}, {shape[1]}x{shape[2]} map): "
                                         f"{exc}{hint}", path))
                 break
-            part = macro.block(spec, i, j, shape, mixer, rates[i][j])
+            if costs_only and j and symbol == symbols[j - 1] and not mixer.cost_depends_on_block:
+                part = stage.members[-1][1]  # the previous block's: a whole stage of 9 costs one block's work
+            else:
+                part = macro.block(spec, i, j, shape, mixer, rates[i][j])
             stage.members.append((f"stages.{i}.blocks.{j}", part, {"stage": i, "symbol": symbol}))
+        norm = macro.stage_norm(spec, i, shape)
+        if norm is not None:
+            stage.members.append((f"stages.{i}.norm", norm, {"stage": i}))
         stage.out_shape = shape
     if problems:
         raise _spec_error(spec, problems)
@@ -242,4 +273,4 @@ def estimate(source: SpecLike) -> Estimate:
     spec = load_spec(source)
     if isinstance(spec, EnsembleSpec):
         return plan(spec).estimate()
-    return walk(spec).estimate(spec)  # no graph: the search calls this thousands of times
+    return walk(spec, costs_only=True).estimate(spec)  # no graph: the search calls this thousands of times

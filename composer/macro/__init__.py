@@ -4,7 +4,8 @@ from .base import Macro, Part
 from .hornet import HorNetMacro
 from .metaformer import MetaFormerMacro
 from .pvt import PvtMacro
+from .unified import UnifiedMacro
 
-MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(), HorNetMacro(), PvtMacro())}
+MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(), HorNetMacro(), PvtMacro(), UnifiedMacro())}
 
 __all__ = ["MACROS", "Macro", "Part"]

@@ -38,13 +38,16 @@ class Part:
 
 
 class Stage(nn.Module):
-    """Downsampling then blocks. Takes and returns (B, C, H, W); converts layouts between blocks, so
-    a stage may mix channels-first mixers (convs) and channels-last ones (attention) block by block."""
+    """Downsampling, blocks, then the macro's stage norm if it has one. Takes and returns (B, C, H, W);
+    converts layouts between blocks, so a stage may mix channels-first mixers (convs) and channels-last ones
+    (attention) block by block."""
 
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None):
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
+        if norm is not None:  # only then: stages of the other macros keep their module list and keys
+            self.norm = norm
 
     def forward(self, x):
         x = self.downsample(x)
@@ -53,7 +56,8 @@ class Stage(nn.Module):
             x = to_layout(x, layout, block.layout)
             layout = block.layout
             x = block(x)
-        return to_layout(x, layout, "channels_first")
+        x = to_layout(x, layout, "channels_first")
+        return self.norm(x) if "norm" in self._modules else x
 
 
 _MIXER_COSTS: dict = {}
@@ -89,16 +93,32 @@ class GlobalAvgPool(nn.Module):
         return x.mean((2, 3), keepdim=True)
 
 
+class TransformPool(nn.Module):
+    """1x1 conv (no bias) -> BatchNorm -> GELU, then the global average (the unified architecture's "extra
+    transform" before pooling; ``head.transform_ratio``)."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, out_dim, 1, bias=False)
+        self.norm = nn.BatchNorm2d(out_dim)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.norm(self.conv(x))).mean((2, 3), keepdim=True)
+
+
 class Head(nn.Sequential):
-    """global_pool -> norm -> flatten -> drop -> fc, as timm's MetaFormer head (keys ``norm``, ``fc``)."""
+    """global_pool -> norm -> flatten -> drop -> fc, as timm's MetaFormer head (keys ``norm``, ``fc``); with
+    ``transform_ratio`` the pool is a :class:`TransformPool`."""
 
     def __init__(self, dim: int, num_classes: int, cfg):
         super().__init__()
-        self.global_pool = GlobalAvgPool()
-        self.norm = cfg.norm.build(dim, "channels_first") if cfg.norm else nn.Identity()
+        pooled = cfg.pooled_dim(dim)
+        self.global_pool = TransformPool(dim, pooled) if cfg.transform_ratio else GlobalAvgPool()
+        self.norm = cfg.norm.build(pooled, "channels_first") if cfg.norm else nn.Identity()
         self.flatten = nn.Flatten(1)
         self.drop = nn.Dropout(cfg.drop)
-        self.fc = cfg.build_classifier(dim, num_classes)
+        self.fc = cfg.build_classifier(pooled, num_classes)
 
 
 BlockFactory = Callable[[nn.Module, "float | None", "float | None"], nn.Module]
@@ -117,6 +137,10 @@ class Macro:
 
     def downsample(self, spec: Spec, stage: int, in_shape: Shape) -> Part | None:
         raise NotImplementedError
+
+    def stage_norm(self, spec: Spec, stage: int, shape: Shape) -> Part | None:
+        """A norm after the stage's blocks (``stages.i.norm``), or None (the default)."""
+        return None
 
     def block(self, spec: Spec, stage: int, index: int, shape: Shape, mixer: Any, drop_path: float) -> Part:
         raise NotImplementedError
@@ -144,11 +168,12 @@ class Macro:
     def head(self, spec: Spec, in_shape: Shape) -> Part:
         """Global average pool, ``head.norm``, then the classifier of ``spec.head``."""
         dim = in_shape[0]
-        return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
+        return Part("head", spec.head.cost(dim, spec.num_classes, in_shape[1] * in_shape[2]), in_shape,
+                    (spec.num_classes or spec.head.pooled_dim(dim), 1, 1),
                     lambda: Head(dim, spec.num_classes, spec.head))
 
-    def stage(self, downsample: nn.Module, blocks: list[nn.Module]) -> nn.Module:
-        return Stage(downsample, blocks)
+    def stage(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None) -> nn.Module:
+        return Stage(downsample, blocks, norm)
 
     def init_weights(self, model: nn.Module) -> None:
         """The reference initialisation, applied once to the whole built model: trunc-normal(0.02) on every

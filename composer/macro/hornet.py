@@ -34,6 +34,7 @@ class HorNetBlock(nn.Module):
                  layer_scale: float | None, res_scale: float | None):
         super().__init__()
         self.layout = layout
+        self.embeds_input = hasattr(mixer, "embed_block_input")  # see MetaFormerBlock
         self.norm1 = norm.build(dim, layout)
         self.gnconv = mixer  # the official key, whatever the mixer
         self.norm2 = norm.build(dim, "channels_last")
@@ -55,6 +56,8 @@ class HorNetBlock(nn.Module):
         return self.drop2(self.pwconv2(self.drop1(self.act(self.pwconv1(x)))))
 
     def forward(self, x):
+        if self.embeds_input:
+            x = self.gnconv.embed_block_input(x)
         y = self.gnconv(self.norm1(x))
         if self.gamma1 is not None:
             y = y * (self.gamma1.view(-1, 1, 1) if self.layout == "channels_first" else self.gamma1)

@@ -26,15 +26,15 @@ import re
 from collections.abc import Mapping
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import nn
 
 from ..cost_types import conv_cost, conv_out
-from ..layers import Layout, Scale
 from ..mixers.base import MixerCheckError, MixerConfig, MixerContext
 from ..parts import LN, NormConfig
 from ..weights import SOURCES
 from .base import Macro, Part, Shape
+from .metaformer import MetaFormerBlock
 
 LN_EPS5 = NormConfig(type="layernorm", bias=True, eps=1e-5)
 
@@ -52,28 +52,10 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(self.pre_norm(x)))
 
 
-class PvtBlock(nn.Module):
-    """Pre-norm block in its mixer's layout (``norm1``, ``attn``, ``norm2``, ``mlp``); optional scales."""
+class PvtBlock(MetaFormerBlock):
+    """The pre-norm block with TransNeXt's keys (``norm1``, ``attn``, ``norm2``, ``mlp``); optional scales."""
 
-    def __init__(self, dim: int, mixer: nn.Module, mlp: nn.Module, norm, layout: Layout, drop_path: float,
-                 layer_scale: float | None, res_scale: float | None):
-        super().__init__()
-        self.layout = layout
-
-        def scale(value):
-            return Scale(dim, value, layout) if value is not None else nn.Identity()
-
-        self.norm1 = norm.build(dim, layout)
-        self.attn = mixer
-        self.norm2 = norm.build(dim, layout)
-        self.mlp = mlp
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.layer_scale1, self.res_scale1 = scale(layer_scale), scale(res_scale)
-        self.layer_scale2, self.res_scale2 = scale(layer_scale), scale(res_scale)
-
-    def forward(self, x):
-        x = self.res_scale1(x) + self.layer_scale1(self.drop_path(self.attn(self.norm1(x))))
-        return self.res_scale2(x) + self.layer_scale2(self.drop_path(self.mlp(self.norm2(x))))
+    mixer_key = "attn"
 
 
 class NormPool(nn.Module):

@@ -81,6 +81,8 @@ class MixerConfig(BaseModel):
     """The tensor layout the module takes and returns; blocks convert around it."""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    cost_formula: ClassVar[str] = ""
+    """The closed form of ``cost`` in words/symbols for the docs catalogue (N tokens, C channels, ...)."""
     cost_depends_on_block: ClassVar[bool] = False
     """Set when ``cost`` reads ``ctx.block`` (e.g. a position embedding only in a stage's first block);
     otherwise plans reuse one block's cost for every equal block."""
