@@ -3,7 +3,17 @@
 Importing this package registers every mixer type and layout symbol.
 """
 
-from . import attention, basic, conv, hornet, hyena, transnext  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    attention,
+    basic,
+    conv,
+    focal,
+    gfnet,
+    hornet,
+    hyena,
+    inception,
+    transnext,
+)
 from .base import (
     MIXERS,
     SYMBOLS,

@@ -1,0 +1,108 @@
+"""FocalNet's focal modulation (Yang et al., "Focal Modulation Networks", NeurIPS 2022), symbol ``Focal``.
+
+For C channels and L focal levels: ``f`` projects to q (C), a context (C) and L + 1 gates (one channel each).
+Level l (l = 0..L-1) refines the context with a k_l x k_l depthwise conv (no bias, k_l = focal_window +
+focal_factor·l) and GELU; the levels' outputs, each times its gate (a scalar per position broadcast over C),
+are summed, plus a global level: GELU of the spatial mean of the LAST level's output times the last gate.
+Optionally the sum is divided by L + 1 (``normalize_modulator``). The modulator ``h`` (1x1 conv) of the sum
+multiplies q element-wise, then an optional LayerNorm (``use_post_norm``, eps 1e-5 as in FocalNet's models) and
+``proj`` (1x1 conv, always with bias).
+
+Layout: channels-first with 1x1 convs for ``f``, ``h`` and ``proj``, as timm's ``focalnet.FocalModulation``,
+so timm's weights copy 1:1 (same keys and shapes). The official code applies ``f`` and ``proj`` as
+``nn.Linear`` on NHWC tensors: the same parameters, stored as (out, in) instead of (out, in, 1, 1).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, NonNegativeInt, PositiveInt
+from torch import nn
+
+from ..cost_types import Cost, conv_cost, linear_cost
+from ..layers import LayerNorm
+from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+
+POST_NORM_EPS = 1e-5  # nn.LayerNorm's default in the official code; timm's FocalNet passes eps=1e-5 too
+
+
+def focal_kernel_sizes(focal_level: int, focal_window: int, focal_factor: int) -> list[int]:
+    """The depthwise kernel of every focal level: focal_window, focal_window + factor, ..."""
+    return [focal_window + focal_factor * level for level in range(focal_level)]
+
+
+class FocalModulation(nn.Module):
+    """Focal modulation on (B, C, H, W); keys ``f``, ``focal_layers.l.0``, ``h``, ``norm``, ``proj`` (timm's)."""
+
+    def __init__(self, dim: int, kernel_sizes: list[int], bias: bool = True, normalize_modulator: bool = False,
+                 use_post_norm: bool = False):
+        super().__init__()
+        self.focal_level = len(kernel_sizes)
+        self.normalize_modulator = normalize_modulator
+        self.split_sizes = (dim, dim, self.focal_level + 1)  # q, context, gates
+        self.f = nn.Conv2d(dim, 2 * dim + self.focal_level + 1, 1, bias=bias)
+        self.focal_layers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False), nn.GELU())
+            for k in kernel_sizes)
+        self.act = nn.GELU()
+        self.h = nn.Conv2d(dim, dim, 1, bias=bias)
+        self.norm = LayerNorm(dim, eps=POST_NORM_EPS, layout="channels_first") if use_post_norm else nn.Identity()
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        q, ctx, gates = torch.split(self.f(x), self.split_sizes, dim=1)
+        ctx_all = 0
+        for level, focal_layer in enumerate(self.focal_layers):
+            ctx = focal_layer(ctx)  # each level refines the previous one (growing receptive field)
+            ctx_all = ctx_all + ctx * gates[:, level:level + 1]
+        # the global level summarises the last level's output, not the input
+        ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
+        ctx_all = ctx_all + ctx_global * gates[:, self.focal_level:]
+        if self.normalize_modulator:
+            ctx_all = ctx_all / (self.focal_level + 1)
+        return self.proj(self.norm(q * self.h(ctx_all)))
+
+
+@register_mixer
+class FocalModulationConfig(MixerConfig):
+    type: Literal["focal_modulation"] = "focal_modulation"
+    focal_level: NonNegativeInt = Field(default=2, description="number of depthwise levels L (FocalNet srf 2, lrf 3)")
+    focal_window: PositiveInt = Field(default=3, description="kernel of the first level (odd)")
+    focal_factor: NonNegativeInt = Field(default=2, description="kernel growth per level: k_l = window + factor·l")
+    bias: bool = Field(default=True, description="biases of f and h (proj always has one)")
+    normalize_modulator: bool = Field(default=False, description="divide the gated context by L + 1")
+    use_post_norm: bool = Field(default=False, description="LayerNorm (eps 1e-5) before proj")
+    summary = ("focal modulation: 1x1 to q / context / L+1 gates, L gated depthwise levels + global level, "
+               "q * h(context), 1x1 out (FocalNet)")
+    paper = "Focal Modulation Networks (Yang et al., NeurIPS 2022)"
+    cost_formula = ("params C(2C+L+1) + (2C+L+1)·b + C·Σk_l² + C² + C·b + C² + C (+ 2C with post-norm), "
+                    "b = bias, k_l = window + factor·l; MACs N·[C(2C+L+1) + C·Σk_l² + 2C²] "
+                    "(gating, mean and normalisation are element-wise, not counted)")
+
+    def kernel_sizes(self) -> list[int]:
+        return focal_kernel_sizes(self.focal_level, self.focal_window, self.focal_factor)
+
+    def check(self, ctx: MixerContext) -> None:
+        kernels = self.kernel_sizes()
+        even = [k for k in kernels if k % 2 == 0]
+        if even:
+            field = "focal_window" if self.focal_window % 2 == 0 else "focal_factor"
+            raise MixerCheckError(f"focal kernels {kernels} (focal_window {self.focal_window} + focal_factor "
+                                  f"{self.focal_factor} per level) include even sizes {even}; 'same' padding "
+                                  f"needs odd kernels: use an odd focal_window and an even focal_factor", field)
+
+    def cost(self, ctx: MixerContext) -> Cost:
+        c, n, hw = ctx.dim, ctx.tokens, (ctx.height, ctx.width)
+        cost = linear_cost(c, 2 * c + self.focal_level + 1, n, self.bias)
+        cost += sum((conv_cost(c, c, k, hw, groups=c, bias=False) for k in self.kernel_sizes()), Cost())
+        cost += linear_cost(c, c, n, self.bias) + linear_cost(c, c, n)  # h, proj
+        return cost + Cost(2 * c if self.use_post_norm else 0)
+
+    def build(self, ctx: MixerContext) -> nn.Module:
+        return FocalModulation(ctx.dim, self.kernel_sizes(), self.bias, self.normalize_modulator,
+                               self.use_post_norm)
+
+
+register_symbol("Focal", "focal_modulation", doc="focal modulation (FocalNet)")
