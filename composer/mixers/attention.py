@@ -49,6 +49,8 @@ class AttentionConfig(MixerConfig):
     layout = "channels_last"
     summary = "multi-head softmax self-attention over all tokens (CAFormer); heads = width / head_dim"
     paper = "Attention Is All You Need; MetaFormer Baselines for Vision (Yu et al. 2022)"
+    cost_formula = ("I = heads·head_dim (= C by default); params 4·C·I (+ 3I with qkv_bias, + C with proj_bias); "
+                    "MACs 4·N·C·I (qkv, proj) + 2·N²·I (QKᵀ and AV, fused SDPA included)")
 
     def heads(self, dim: int) -> int:
         return self.num_heads or dim // self.head_dim

@@ -20,6 +20,7 @@ class IdentityConfig(MixerConfig):
     type: Literal["identity"] = "identity"
     summary = "identity: no token mixing (IdentityFormer)"
     paper = "MetaFormer Baselines for Vision (Yu et al. 2022)"
+    cost_formula = "0 params, 0 MACs"
 
     def cost(self, ctx: MixerContext) -> Cost:
         return ZERO
@@ -45,6 +46,7 @@ class PoolingConfig(MixerConfig):
     pool_size: PositiveInt = 3
     summary = "average pooling minus identity (PoolFormer)"
     paper = "MetaFormer Is Actually What You Need for Vision (Yu et al. 2022)"
+    cost_formula = "0 params, 0 MACs (the pooling and the subtraction are element-wise terms, not counted)"
 
     def check(self, ctx: MixerContext) -> None:
         if self.pool_size % 2 == 0:
@@ -82,6 +84,8 @@ class RandomMixingConfig(MixerConfig):
     layout = "channels_last"
     summary = "frozen random N x N token mixing (RandFormer); N fixed by the compiled input size"
     paper = "MetaFormer Baselines for Vision (Yu et al. 2022)"
+    cost_formula = ("params N² (the frozen matrix is an nn.Parameter); MACs N²·C (N x N matrix times N x C "
+                    "tokens)")
 
     def cost(self, ctx: MixerContext) -> Cost:
         n = ctx.tokens

@@ -46,6 +46,8 @@ class SepConvConfig(MixerConfig):
     bias: bool = False
     summary = "inverted separable conv: 1x1 (x ratio) - act - k x k depthwise - 1x1 (ConvFormer)"
     paper = "MetaFormer Baselines for Vision (Yu et al. 2022)"
+    cost_formula = ("M = int(expansion_ratio·C); params 2·C·M + M·k² (+ 2M + C with bias) + 2 per star_relu "
+                    "(scale, bias); MACs N·(2·C·M + M·k²)")
 
     def check(self, ctx: MixerContext) -> None:
         _check_odd(self.kernel_size)
@@ -82,6 +84,7 @@ class DWConvConfig(MixerConfig):
     bias: bool = True
     summary = "1x1 - k x k depthwise - 1x1, no activation (U-DWConv)"
     paper = "Demystify Transformers & Convolutions in Modern Image Deep Networks (Hu et al. 2025)"
+    cost_formula = "params 2·C² + C·k² (+ 3C with bias); MACs N·(2·C² + C·k²)"
 
     def check(self, ctx: MixerContext) -> None:
         _check_odd(self.kernel_size)

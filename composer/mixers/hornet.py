@@ -105,6 +105,12 @@ class GnConvConfig(MixerConfig):
     s: float = Field(default=1 / 3, description="scale of the filter output (1/3 in every HorNet)")
     summary = "recursive gated conv: 1x1 in, depthwise (or global-local FFT) filter, n-order gating, 1x1 out"
     paper = "HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions (Rao et al. 2022)"
+    cost_formula = ("n = order, d_k = C / 2^(n-1-k) (k < n), S = Σ d_k; params 3C² + 3C (1x1 in to 2C, 1x1 out) + "
+                    "Σ_{k<n-1} (d_k·d_{k+1} + d_{k+1}) (gating 1x1s) + filter; MACs N·(3C² + Σ_{k<n-1} "
+                    "d_k·d_{k+1}) + filter. filter dw: params S·k² + S, MACs N·S·k². filter gf: params 4S (two "
+                    "LayerNorms) + 9·S/2 (3x3 depthwise, no bias) + 2·(S/2)·H·(W//2 + 1) (complex weight), MACs "
+                    "9·N·S/2, fft_macs 2·(S/2)·1.25·N·log2 N (rfft2 + irfft2; the complex product is element- "
+                    "wise)")
 
     def check(self, ctx: MixerContext) -> None:
         step = 2 ** (self.order - 1)

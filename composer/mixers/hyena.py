@@ -189,6 +189,12 @@ class HyenaPixelConfig(MixerConfig):
     layout = "channels_last"
     summary = "HyenaPixel: q k gate -> K x K implicit long conv (FFT) + D skip -> v gate -> 1x1 (HpxFormer)"
     paper = "HyenaPixel: Global Image Context with Convolutions (Spravil et al. 2024)"
+    cost_formula = ("K = long_kernel_size (auto: 2·max(H, W) - 1), T = K², E = filter_emb_dim, O = filter_order "
+                    "(2E), k = kernel_size; params 4C² + 4C (1x1 in to 3C, 1x1 out) + 3C·k² + 3C (short "
+                    "depthwise) + E·T + T + 3C + 2O (z, distance map, deltas, shift, D, Sin) + E·O + O² + O·C + "
+                    "2O (filter FFN) (+ 2C with use_layernorm); MACs N·(4C² + 3C·k²) + T·(E·O + O² + O·C) (the "
+                    "filter FFN once per forward, not per image); fft_macs 3·C·1.25·P·log2 P, P = max(2H, "
+                    "K)·max(2W, K) (rfft2 of filter and input, irfft2)")
 
     def size(self, ctx: MixerContext) -> int:
         return 2 * _side(ctx) - 1 if self.long_kernel_size in (None, "auto") else self.long_kernel_size
@@ -392,6 +398,11 @@ class HyenaBidirectionalConfig(_HyenaConfigBase):
     summary = ("bidirectional 1-D Hyena over the raster sequence: centred implicit filter of length 2N-1, "
                "FFT long conv (HbFormer)")
     paper = "HyenaPixel: Global Image Context with Convolutions (Spravil et al. 2024)"
+    cost_formula = ("L = filter_size (auto: 2N - 1), r = order, E = emb_dim, O = filter_order, I = C(r + 1), F = "
+                    "C(r - 1); params C·I + I (in proj) + 4I (3-tap short depthwise) + L·E + F + 3O (z, D, Sin) + "
+                    "E·O + 2O² + O·F + 3O (filter FFN) + C² + C (out proj) (+ r·C with use_layernorm); MACs "
+                    "N·(C·I + 3I + C²) + L·(E·O + 2O² + O·F) (filter FFN once per forward); fft_macs 3(r - "
+                    "1)·C·1.25·P·log2 P, P = 2N")
 
     def size(self, ctx: MixerContext) -> int:
         return 2 * ctx.tokens - 1 if self.filter_size in (None, "auto") else self.filter_size
@@ -403,6 +414,9 @@ class HyenaCausalConfig(_HyenaConfigBase):
     causal = True
     summary = "causal 1-D Hyena over the raster sequence: implicit filter of length N, FFT long conv"
     paper = "Hyena Hierarchy: Towards Larger Convolutional Language Models (Poli et al. 2023)"
+    cost_formula = ("as hyena_bidirectional with L = filter_size (auto: N) and the causal short conv producing N "
+                    "+ 2 outputs: MACs N·(C·I + C²) + 3I·(N + 2) + L·(E·O + 2O² + O·F); fft_macs 3(r - "
+                    "1)·C·1.25·P·log2 P, P = 2N")
 
     def size(self, ctx: MixerContext) -> int:
         return ctx.tokens if self.filter_size in (None, "auto") else self.filter_size

@@ -282,6 +282,12 @@ class AggregatedAttentionConfig(_TransNeXtCommon):
     summary = ("TransNeXt aggregated attention: 3x3 sliding window + activate-and-pool path in one softmax, "
                "length-scaled cosine attention, query embedding, learnable tokens, log-CPB")
     paper = "TransNeXt: Robust Foveal Visual Perception for Vision Transformers (Shi, CVPR 2024)"
+    cost_formula = ("h heads, w = window_size², P = pooled cells, U = distinct query-pool offsets (the CPB "
+                    "table); params 5C² + 3C (q, kv, sr 1x1, proj) + 3C (qkv_bias) + 2C (pool LayerNorm) + h + C "
+                    "+ C·w + 2h·w (temperature, query embedding, learnable tokens, local biases) + 1536 + 513h "
+                    "(CPB MLP 2 -> 512 -> h); MACs 5·N·C² (q, kv, sr, proj) + 2·P·C² (kv of the pooled tokens) + "
+                    "3·N·C·w (window q·k, q·tokens, a·v) + 2·N·C·P (pooled q·k, a·v) + U·(1024 + 512h) (CPB MLP, "
+                    "every forward)")
 
     def default_sr_ratio(self, ctx: MixerContext) -> int:
         return 2 ** max(ctx.num_stages - 1 - ctx.stage, 0)
@@ -335,6 +341,9 @@ class CosineAttentionConfig(_TransNeXtCommon):
     summary = ("TransNeXt full attention: length-scaled cosine attention (scale ln N), query embedding, "
                "log-CPB over all tokens")
     paper = "TransNeXt: Robust Foveal Visual Perception for Vision Transformers (Shi, CVPR 2024)"
+    cost_formula = ("h heads, U = distinct token offsets (the CPB table); params 4C² + C (qkv, proj) + 3C "
+                    "(qkv_bias) + h + C (temperature, query embedding) + 1536 + 513h (CPB MLP); MACs 4·N·C² + "
+                    "2·N²·C (QKᵀ, AV) + U·(1024 + 512h)")
 
     def cost(self, ctx: MixerContext) -> Cost:
         c, n, h = ctx.dim, ctx.tokens, self.heads(ctx.dim)
