@@ -9,7 +9,7 @@ from torch import nn
 
 from ..cost_types import Cost, linear_cost
 from ..layers import ACTIVATION_PARAMS, Layout, make_act
-from ..perstage import StageValues
+from ..perstage import StageValues, per_stage
 
 
 class ChannelConfig(BaseModel):
@@ -50,13 +50,15 @@ class Mlp(nn.Module):
 
 class MlpConfig(ChannelConfig):
     type: Literal["mlp"] = "mlp"
-    ratio: PositiveFloat = 4.0
+    ratio: per_stage(PositiveFloat) = 4.0  # type: ignore[valid-type]  # e.g. PVT's [8, 8, 4, 4]
     act: Literal["star_relu", "gelu", "relu", "silu", "squared_relu"] = "star_relu"
     bias: bool = False
     drop: NonNegativeFloat = 0.0
     summary: ClassVar[str] = "two-layer MLP, hidden = ratio x width"
 
     def hidden(self, dim: int) -> int:
+        if isinstance(self.ratio, StageValues):
+            raise ValueError("mlp with per-stage ratios: pick a stage with at_stage(stage) first")
         return int(self.ratio * dim)
 
     def cost(self, dim: int, tokens: int) -> Cost:

@@ -7,11 +7,15 @@ from . import (  # noqa: F401  (registration side effects)
     attention,
     basic,
     conv,
+    dcnv3,
     focal,
     gfnet,
+    halo,
     hornet,
     hyena,
     inception,
+    sr_attention,
+    swin,
     transnext,
 )
 from .base import (
