@@ -1,4 +1,4 @@
-"""``composer build | validate | list | search``: the command line.
+"""``composer build | validate | list | search | schema | graph | profile``: the command line.
 
 Every problem with user input ends with exit code 2 and a message naming file:line and field; no
 traceback. ``--debug`` shows tracebacks for bug reports.
@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .spec import SpecError
 
 EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument (output path, format, batch sizes, device): exit code 2 with the message, as a SpecError."""
 
 
 def _cmd_build(args) -> int:
@@ -86,6 +91,73 @@ def _cmd_search(args) -> int:
     return 0 if result.counters.over_budget_built == 0 else 1
 
 
+def _writable(path: str) -> Path:
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name, e.g. {Path(path) / 'out.png'}")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {out.parent} does not exist")
+    return out
+
+
+def _cmd_schema(args) -> int:
+    import json
+
+    from .schema import search_space_schema, spec_schema
+
+    schema = search_space_schema() if args.search_space else spec_schema()
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.output:
+        out = _writable(args.output)
+        out.write_text(text)
+        print(f"wrote {out} ({len(schema['definitions'])} definitions)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_graph(args) -> int:
+    from .graph import SUFFIXES, to_dot, write
+    from .plan import plan
+
+    out = None
+    if args.output:
+        out = _writable(args.output)
+        if out.suffix.lower() not in SUFFIXES:
+            raise UsageError(f"cannot tell the format of {args.output}: use a file name ending in "
+                             f"{', '.join(SUFFIXES)}")
+    p = plan(args.spec)
+    if out is None:
+        sys.stdout.write(to_dot(p))
+        return 0
+    write(p, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_profile(args) -> int:
+    from .profile import parse_batch_sizes, profile, resolve_device
+
+    try:
+        sizes = parse_batch_sizes(args.batch_sizes)
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.warmup < 0 or args.iters < 1:
+        raise UsageError(f"--warmup must be >= 0 and --iters >= 1, got {args.warmup} and {args.iters}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.input_size is not None and args.input_size < 1:
+        raise UsageError(f"--input-size must be a positive resolution, got {args.input_size}")
+    result = profile(args.spec, sizes, str(device), args.input_size, args.warmup, args.iters)
+    print(result.table())
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="composer", description="Vision backbones from YAML specs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -122,6 +194,26 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-index", type=int, default=0,
                    help="this process's index among processes sharing one study (offsets the sampler seed)")
     s.set_defaults(func=_cmd_search)
+    sc = sub.add_parser("schema", help="JSON Schema of spec files (or search spaces) for editors")
+    sc.add_argument("--output", "-o", help="write to FILE instead of printing")
+    sc.add_argument("--search-space", action="store_true", help="the schema of search-space files (search/*.yaml)")
+    sc.set_defaults(func=_cmd_schema)
+    g = sub.add_parser("graph", help="the Plan as a picture (.png/.svg/.pdf) or as GraphML / DOT")
+    g.add_argument("spec", help="a spec file, a preset name or YAML text")
+    g.add_argument("--output", "-o", help="out.png | out.svg | out.pdf | out.graphml | out.dot (default: DOT on "
+                                          "stdout)")
+    g.set_defaults(func=_cmd_graph)
+    pr = sub.add_parser("profile", help="measured latency / throughput beside the analytic MACs")
+    pr.add_argument("spec", help="a spec file, a preset name or YAML text")
+    pr.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    pr.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: cuda if available)")
+    pr.add_argument("--input-size", type=int, help="resolution to compile and time at (default: the spec's)")
+    pr.add_argument("--warmup", type=int, default=3, help="untimed forwards per batch size (default 3)")
+    pr.add_argument("--iters", type=int, default=10, help="timed forwards per batch size; the median is reported "
+                                                         "(default 10)")
+    pr.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 gives steadier "
+                                                "timings on a busy machine)")
+    pr.set_defaults(func=_cmd_profile)
     return parser
 
 
@@ -132,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = raw
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
