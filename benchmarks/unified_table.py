@@ -26,10 +26,10 @@ PAPER = {
 }
 CODE = {
     "halo": [(4.39, 0.87), (31.52, 5.32), (52.83, 9.84), (93.33, 17.07)],
-    "pvt": [(4.45, 0.62), (31.16, 4.73), (50.89, 7.58), (91.57, 13.18)],
+    "pvt": [(4.45, 0.6194), (31.16, 4.7311), (50.89, 7.5830), (91.57, 13.1827)],  # fvcore, unrounded
     "swin": [(4.38, 0.71), (31.54, 4.91), (52.87, 9.17), (93.39, 16.17)],
     "dwconv": [(4.44, 0.66), (31.91, 5.02), (54.39, 9.43), (95.87, 16.67)],
-    "internimage": [(4.30, 0.67), (29.93, 4.90), (50.08, 8.33), (97.47, 16.22)],
+    "internimage": [(4.30, 0.6675), (29.93, 4.9042), (50.08, 8.3310), (97.47, 16.2175)],  # unrounded
 }
 
 
@@ -60,7 +60,7 @@ def main() -> None:
             pos = sum(p.numel() for n, p in model.named_parameters() if "pos_embed" in n) if family == "pvt" else 0
             print(f"{name:<20} {est.params / 1e6:>7.2f}M {est.macs / 1e9:>7.3f}G "
                   f"{(est.params - pos) / 1e6:>15.2f}M {(est.macs - products) / 1e9:>7.3f}G "
-                  f"{cp:>7.2f}M {cg:>5.2f}G {pp:>6.1f}M {pg:>5.2f}G "
+                  f"{cp:>7.2f}M {cg:>6.3f}G {pp:>6.1f}M {pg:>5.2f}G "
                   f"{(est.params / 1e6 - cp) / cp:>+13.2%} {(est.macs / 1e9 - cg) / cg:>+11.2%}")
 
 
