@@ -256,3 +256,44 @@ def test_a_trial_killed_before_its_first_heartbeat_is_retried(tiny, tmp_path, ca
     assert trials[orphan.number].state.name == "FAIL"
     assert not any(t.state.name == "RUNNING" for t in trials)
     capsys.readouterr()
+
+
+def test_feasibility_check_estimate_is_the_full_plans():
+    """The check's fast path (one validation, repeated blocks sharing one Part, memoized mixer configs) gives
+    exactly the full Plan's figures, stage by stage, and the same errors, for samples of every shipped space."""
+    import random
+
+    from composer.plan import plan
+
+    for path in sorted((REPO / "search").glob("*.yaml")):
+        space = load_space(path)
+        rng = random.Random(11)
+        for _ in range(40):
+            data, _ = space.sample_random(rng)
+            check = space.check(data)
+            if check.error is not None:
+                with pytest.raises(SpecError) as exc:
+                    plan(data)
+                assert str(exc.value.problems[0]) == check.error
+                continue
+            full = plan(check.spec).estimate()
+            assert (check.estimate.params, check.estimate.macs, check.estimate.fft_macs) == \
+                (full.params, full.macs, full.fft_macs)
+            assert [s.cost for s in check.estimate.stages] == [s.cost for s in full.stages]
+            assert check.estimate.macs == composer.estimate(data).macs
+    # sampling never alters the base the samples share values with
+    space = load_space(TINY)
+    before = yaml.safe_dump(space.base_data)
+    for seed in range(5):
+        space.sample_random(random.Random(seed))
+    assert yaml.safe_dump(space.base_data) == before
+
+
+def test_storage_urls_get_a_driver_and_hide_passwords():
+    from composer.search.study import database_url, shown_url
+
+    assert database_url("postgres://u:p@db:5432/search").endswith("://u:p@db:5432/search")
+    assert database_url("postgresql+psycopg://u@db/s") == "postgresql+psycopg://u@db/s"   # a named driver is kept
+    assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert shown_url("postgresql://u:s3cr%40t@db:5432/search") == "postgresql://u:***@db:5432/search"
+    assert shown_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"

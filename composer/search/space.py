@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from ..mixers import MIXERS, resolve_symbol
 from ..perstage import first_message, pick
-from ..plan import Estimate, estimate, plan
+from ..plan import Estimate, estimate, plan, walk
 from ..spec import Spec, SpecError, load_spec, spec_to_data, validate_data
 from ..spec.errors import Problem
 from ..spec.model import parse_layout
@@ -107,8 +107,12 @@ class SearchSpace:
 
     # -- sampling -------------------------------------------------------------------------------------------
     def sample(self, suggest: Suggest) -> tuple[dict, dict]:
-        """A spec's data with every choice drawn through ``suggest(name, domain)``; also the drawn values."""
-        data = copy.deepcopy(self.base_data)
+        """A spec's data with every choice drawn through ``suggest(name, domain)``; also the drawn values.
+
+        The data shares the base's unchanged values (a deep copy per sample cost as much as validating it):
+        every change replaces a value or copies the mapping it changes, so the base is never altered. Treat
+        the result as read-only below its top level."""
+        data = dict(self.base_data)
         drawn: dict[str, Any] = {}
 
         def draw(name: str, domain: Domain) -> Any:
@@ -150,7 +154,8 @@ class SearchSpace:
             values = [pick(base_value, i) if base_value is not None else choice.domains[i].first for i in range(n)]
             for i in used:
                 values[i] = draw(f"{choice.key}[{i}]", choice.domains[i])
-            entry = data.setdefault("mixers", {}).setdefault(symbol, {})
+            mixers = data["mixers"] = dict(data.get("mixers") or {})
+            entry = mixers[symbol] = dict(mixers.get(symbol) or {})
             entry[param] = values[0] if all(v == values[0] for v in values) else values
         return data, drawn
 
@@ -168,10 +173,15 @@ class SearchSpace:
 
     # -- feasibility ----------------------------------------------------------------------------------------
     def check(self, data: dict) -> Check:
-        """Validate and plan ``data`` (no tensors allocated); ``error`` says why it cannot be built."""
+        """Validate and plan ``data`` (no tensors allocated); ``error`` says why it cannot be built.
+
+        The estimate is the one ``composer.estimate`` gives for the spec that would be built, computed once:
+        ``validate_data`` has run the spec's checks, so the walk over its parts follows directly (``estimate``
+        would load, and so check, the spec a second time)."""
         try:
             spec = validate_data(data, None)
-            return Check(data, spec, estimate(spec))
+            return Check(data, spec, walk(spec, costs_only=True).estimate(spec) if isinstance(spec, Spec)
+                         else estimate(spec))
         except SpecError as exc:
             return Check(data, error=str(exc.problems[0]) if exc.problems else str(exc))
 
@@ -189,11 +199,11 @@ def optuna_suggest(trial) -> Suggest:
 
 
 def _set(data: dict, path: tuple, value: Any) -> None:
+    """``data[path] = value``, copying every mapping on the way (``data`` shares them with the base)."""
     node = data
     for key in path[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {} if node.get(key) is None else (
-                {"type": node[key]} if isinstance(node[key], str) else dict(node[key]))
+        current = node.get(key)
+        node[key] = {} if current is None else {"type": current} if isinstance(current, str) else dict(current)
         node = node[key]
     node[path[-1]] = value
 

@@ -11,6 +11,7 @@ pruned) trials, whichever process finished them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -87,12 +88,36 @@ def _constrain(trial: optuna.Trial, values: list[float]) -> None:
             trial.set_constraint("params", values[1])
 
 
+def database_url(url: str) -> str:
+    """``url`` with a PostgreSQL driver SQLAlchemy can import. SQLAlchemy 2.1 reads a plain ``postgresql://``
+    as psycopg 3, while composer depends on psycopg2 (``psycopg2-binary``): without psycopg 3 installed, a plain
+    URL gets ``postgresql+psycopg2://``. ``postgres://`` (as many hosting services write it) is accepted too. A
+    URL that names its driver is kept."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` for logs and messages: a database password is replaced by ``***``."""
+    if "://" not in url or url.startswith("sqlite"):
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
 def open_storage(url: str, heartbeat: float):
     """An Optuna storage for ``url``; RDB storages get heartbeats and the retry of stale trials."""
     if url.startswith("journal:") or url.endswith(".log"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    url = database_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
@@ -107,6 +132,9 @@ def open_storage(url: str, heartbeat: float):
             try:
                 return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, round(heartbeat)),
                                                   grace_period=max(2, round(3 * heartbeat)), **kwargs)
+            except ImportError as exc:   # no driver for this database: a usage error, not a crash
+                raise SpecError(Problem(f"--storage {shown_url(url)}: {exc} ({exc.__cause__ or 'no driver'}); install "
+                                        "the database's Python driver (psycopg2-binary for PostgreSQL)", ())) from None
             except sqlalchemy.exc.SQLAlchemyError:
                 # several workers starting on a new database race to create its schema; the losers retry
                 # once the winner has made it
@@ -413,7 +441,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     if existing.get("settings") and existing["settings"] != attrs:
         diff = {k: (existing["settings"].get(k), v) for k, v in attrs.items() if existing["settings"].get(k) != v}
         raise SpecError(Problem(
-            f"study {study_name!r} in {storage_url} was run with other settings "
+            f"study {study_name!r} in {shown_url(storage_url)} was run with other settings "
             f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())}); rerun with the same "
             "settings to continue it, or give --run-dir / --study-name for a new study", ()))
     if not existing.get("settings"):
@@ -421,17 +449,21 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         study.set_user_attr("space", space.file or space.name)
     already = len(study.get_trials(deepcopy=False))
     study.sampler = _sampler(settings, seed + 7919 * worker_index + already)
-    if worker_index == 0:
+    if report:   # every machine's main process says what it joined; --workers children (no report) do not
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
         what = f"continuing study {study_name!r} ({done} of {trials} trials finished)" if already else \
             f"new study {study_name!r}"
         log(f"{what}: objective {','.join(objectives)}, budget {format_count(macs)} MACs"
-            f"{f', {format_count(params)} params' if params else ''}; storage {storage_url}; run dir {run_path}")
+            f"{f', {format_count(params)} params' if params else ''}; storage {shown_url(storage_url)}; "
+            f"run dir {run_path}")
     children = []
-    if workers > 1 and argv is not None and worker_index == 0:
+    if workers > 1 and argv is not None:
+        # worker indices worker_index+1 ... worker_index+workers-1, so machines started with --worker-index 0
+        # --workers 4 and --worker-index 4 do not share seeds; a child runs alone (--workers 1)
         for i in range(1, workers):
             cmd = [sys.executable, "-m", "composer.cli", *argv, "--storage", storage_url, "--run-dir", str(run_path),
-                   "--study-name", study_name, "--worker-index", str(i), "--no-report", "--no-progress"]
+                   "--study-name", study_name, "--worker-index", str(worker_index + i), "--workers", "1",
+                   "--no-report", "--no-progress"]
             children.append(subprocess.Popen(cmd))
     searcher = Searcher(space, settings, study, log)
     interrupted = False
