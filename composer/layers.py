@@ -6,6 +6,7 @@ for norms) so that compiled models load timm and official checkpoints without re
 
 from __future__ import annotations
 
+from functools import lru_cache, wraps
 from typing import Literal
 
 import torch
@@ -114,3 +115,16 @@ def to_layout(x: torch.Tensor, current: Layout, wanted: Layout) -> torch.Tensor:
     if current == wanted:
         return x
     return x.permute(0, 2, 3, 1) if wanted == "channels_last" else x.permute(0, 3, 1, 2)
+
+
+def cached_table(fn):
+    """lru_cache for the constant index / mask tables a forward pass needs (window partitions, relative-position
+    indices), bypassed while torch.compile traces (dynamo would ignore the cache with a warning; in a compiled
+    graph the table is folded in anyway)."""
+    cached = lru_cache(maxsize=64)(fn)
+
+    @wraps(fn)
+    def table(*args):
+        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+
+    return table

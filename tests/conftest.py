@@ -10,6 +10,26 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
 
+TINY_SPACE = """\
+name: tiny
+base:
+  macro: metaformer
+  input_size: 32
+  num_classes: 10
+  widths: [16, 32, 32, 64]
+  depths: [1, 1, 1, 1]
+  layout: Conv-Conv-A-A
+  mixers: {A: {head_dim: 16}, M: {head_dim: 16}}
+  drop_path_rate: 0.0
+choices:
+  layout: [[Conv, gnConv, Pool], [Conv, gnConv, Pool], [Conv, A, M], [Conv, A, M]]
+  depths: [1, 2]
+  mixers.Conv.kernel_size: [3, 5]
+  mixers.gnConv.order: [2, 3]
+budget: {macs: 10M}
+"""
+"""A search space of tiny 32-px models: trials take a fraction of a second (tests/test_search*.py)."""
+
 
 @pytest.fixture
 def run_cli(capsys):

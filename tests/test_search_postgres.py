@@ -30,28 +30,13 @@ import composer
 from composer.cli import main
 from composer.search import open_storage
 
+from conftest import TINY_SPACE
+
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 8
 PASSWORD = "s3cret-pw"
 
-SPACE = """\
-name: pg_tiny
-base:
-  macro: metaformer
-  input_size: 32
-  num_classes: 10
-  widths: [16, 32, 32, 64]
-  depths: [1, 1, 1, 1]
-  layout: Conv-Conv-A-A
-  mixers: {A: {head_dim: 16}, M: {head_dim: 16}}
-  drop_path_rate: 0.0
-choices:
-  layout: [[Conv, gnConv, Pool], [Conv, gnConv, Pool], [Conv, A, M], [Conv, A, M]]
-  depths: [1, 2]
-  mixers.Conv.kernel_size: [3, 5]
-  mixers.gnConv.order: [2, 3]
-budget: {macs: 10M}
-"""
+SPACE = TINY_SPACE.replace("name: tiny", "name: pg_tiny")
 
 
 def _server_bindir() -> Path | None:

@@ -26,13 +26,15 @@ from __future__ import annotations
 from torch import nn
 
 from ..cost_types import conv_cost, conv_out
-from ..mixers.base import MixerConfig
 from ..parts import LN
-from .base import Macro, Part, Shape
-from .metaformer import MetaFormerBlock
+from .base import Part, Shape
+from .metaformer import MetaFormerMacro
 
 
-class UnifiedMacro(Macro):
+class UnifiedMacro(MetaFormerMacro):
+    """MetaFormer's pre-norm blocks (``block`` is inherited) with MetaArch's stem, downsampling, stage norms
+    and head."""
+
     name = "unified"
     summary = ("unified architecture (Demystify Transformers & Convolutions): two-conv stem, 3x3/2 conv + LN "
                "downsampling, layer-scaled pre-norm blocks, LN after each stage, conv-BN-GELU head")
@@ -84,16 +86,6 @@ class UnifiedMacro(Macro):
                                  norm.build(cout, "channels_first") if norm else nn.Identity())
 
         return Part("downsample", cost, in_shape, (cout, ho, wo), build)
-
-    def block(self, spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float) -> Part:
-        dim = shape[0]
-        channel = spec.channel_mixer.at_stage(stage)
-
-        def make_block(module, layer_scale, res_scale):
-            return MetaFormerBlock(dim, module, channel.build(dim, mixer.layout), spec.norm, mixer.layout, drop_path,
-                                   layer_scale, res_scale)
-
-        return self.block_part(spec, stage, index, shape, mixer, drop_path, make_block)
 
     def stage_norm(self, spec, stage: int, shape: Shape) -> Part:
         norm = self.stage_norm_config

@@ -10,7 +10,7 @@ from pydantic import NonNegativeFloat, PositiveInt
 from torch import nn
 
 from ..cost_types import Cost, linear_cost
-from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+from .base import AttentionHeads, MixerConfig, MixerContext, register_mixer, register_symbol
 
 
 class Attention(nn.Module):
@@ -38,7 +38,7 @@ class Attention(nn.Module):
 
 
 @register_mixer
-class AttentionConfig(MixerConfig):
+class AttentionConfig(AttentionHeads, MixerConfig):
     type: Literal["attention"] = "attention"
     head_dim: PositiveInt = 32
     num_heads: PositiveInt | None = None
@@ -52,13 +52,8 @@ class AttentionConfig(MixerConfig):
     cost_formula = ("I = heads·head_dim (= C by default); params 4·C·I (+ 3I with qkv_bias, + C with proj_bias); "
                     "MACs 4·N·C·I (qkv, proj) + 2·N²·I (QKᵀ and AV, fused SDPA included)")
 
-    def heads(self, dim: int) -> int:
-        return self.num_heads or dim // self.head_dim
-
     def check(self, ctx: MixerContext) -> None:
-        if self.num_heads is None and ctx.dim % self.head_dim:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by head_dim {self.head_dim}; choose a "
-                                  f"width that is a multiple of {self.head_dim}, or set head_dim / num_heads")
+        self.check_heads(ctx, any_num_heads=True)
 
     def cost(self, ctx: MixerContext) -> Cost:
         inner, n = self.heads(ctx.dim) * self.head_dim, ctx.tokens

@@ -100,6 +100,24 @@ class MixerConfig(BaseModel):
         """Called after the macro's generic init; mixers with an init of their own override this."""
 
 
+class AttentionHeads:
+    """For mixer configs with ``head_dim`` and ``num_heads`` fields: heads = ``num_heads``, or width / ``head_dim``."""
+
+    def heads(self, dim: int) -> int:
+        return self.num_heads or dim // self.head_dim
+
+    def check_heads(self, ctx: MixerContext, any_num_heads: bool = False) -> None:
+        """``any_num_heads``: the mixer projects to num_heads x head_dim channels (MetaFormer's attention), so
+        an explicit num_heads need not divide the width."""
+        if self.num_heads is None and ctx.dim % self.head_dim:
+            raise MixerCheckError(f"width {ctx.dim} is not divisible by head_dim {self.head_dim}; choose a "
+                                  f"width that is a multiple of {self.head_dim}, or set head_dim / num_heads")
+        if self.num_heads is not None and ctx.dim % self.num_heads and not any_num_heads:
+            raise MixerCheckError(f"width {ctx.dim} is not divisible by num_heads {self.num_heads}; choose a "
+                                  f"num_heads that divides {ctx.dim} (and every other width it is used at)",
+                                  "num_heads")
+
+
 MIXERS: dict[str, type[MixerConfig]] = {}
 
 

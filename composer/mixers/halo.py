@@ -31,7 +31,6 @@ State-dict keys equal the official ones (``q``, ``kv``, ``pos_embed.height_rel``
 
 from __future__ import annotations
 
-from functools import lru_cache, wraps
 from typing import Literal
 
 import torch
@@ -40,26 +39,15 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from ..cost_types import Cost, linear_cost
-from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
-
-
-def _cached(fn):
-    """lru_cache for the constant index / mask tables a forward pass needs, bypassed while torch.compile traces
-    (dynamo would ignore the cache with a warning; in a compiled graph the table is folded in anyway)."""
-    cached = lru_cache(maxsize=64)(fn)
-
-    @wraps(fn)
-    def table(*args):
-        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
-
-    return table
+from ..layers import cached_table
+from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 
 def _blocks(size: int, block: int) -> int:
     return -(-size // block)
 
 
-@_cached
+@cached_table
 def _key_is_padding(height: int, width: int, block: int, halo: int, device: torch.device) -> torch.Tensor:
     """(num_blocks, 1, w²) bool, True where a key of a block's window lies outside the H x W map (in the halo's
     zero padding or in the padding up to a multiple of the block); broadcasts over (B, heads, blocks, b², w²)."""
@@ -74,7 +62,7 @@ def _key_is_padding(height: int, width: int, block: int, halo: int, device: torc
     return (rows[:, None, :, None] | cols[None, :, None, :]).reshape(-1, 1, win * win)
 
 
-@_cached
+@cached_table
 def _offset_index(block: int, win: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(query (b, 1), offset (b, w)) with offset[q, k] = (w - 1) + k - q, the table row of a query at position q
     of its block and a key at position k of its window: ``logits[..., query, offset]`` picks it from (.., b, 2w-1).
@@ -156,7 +144,7 @@ class HaloAttention(nn.Module):
 
 
 @register_mixer
-class HaloAttentionConfig(MixerConfig):
+class HaloAttentionConfig(AttentionHeads, MixerConfig):
     type: Literal["halo_attention"] = "halo_attention"
     block_size: PositiveInt = Field(default=7, description="query block side b (the map is cut into b x b blocks)")
     halo_size: NonNegativeInt = Field(default=3, description="halo h: each block attends to a (b + 2h)² window")
@@ -178,16 +166,8 @@ class HaloAttentionConfig(MixerConfig):
                     "height and width relative logits); w = b + 2h, N = HW, N' = N padded to whole b x b blocks "
                     "(= N when b divides the map); masked padded keys are computed and counted")
 
-    def heads(self, dim: int) -> int:
-        return self.num_heads or dim // self.head_dim
-
     def check(self, ctx: MixerContext) -> None:
-        if self.num_heads is None and ctx.dim % self.head_dim:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by head_dim {self.head_dim}; choose a width "
-                                  f"that is a multiple of {self.head_dim}, or set head_dim / num_heads")
-        if self.num_heads is not None and ctx.dim % self.num_heads:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by num_heads {self.num_heads}; choose "
-                                  "num_heads dividing every width it is used at", "num_heads")
+        self.check_heads(ctx)
         if ctx.height % self.block_size or ctx.width % self.block_size:
             if not self.pad_to_blocks:
                 raise MixerCheckError(

@@ -33,7 +33,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..cost_types import Cost, conv_cost, linear_cost
-from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 SR_NORM_EPS = 1e-5  # nn.LayerNorm's default, what PVT and STM-Evaluation use on the reduced tokens
 
@@ -91,7 +91,7 @@ class SpatialReductionAttention(nn.Module):
 
 
 @register_mixer
-class SRAttentionConfig(MixerConfig):
+class SRAttentionConfig(AttentionHeads, MixerConfig):
     type: Literal["sr_attention"] = "sr_attention"
     sr_ratio: PositiveInt | None = Field(
         default=None, description="keys from an R x R stride-R conv (1: no reduction); unset: PVT's "
@@ -120,19 +120,11 @@ class SRAttentionConfig(MixerConfig):
         pvt = 2 ** max(ctx.num_stages - 1 - ctx.stage, 0)
         return max(d for d in range(1, pvt + 1) if ctx.height % d == 0 and ctx.width % d == 0)
 
-    def heads(self, dim: int) -> int:
-        return self.num_heads or dim // self.head_dim
-
     def has_pos_embed(self, ctx: MixerContext) -> bool:
         return self.pos_embed and ctx.block == 0
 
     def check(self, ctx: MixerContext) -> None:
-        if self.num_heads is None and ctx.dim % self.head_dim:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by head_dim {self.head_dim}; choose a "
-                                  f"width that is a multiple of {self.head_dim}, or set head_dim / num_heads")
-        if self.num_heads is not None and ctx.dim % self.num_heads:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by num_heads {self.num_heads}; choose a "
-                                  f"num_heads that divides {ctx.dim}", "num_heads")
+        self.check_heads(ctx)
         r = self.ratio(ctx)
         if ctx.height % r or ctx.width % r:
             fits = [d for d in range(1, min(ctx.height, ctx.width) + 1) if ctx.height % d == 0 and ctx.width % d == 0]

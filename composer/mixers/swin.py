@@ -28,7 +28,6 @@ relative-position index and the shift mask are made on first use per device, not
 
 from __future__ import annotations
 
-from functools import lru_cache, wraps
 from typing import Literal
 
 import torch
@@ -38,28 +37,17 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..cost_types import Cost, linear_cost
-from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+from ..layers import cached_table
+from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 SHIFT_MASK_VALUE = -100.0  # the official additive mask between tokens of different regions (not -inf)
-
-
-def _cached(fn):
-    """lru_cache for the constant index / mask tables a forward pass needs, bypassed while torch.compile traces
-    (dynamo would ignore the cache with a warning; in a compiled graph the table is folded in anyway)."""
-    cached = lru_cache(maxsize=64)(fn)
-
-    @wraps(fn)
-    def table(*args):
-        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
-
-    return table
 
 
 def _padded(size: int, window: int) -> int:
     return -(-size // window) * window
 
 
-@_cached
+@cached_table
 def _relative_position_index(window: int, device: torch.device) -> torch.Tensor:
     """(M², M²) row of the bias table for each (query, key) pair of a window, tokens row-major."""
     coords = torch.arange(window, device=device)
@@ -69,7 +57,7 @@ def _relative_position_index(window: int, device: torch.device) -> torch.Tensor:
     return dy * (2 * window - 1) + dx
 
 
-@_cached
+@cached_table
 def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device,
                 dtype: torch.dtype) -> torch.Tensor:
     """(windows, M², M²) additive mask of the shifted windows of a (padded) H x W map: 0 within a region,
@@ -138,7 +126,7 @@ class ShiftedWindowAttention(nn.Module):
 
 
 @register_mixer
-class WindowAttentionConfig(MixerConfig):
+class WindowAttentionConfig(AttentionHeads, MixerConfig):
     type: Literal["window_attention"] = "window_attention"
     window_size: PositiveInt = Field(default=7, description="window side M (clamped to maps not larger than it)")
     shift_size: NonNegativeInt | None = Field(
@@ -156,9 +144,6 @@ class WindowAttentionConfig(MixerConfig):
     cost_formula = ("params 4C² + 4C + (2M-1)²·heads; MACs 4N'C² (qkv, proj) + 2N'M²C (q·kᵀ, attn·v); "
                     "M = min(window, H, W), N' = HW padded to whole M x M windows (= HW when M divides the map)")
 
-    def heads(self, dim: int) -> int:
-        return self.num_heads or dim // self.head_dim
-
     def window(self, ctx: MixerContext) -> int:
         """The window at ctx: clamped to the map when the map is not larger than it (official)."""
         return min(self.window_size, ctx.height, ctx.width)
@@ -169,12 +154,7 @@ class WindowAttentionConfig(MixerConfig):
         return self.window_size // 2 if self.shift_size is None else self.shift_size
 
     def check(self, ctx: MixerContext) -> None:
-        if self.num_heads is None and ctx.dim % self.head_dim:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by head_dim {self.head_dim}; choose a width "
-                                  f"that is a multiple of {self.head_dim}, or set head_dim / num_heads")
-        if self.num_heads is not None and ctx.dim % self.num_heads:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by num_heads {self.num_heads}; choose "
-                                  "num_heads dividing every width it is used at", "num_heads")
+        self.check_heads(ctx)
         if self.shift_size is not None and self.shift_size >= self.window_size:
             raise MixerCheckError(f"shift_size {self.shift_size} must be smaller than window_size "
                                   f"{self.window_size} (official default: window_size // 2)", "shift_size")

@@ -46,7 +46,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ..cost_types import Cost, linear_cost
-from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 CPB_HIDDEN = 512
 TEMPERATURE_INIT = 1 / 0.24  # softplus(temperature) at init
@@ -237,7 +237,7 @@ class CosineAttention(_WithCPB):
         return self.proj_drop(self.proj(out))
 
 
-class _TransNeXtCommon(MixerConfig):
+class _TransNeXtCommon(AttentionHeads, MixerConfig):
     head_dim: PositiveInt = Field(default=24, description="channels per head (24 in every TransNeXt)")
     num_heads: PositiveInt | None = Field(default=None, description="heads (default: width / head_dim)")
     qkv_bias: bool = True
@@ -247,20 +247,13 @@ class _TransNeXtCommon(MixerConfig):
     proj_drop: NonNegativeFloat = 0.0
     layout = "channels_last"
 
-    def heads(self, dim: int) -> int:
-        return self.num_heads or dim // self.head_dim
-
     def pretrain_map(self, ctx: MixerContext) -> tuple[int, int]:
         if self.pretrain_size is None:
             return ctx.height, ctx.width
         return (self.pretrain_size * ctx.height // ctx.input_size, self.pretrain_size * ctx.width // ctx.input_size)
 
     def check(self, ctx: MixerContext) -> None:
-        if self.num_heads is None and ctx.dim % self.head_dim:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by head_dim {self.head_dim}; choose a "
-                                  f"width that is a multiple of {self.head_dim}, or set head_dim / num_heads")
-        if self.num_heads is not None and ctx.dim % self.num_heads:
-            raise MixerCheckError(f"width {ctx.dim} is not divisible by num_heads {self.num_heads}", "num_heads")
+        self.check_heads(ctx)
         if min(self.pretrain_map(ctx)) < 2:
             raise MixerCheckError(f"the position bias normalises offsets by the map size - 1, which needs a map of "
                                   f"at least 2x2 at the pretraining size (here {self.pretrain_map(ctx)}); use a "
