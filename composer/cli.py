@@ -43,10 +43,18 @@ def _cmd_build(args) -> int:
 def _cmd_validate(args) -> int:
     from .plan import estimate
 
-    for source in args.specs:
-        est = estimate(source)
+    failed = 0
+    for source in args.specs:  # every file is reported, not only up to the first invalid one
+        try:
+            est = estimate(source)
+        except SpecError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
         print(f"ok  {source}: {est}")
-    return 0
+    if failed and len(args.specs) > 1:
+        print(f"{failed} of {len(args.specs)} specs invalid", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _cmd_list(args) -> int:

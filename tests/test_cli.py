@@ -19,6 +19,17 @@ def test_validate_several(run_cli):
     assert code == 0 and out.count("ok ") == 2 and "11,891,712 params" in out
 
 
+def test_validate_reports_every_invalid_file(run_cli, write_spec):
+    bad1 = write_spec("widths: [1]\n", "bad1.yaml")
+    bad2 = write_spec("layout: Foo\n", "bad2.yaml")
+    code, out, err = run_cli("validate", bad1, SPECS / "convformer_s18.yaml", bad2)
+    assert code == 2
+    assert "ok " in out and "convformer_s18" in out  # the valid file between them is still checked
+    assert "bad1.yaml: depths: required field 'depths' is missing" in err
+    assert "bad2.yaml: widths: required field 'widths' is missing" in err
+    assert "2 of 3 specs invalid" in err and "Traceback" not in err
+
+
 def test_list_shows_presets_symbols_and_parameters(run_cli):
     code, out, _ = run_cli("list")
     assert code == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..parts import HeadConfig, NormConfig
 from ..perstage import StageValues, per_stage_model
 from .errors import Problem, SpecError, format_path
 from .model import EnsembleSpec, Spec, check_ensemble, check_spec, unknown_symbol_message
-from .source import Locations, find_preset, looks_like_path, parse_yaml, read_spec_file, resolve_extends
+from .source import Locations, find_preset, is_file, looks_like_path, parse_yaml, read_spec_file, resolve_extends
 from .units import format_count, parse_count
 
 SpecLike = Spec | EnsembleSpec | str | os.PathLike | Mapping
@@ -58,6 +59,7 @@ def _short(value: Any) -> str:
 
 
 _TAGS = set(MIXERS) | set(CHANNEL_MIXERS)
+_ABSENT = object()  # a place the spec data does not have (unlike an explicit null)
 
 
 def _clean_loc(loc: tuple, data: Any) -> tuple:
@@ -66,15 +68,15 @@ def _clean_loc(loc: tuple, data: Any) -> tuple:
     for part in loc:
         if isinstance(node, Mapping) and part not in node and part in _TAGS:
             continue
-        if isinstance(part, str) and node is not None and not isinstance(node, Mapping):
+        if isinstance(part, str) and node is not _ABSENT and not isinstance(node, Mapping):
             continue  # a union member's label (``str``, ``list[str]``), not a place in the spec
         path.append(part)
         if isinstance(node, Mapping):
-            node = node.get(part)
+            node = node.get(part, _ABSENT)
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
         else:
-            node = None
+            node = _ABSENT
     return tuple(path)
 
 
@@ -129,6 +131,43 @@ def _merge_alternatives(problems: list[Problem]) -> list[Problem]:
                     and any(q.path[: len(p.path)] == p.path and len(q.path) > len(p.path) for q in merged.values()))]
 
 
+MAX_NUMBER = 2**31
+"""No number in a spec reaches this: a width, size or count beyond it is a typo, and bounding every number keeps
+the closed forms of the Plan (products of several of them, some in floating point) from overflowing."""
+
+
+def _number_problems(value: Any, path: tuple = ()) -> list[Problem]:
+    """Non-finite or absurdly large numbers anywhere in the spec data (before pydantic sees them)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, float) and not math.isfinite(value):
+        return [Problem(f"must be a finite number, got {value!r}", path)]
+    if isinstance(value, (int, float)) and abs(value) >= MAX_NUMBER:
+        return [Problem(f"{_short(value)} is too large: numbers in a spec must be below 2^31 "
+                        f"({MAX_NUMBER:,})", path)]
+    if isinstance(value, Mapping):
+        return [p for key, sub in value.items() for p in _number_problems(sub, path + (key,))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, sub in enumerate(value) for p in _number_problems(sub, path + (i,))]
+    return []
+
+
+def _numbers_ok(value: Any) -> bool:
+    """True when :func:`_number_problems` would find nothing, without building paths or lists: the common case,
+    and a search validates thousands of samples (a NaN fails ``-MAX < v < MAX`` too; other types get the full
+    check)."""
+    kind = type(value)
+    if kind is dict:
+        return all(_numbers_ok(sub) for sub in value.values())
+    if kind is list:
+        return all(_numbers_ok(sub) for sub in value)
+    if kind is int or kind is float:
+        return -MAX_NUMBER < value < MAX_NUMBER
+    if kind is str or kind is bool or value is None:
+        return True
+    return not _number_problems(value)
+
+
 def locate(problems: list[Problem], locs: Locations | None) -> list[Problem]:
     for problem in problems:
         if locs is not None and problem.file is None:
@@ -144,6 +183,9 @@ def validate_data(data: Any, locs: Locations | None = None, default_name: str | 
         what = "empty" if data is None else f"a {type(data).__name__}"
         raise SpecError(locate([Problem(f"a spec must be a mapping of fields (name:, widths:, depths:, "
                                          f"layout:, ...), got {what}")], locs))
+    problems = [] if _numbers_ok(data) else _number_problems(data)
+    if problems:
+        raise SpecError(locate(problems, locs))
     data = dict(data)
     if default_name and "name" not in data:
         data["name"] = default_name
@@ -245,7 +287,7 @@ def load_spec(source: SpecLike) -> AnySpec:
                                            and ":" not in source):
         text = os.fspath(source)
         path = Path(text)
-        if not path.is_file() and not looks_like_path(text):
+        if not is_file(path) and not looks_like_path(text):
             preset = find_preset(text)
             if preset is None:
                 from .source import preset_names

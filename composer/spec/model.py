@@ -30,6 +30,13 @@ def _union(models: list[type[BaseModel]]) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="type")]
 
 
+# Bounds that keep every spec cheap to plan: beyond them a value is a typo, not an architecture (walking
+# 10^9 blocks, or tabulating position offsets of a 10^6 x 10^6 map, would hang `composer validate`).
+MAX_INPUT_SIZE = 8192
+MAX_STAGES = 16
+MAX_STAGE_DEPTH = 1000
+StageDepth = Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH)]
+
 MixerOverride = _union([per_stage_model(cls) for cls in MIXERS.values()])
 ChannelMixer = _union(list(CHANNEL_MIXERS.values()))
 MacroName = Literal[tuple(MACROS)]  # type: ignore[valid-type]
@@ -43,11 +50,12 @@ class Spec(BaseModel):
 
     name: str | None = Field(default=None, description="model name (defaults to the file name)")
     macro: MacroName = Field(default="metaformer", description="stem / downsampling / block / head conventions")
-    input_size: PositiveInt = Field(default=224, description="square input resolution the spec is compiled at")
+    input_size: PositiveInt = Field(default=224, le=MAX_INPUT_SIZE,
+                                    description="square input resolution the spec is compiled at")
     in_chans: PositiveInt = 3
     num_classes: NonNegativeInt = Field(default=1000, description="0 gives a headless backbone")
-    widths: list[PositiveInt] = Field(min_length=1, description="channels per stage")
-    depths: list[PositiveInt] = Field(min_length=1, description="blocks per stage")
+    widths: list[PositiveInt] = Field(min_length=1, max_length=MAX_STAGES, description="channels per stage")
+    depths: list[StageDepth] = Field(min_length=1, max_length=MAX_STAGES, description="blocks per stage")
     layout: Layout = Field(description="mixer symbols: 'Conv-Conv-A-A', or a list with one entry per stage; "
                                        "an entry may be a list with one symbol per block")
     mixers: dict[str, MixerOverride] = Field(  # type: ignore[valid-type]
@@ -71,7 +79,8 @@ class Spec(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        macro = MACROS.get(data.get("macro", "metaformer"))
+        name = data.get("macro", "metaformer")
+        macro = MACROS.get(name) if isinstance(name, str) else None  # anything else: pydantic reports it
         if macro is not None:
             for key, value in macro.spec_defaults(data).items():
                 given = data.get(key)
@@ -212,7 +221,8 @@ class EnsembleSpec(BaseModel):
         description="members: a list of preset names, paths or inline specs, or the shorthand 'Hpx/Conv' "
                     "with size")
     size: str | None = Field(default=None, description="size suffix for the shorthand, e.g. s18 -> hpxformer_s18")
-    input_size: PositiveInt | None = Field(default=None, description="compile every member at this resolution")
+    input_size: PositiveInt | None = Field(default=None, le=MAX_INPUT_SIZE,
+                                           description="compile every member at this resolution")
     num_classes: NonNegativeInt | None = Field(default=None, description="override every member's classes")
 
     _locations: Any = PrivateAttr(default=None)

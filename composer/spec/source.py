@@ -52,37 +52,73 @@ class Locations:
         self.entries.update(other.entries)
 
 
-def _walk(node: yaml.Node, loader: yaml.SafeLoader, path: tuple, file: str, locs: Locations) -> Any:
-    if isinstance(node, yaml.MappingNode):
+# A spec is a few hundred YAML nodes. These bounds turn hostile or broken input (``[[[[...]]]]`` thousands
+# deep, alias "billion laughs" that expand to 10^9 nodes, an alias that contains itself) into an error
+# instead of a RecursionError, a hang or an exhausted memory.
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+
+class _Walker:
+    """Plain data from a composed YAML node tree, recording the line of every key and list item."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: str, locs: Locations):
+        self.loader, self.file, self.locs = loader, file, locs
+        self.nodes = 0
+        self.open: set[int] = set()  # ids of the collection nodes being walked (an alias cycle revisits one)
+
+    def _fail(self, message: str, path: tuple, node: yaml.Node) -> SpecError:
+        return SpecError(Problem(message, path, self.file, node.start_mark.line + 1))
+
+    def walk(self, node: yaml.Node, path: tuple) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self._fail(f"the YAML expands to more than {MAX_NODES:,} values (aliases repeating aliases?); "
+                             "a spec is a few hundred", path, node)
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return self.loader.construct_object(node, deep=True)
+        if len(path) >= MAX_DEPTH:
+            raise self._fail(f"nested more than {MAX_DEPTH} levels deep; a spec needs a handful", path, node)
+        if id(node) in self.open:
+            raise self._fail("a YAML alias refers to a collection that contains it (a recursive structure)",
+                             path, node)
+        self.open.add(id(node))
+        try:
+            return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else self._sequence(node, path)
+        finally:
+            self.open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple) -> dict:
         out: dict = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int)):
-                raise SpecError(Problem(f"keys must be names, got {key!r}", path, file,
-                                        key_node.start_mark.line + 1))
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self._fail("keys must be names, got a YAML collection as a key", path, key_node)
+            key = self.loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise self._fail(f"keys must be names, got {key!r}", path, key_node)
             if key in out:
-                raise SpecError(Problem(f"duplicate key {key!r} (first given on line "
-                                        f"{locs.entries[path + (key,)][1]})", path + (key,), file,
-                                        key_node.start_mark.line + 1))
-            locs.entries[path + (key,)] = (file, key_node.start_mark.line + 1)
-            out[key] = _walk(value_node, loader, path + (key,), file, locs)
+                raise self._fail(f"duplicate key {key!r} (first given on line "
+                                 f"{self.locs.entries[path + (key,)][1]})", path + (key,), key_node)
+            self.locs.entries[path + (key,)] = (self.file, key_node.start_mark.line + 1)
+            out[key] = self.walk(value_node, path + (key,))
         return out
-    if isinstance(node, yaml.SequenceNode):
+
+    def _sequence(self, node: yaml.SequenceNode, path: tuple) -> list:
         items = []
         for i, item in enumerate(node.value):
-            locs.entries[path + (i,)] = (file, item.start_mark.line + 1)
-            items.append(_walk(item, loader, path + (i,), file, locs))
+            self.locs.entries[path + (i,)] = (self.file, item.start_mark.line + 1)
+            items.append(self.walk(item, path + (i,)))
         return items
-    return loader.construct_object(node, deep=True)
 
 
 def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, Locations]:
     """Parse YAML text into plain data plus the line of every key and list item."""
     locs = Locations(default_file=file)
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # checks the characters of the whole text: may raise a ReaderError
         node = loader.get_single_node()
-        data = None if node is None else _walk(node, loader, (), file, locs)
+        data = None if node is None else _Walker(loader, file, locs).walk(node, ())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -94,8 +130,12 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, Locations]:
                                 (), file, line)) from None
     except yaml.YAMLError as exc:
         raise SpecError(Problem(f"YAML syntax error: {exc}", (), file)) from None
+    except RecursionError:  # PyYAML composes nested collections recursively, before the walker's depth check
+        raise SpecError(Problem(f"YAML nested too deeply (more than {MAX_DEPTH} levels); a spec needs a handful",
+                                (), file)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, locs
 
 
@@ -114,11 +154,19 @@ def preset_names() -> list[str]:
     return sorted(names)
 
 
+def is_file(path: FsPath) -> bool:
+    """``path.is_file()``, False (not an OSError) for a name the OS refuses, e.g. longer than NAME_MAX."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def find_preset(name: str) -> FsPath | None:
     for folder in spec_search_path():
         for suffix in _SPEC_SUFFIXES:
             candidate = folder / f"{name}{suffix}"
-            if candidate.is_file():
+            if is_file(candidate):
                 return candidate
     return None
 
@@ -143,7 +191,7 @@ def read_spec_file(path: FsPath, display: str | None = None) -> tuple[Any, Locat
         text = FsPath(path).read_text()
     except FileNotFoundError:
         raise SpecError(Problem(f"no such file: {display}", (), display)) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, a name too long, not UTF-8
         raise SpecError(Problem(f"cannot read spec file: {exc}", (), display)) from None
     return parse_yaml(text, display)
 
@@ -158,7 +206,7 @@ def resolve_extends(data: Any, locs: Locations, base_dir: FsPath | None,
         raise SpecError.at(("extends",), f"expected a preset name or a path to a spec file, got {ref!r}", locs)
     if looks_like_path(ref):
         parent_path = (base_dir or FsPath.cwd()) / ref
-        if not parent_path.is_file():
+        if not is_file(parent_path):
             raise SpecError.at(("extends",), f"no such spec file: {ref} (looked for {parent_path})", locs)
     else:
         parent_path = find_preset(ref)
