@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from composer.mixers.hyena import fft_conv2d
+from composer.nn.mixers.hyena import fft_conv2d
 
 SHAPES = {"stage 1": (64, 56, 111), "stage 3": (320, 14, 27)}  # (C, F, K) of HpxFormer-S18 at 224
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from composer.build import compose
+from composer.composed import compose
 from composer.cost import count_macs
 from composer.plan import plan
 from composer.search.objectives import proxy_scores

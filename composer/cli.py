@@ -1,7 +1,8 @@
 """``composer build | validate | list | search | schema | graph | profile``: the command line.
 
 Every problem with user input ends with exit code 2 and a message naming file:line and field; no
-traceback. ``--debug`` shows tracebacks for bug reports.
+traceback. ``--debug`` shows tracebacks for bug reports. Start-up stays light: a command imports torch, timm,
+networkx, matplotlib or Optuna only when it needs them (``validate``, ``list``, ``schema`` need none).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .spec import SpecError
+from .spec.units import format_count
 
 EXIT_USAGE = 2
 
@@ -20,7 +22,7 @@ class UsageError(Exception):
 
 
 def _cmd_build(args) -> int:
-    from .build import build
+    from .composed import build
     from .plan import plan
     from .report import stage_table
 
@@ -61,9 +63,9 @@ def _cmd_list(args) -> int:
     from .macro import MACROS
     from .mixers import MIXERS, SYMBOLS
     from .plan import estimate
-    from .spec.source import preset_names
+    from .spec.source import preset_names, space_names, space_search_path, spec_search_path
 
-    print("presets (specs/):")
+    print(f"presets ({', '.join(str(f) for f in spec_search_path())}):")
     for name in preset_names():
         try:
             est = estimate(name)
@@ -83,19 +85,44 @@ def _cmd_list(args) -> int:
     print("\nmacros:")
     for name, macro in MACROS.items():
         print(f"  {name:<14} {macro.summary}")
+    print(f"\nsearch spaces ({', '.join(str(f) for f in space_search_path())}; composer search NAME):")
+    from .search.space import DEFAULT_SPACE, load_space
+
+    for name in space_names():
+        try:
+            space = load_space(name)
+        except SpecError as exc:
+            print(f"  {name:<24} invalid: {str(exc).splitlines()[0]}")
+            continue
+        budget = f"budget {format_count(space.budget_macs)} MACs" if space.budget_macs else "no budget"
+        default = " (the default of `composer search`)" if name == DEFAULT_SPACE else ""
+        print(f"  {name:<24} base {space.base.name}, {budget}, choices: "
+              f"{', '.join(c.key for c in space.choices)}{default}")
     return 0
 
 
 def _cmd_search(args) -> int:
+    from .search import DEFAULT_SPACE, space_path
+
+    space = args.space
+    if space is None:
+        space = DEFAULT_SPACE
+        print(f"no search space given: searching the default space {DEFAULT_SPACE} ({space_path(space)}); "
+              "`composer list` shows the others", flush=True)
+    for flag, value, low in (("--trials", args.trials, 1), ("--epochs", args.epochs, 1),
+                             ("--workers", args.workers, 1), ("--proxy-size", args.proxy_size, 1),
+                             ("--proxy-batch", args.proxy_batch, 1), ("--train-size", args.train_size, 1)):
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
     from .search import run
 
     argv = [a for a in (args.argv or []) if a]
-    result = run(args.space, budget=args.budget, max_params=args.max_params, trials=args.trials,
+    result = run(space, budget=args.budget, max_params=args.max_params, trials=args.trials,
                  objective=args.objective, seed=args.seed, storage=args.storage, run_dir=args.run_dir,
                  study_name=args.study_name, workers=args.workers, data=args.data, epochs=args.epochs,
                  proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, heartbeat=args.heartbeat,
                  progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
-                 argv=argv)
+                 argv=argv, train_size=args.train_size)
     return 0 if result.counters.over_budget_built == 0 else 1
 
 
@@ -167,8 +194,12 @@ def _cmd_profile(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="composer", description="Vision backbones from YAML specs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version",
+                        version=f"composer {__version__} (the composer-vision distribution)")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="validate, build and print per-stage params/MACs")
     b.add_argument("spec", help="a spec file, a preset name or YAML text")
@@ -177,10 +208,11 @@ def make_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check specs without building them")
     v.add_argument("specs", nargs="+")
     v.set_defaults(func=_cmd_validate)
-    ls = sub.add_parser("list", help="presets, mixer symbols with their parameters, macros")
+    ls = sub.add_parser("list", help="presets, mixer symbols with their parameters, macros, search spaces")
     ls.set_defaults(func=_cmd_list)
     s = sub.add_parser("search", help="budgeted Optuna search over a search space (search/*.yaml)")
-    s.add_argument("space", help="a search-space YAML file")
+    s.add_argument("space", nargs="?", help="a search-space YAML file or the name of one (composer list shows "
+                                            "them; default: metaformer_s18)")
     s.add_argument("--budget", help="hard MAC budget, e.g. 5GFLOPs (a FLOP is a MAC here); default: the space's")
     s.add_argument("--max-params", help="hard parameter budget, e.g. 30M; default: the space's (or none)")
     s.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
@@ -193,6 +225,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     s.add_argument("--data", default="digits", help="train: 'digits' (scikit-learn) or an ImageFolder path")
     s.add_argument("--epochs", type=int, default=3, help="train: epochs per trial (default 3)")
+    s.add_argument("--train-size", type=int, help="train: the resolution models are compiled and trained at "
+                                                  "(default: the data's own size rounded up to a multiple of the "
+                                                  "network's stride, 32 for digits); budgets stay at the spec's")
     s.add_argument("--proxy-size", type=int, default=64, help="proxy: input resolution for scoring (default 64)")
     s.add_argument("--proxy-batch", type=int, default=16, help="proxy: minibatch size (default 16)")
     s.add_argument("--heartbeat", type=float, default=5.0,

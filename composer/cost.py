@@ -133,7 +133,7 @@ def count_module(model: torch.nn.Module, x: torch.Tensor, strict: bool = True) -
 
 def count_macs(source, strict: bool = True) -> Counted:
     """Build ``source`` (anything ``compose`` accepts) on the meta device and count one batch-1 forward."""
-    from .build import build
+    from .composed import build
     from .plan import plan as make_plan
 
     p = make_plan(source)

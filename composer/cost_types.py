@@ -32,6 +32,9 @@ class Cost:
 
 ZERO = Cost()
 
+ACTIVATION_PARAMS = {"star_relu": 2}
+"""Learnable parameters of an activation by name (StarReLU's scale and bias); the others have none."""
+
 
 def conv_cost(cin: int, cout: int, kernel: int | tuple[int, int], out_hw: tuple[int, int], groups: int = 1,
               bias: bool = True) -> Cost:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
-from torch import nn
 
-from .cost_types import Cost, linear_cost
-from .layers import ACTIVATION_PARAMS, NORMS, Layout, make_act
+from .cost_types import ACTIVATION_PARAMS, Cost, linear_cost
+from .layout import Layout
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 _NORM_SHORTHANDS = {
     "layernorm": ("layernorm", True), "layernorm_nobias": ("layernorm", False),
@@ -41,26 +43,13 @@ class NormConfig(BaseModel):
         return Cost(dim * (2 if self.bias else 1))
 
     def build(self, dim: int, layout: Layout) -> nn.Module:
+        from .nn.layers import NORMS
+
         return NORMS[self.type](dim, eps=self.eps, bias=self.bias, layout=layout)
 
 
 LN = NormConfig(type="layernorm", bias=True)
 LN_NOBIAS = NormConfig(type="layernorm", bias=False)
-
-
-class MlpHead(nn.Module):
-    """fc1 -> act -> norm -> dropout -> fc2 (MetaFormer's MlpHead; keys fc1, norm, fc2)."""
-
-    def __init__(self, dim: int, hidden: int, num_classes: int, act: str, norm: NormConfig, drop: float):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = make_act(act)
-        self.norm = norm.build(hidden, "channels_last")
-        self.head_drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, num_classes)
-
-    def forward(self, x):
-        return self.fc2(self.head_drop(self.norm(self.act(self.fc1(x)))))
 
 
 class HeadConfig(BaseModel):
@@ -103,6 +92,9 @@ class HeadConfig(BaseModel):
                 + self.hidden_norm.cost(hidden) + linear_cost(hidden, num_classes, 1))
 
     def build_classifier(self, dim: int, num_classes: int) -> nn.Module:
+        from torch import nn
+
+        from .nn.parts import MlpHead
         if num_classes == 0:
             return nn.Identity()
         if self.type == "linear":

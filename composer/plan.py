@@ -9,9 +9,8 @@ data from stem to head; edges with ``relation="contains"`` go from a stage to it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 from pydantic import ValidationError
 
 from .cost_types import Cost
@@ -20,6 +19,9 @@ from .mixers import MIXERS, MixerCheckError, MixerConfig, MixerContext, resolve_
 from .perstage import first_message, pick
 from .spec import EnsembleSpec, Problem, Spec, SpecError, SpecLike, load_spec, locate
 from .spec.units import format_count
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass
@@ -99,9 +101,12 @@ class EnsemblePlan:
         self.members = members
 
     def estimate(self) -> Estimate:
-        members = [m.estimate() for m in self.members]
-        return Estimate(self.spec.name, self.spec.input_size, sum(m.params for m in members),
-                        sum(m.macs for m in members), sum(m.fft_macs for m in members), members=members)
+        return _ensemble_estimate(self.spec, [m.estimate() for m in self.members])
+
+
+def _ensemble_estimate(spec: EnsembleSpec, members: list[Estimate]) -> Estimate:
+    return Estimate(spec.name, spec.input_size, sum(m.params for m in members), sum(m.macs for m in members),
+                    sum(m.fft_macs for m in members), members=members)
 
 
 def _drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
@@ -245,6 +250,8 @@ def plan(source: SpecLike) -> Plan | EnsemblePlan:
     spec = load_spec(source)
     if isinstance(spec, EnsembleSpec):
         return EnsemblePlan(spec, [plan(member) for member in spec.members])
+    import networkx as nx  # only for the graph: estimate() and the search never need it
+
     w = walk(spec)
     g = nx.DiGraph(name=spec.name or "spec", input_size=spec.input_size)
 
@@ -272,5 +279,5 @@ def estimate(source: SpecLike) -> Estimate:
     sum over its members, each in ``members``)."""
     spec = load_spec(source)
     if isinstance(spec, EnsembleSpec):
-        return plan(spec).estimate()
+        return _ensemble_estimate(spec, [estimate(member) for member in spec.members])
     return walk(spec, costs_only=True).estimate(spec)  # no graph: the search calls this thousands of times

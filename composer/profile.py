@@ -82,7 +82,7 @@ def _sync(device: torch.device) -> None:
 def profile(source, batch_sizes: tuple[int, ...] = (1, 8), device: str | None = None, input_size: int | None = None,
             warmup: int = 3, iters: int = 10) -> Profile:
     """Time a spec's model (a path, preset, YAML text, dict or Spec) at each batch size."""
-    from .build import build
+    from .composed import build
     from .plan import plan
     from .resolution import at_input_size
     from .spec import load_spec

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .mixers.base import MixerContext
-from .mixers.hyena import HyenaPixelConfig, _HyenaConfigBase, centre_distance, time_coordinate
+from .mixers.hyena import HyenaPixelConfig, _HyenaConfigBase
+from .nn.mixers.hyena import centre_distance, time_coordinate
 from .plan import EnsemblePlan, Plan, plan
 from .spec import EnsembleSpec, Spec, SpecLike, load_spec
 from .weights import WeightsError

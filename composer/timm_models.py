@@ -18,6 +18,10 @@ to ``$COMPOSER_SPECS_PATH``.
 
 from __future__ import annotations
 
+import sys
+import warnings
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
 from typing import Any
 
 PREFIX = "composer_"
@@ -53,7 +57,7 @@ def _spec_data(preset: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def create(preset: str, pretrained: bool = False, **kwargs: Any):
     """Build preset ``preset`` with timm-style keyword arguments (see the module docstring)."""
-    from .build import compose
+    from .composed import compose
     from .spec import EnsembleSpec, load_spec
 
     if pretrained:
@@ -127,4 +131,43 @@ def register_presets() -> list[str]:
     return new
 
 
-__all__ = ["PREFIX", "create", "pretrained_cfg", "register_presets"]
+class _RegisterWhenTimmLoads(MetaPathFinder):
+    """A one-shot import hook: when ``timm`` is first imported, register the presets right after its package
+    has run, so that ``import composer`` needs no timm (it costs ~2 s with torchvision) and
+    ``timm.create_model("composer_<preset>")`` works whenever timm comes."""
+
+    def find_spec(self, name: str, path=None, target=None) -> ModuleSpec | None:
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)  # one shot; the lookup below must not find this finder again
+        from importlib.util import find_spec
+
+        spec = find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _register_quietly()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _register_quietly() -> None:
+    try:
+        register_presets()
+    except Exception as exc:  # never break ``import timm`` for a problem of composer's
+        warnings.warn(f"composer: could not register its presets with timm: {exc}", stacklevel=2)
+
+
+def register_presets_with_timm() -> None:
+    """Register every preset with timm now if timm is imported, else as soon as it is."""
+    if "timm" in sys.modules and hasattr(sys.modules["timm"], "create_model"):
+        _register_quietly()
+    elif not any(isinstance(f, _RegisterWhenTimmLoads) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterWhenTimmLoads())
+
+
+__all__ = ["PREFIX", "create", "pretrained_cfg", "register_presets", "register_presets_with_timm"]

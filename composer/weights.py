@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the key mappings are plain string work, torch is imported to load
+    import torch
+    from torch import nn
 
 
 class WeightsError(ValueError):
@@ -48,6 +50,33 @@ SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor
     "timm": _timm, "hornet": _timm, "hyenapixel": _timm}
 
 
+# -- official checkpoints (DaiShiResearch/TransNeXt): patch_embed{i}, block{i}.{j}, norm{i}, head ------------
+
+def _transnext_key(key: str) -> str:
+    key = re.sub(r"^patch_embed1\.", "stem.", key)
+    key = re.sub(r"^patch_embed(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.downsample.", key)
+    key = re.sub(r"^block(\d+)\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.", key)
+    key = re.sub(r"^norm(\d+)\.", lambda m: f"stages.{int(m[1])}.downsample.pre_norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def transnext_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official TransNeXt keys -> composer's (``pvt`` macro); composer's own keys pass through. The final
+    norm is ``norm4`` in the four-stage models (the last ``norm{i}`` always maps to the head)."""
+    if any(k.startswith("stem.") for k in state):
+        return dict(state)
+    last = max((int(m[1]) for k in state if (m := re.match(r"^norm(\d+)\.", k))), default=4)
+    out = {}
+    for key, value in state.items():
+        if re.match(rf"^norm{last}\.", key):
+            key = "head.global_pool.norm." + key.split(".", 1)[1]
+        out[_transnext_key(key)] = value
+    return out
+
+
+SOURCES["transnext"] = transnext_state_dict
+
+
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
     if isinstance(source, Mapping):
         state = source
@@ -55,6 +84,8 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise WeightsError(f"no checkpoint file at {path}")
+        import torch
+
         state = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):

@@ -1,3 +1,8 @@
+import subprocess
+import sys
+
+import pytest
+
 from conftest import SPECS
 
 
@@ -37,3 +42,73 @@ def test_list_shows_presets_symbols_and_parameters(run_cli):
     assert "Conv     -> sep_conv" in out
     assert "kernel_size=7" in out and "head_dim=32" in out
     assert "metaformer" in out
+
+
+def test_list_shows_the_search_spaces_one_line_each(run_cli):
+    code, out, _ = run_cli("list")
+    assert code == 0
+    spaces = out[out.index("search spaces"):].splitlines()[1:]
+    assert [line.split()[0] for line in spaces] == ["metaformer_s18", "transnext_micro"]
+    assert "base caformer_s18, budget 5.00G MACs" in spaces[0] and "default of `composer search`" in spaces[0]
+
+
+def test_version(run_cli, capsys):
+    import composer
+    from composer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"composer {composer.__version__} (the composer-vision distribution)"
+
+
+HEAVY = ("torch", "timm", "torchvision", "networkx", "matplotlib", "optuna")  # numpy is light (TransNeXt tables)
+
+
+@pytest.mark.parametrize("argv", [["validate", "caformer_s18", "transnext_micro", "ensemble_hpx_conv_s18"],
+                                  ["list"], ["schema"], ["--help"]])
+def test_light_commands_import_no_torch_timm_networkx_matplotlib_optuna(argv):
+    # a fresh interpreter: this test process has imported everything already
+    code = ("import sys\nfrom composer.cli import main\n"
+            f"try:\n    rc = main({argv!r})\nexcept SystemExit as e:\n    rc = e.code\n"
+            f"print(rc, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "0 []"
+
+
+def test_import_composer_is_torch_free_and_registers_timm_models_when_timm_comes():
+    code = ("import sys, composer\n"
+            "e = composer.estimate('hpxformer_s18')\n"
+            f"assert not [m for m in {HEAVY!r} if m in sys.modules], sys.modules.keys()\n"
+            "import timm\n"
+            "names = timm.list_models('composer_*')\n"
+            "m = composer.compose('hpxformer_s18')\n"
+            "print(len(names), e.params == sum(p.numel() for p in m.parameters()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(list(SPECS.glob("*.yaml")))), "True"]
+    # and in the other order: timm first, then composer
+    other = subprocess.run([sys.executable, "-c", "import timm, composer; print(len(timm.list_models('composer_*')))"],
+                           capture_output=True, text=True, timeout=300)
+    assert other.stdout.split() == [str(len(list(SPECS.glob("*.yaml"))))], other.stderr
+
+
+def test_spec_path_that_is_a_preset_name_suggests_the_name(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("build", "specs/chpxformer.yaml")
+    assert code == 2
+    assert "no such file: specs/chpxformer.yaml; 'chpxformer' ships with composer" in err
+    assert "`composer build chpxformer`" in err
+
+
+def test_unknown_preset_lists_the_folders_searched(run_cli, tmp_path, monkeypatch):
+    extra = tmp_path / "more"
+    extra.mkdir()
+    (extra / "tiny_mine.yaml").write_text("extends: caformer_s18\ndepths: [1, 1, 1, 1]\n")
+    monkeypatch.setenv("COMPOSER_SPECS_PATH", str(extra))
+    code, out, _ = run_cli("validate", "tiny_mine")
+    assert code == 0 and "ok  tiny_mine" in out
+    code, _, err = run_cli("validate", "tiny_mime")
+    assert code == 2 and "did you mean 'tiny_mine'?" in err
+    assert f"folders searched: {extra}, {SPECS}" in err

@@ -248,3 +248,16 @@ def test_the_catalogue_lists_every_symbol_type_and_parameter():
     assert "| `act1` | 'star_relu' \\| 'gelu' \\| 'relu' \\| 'silu' \\| 'squared_relu' \\| 'identity' | `star_relu` |" \
         in sep_conv
     assert "| `bias` | boolean | `false` |" in sep_conv
+
+
+def test_the_readme_links_every_doc():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"(docs/{p.name})" not in readme]
+    assert not missing, f"README.md does not link {', '.join(missing)}"
+
+
+def test_the_spec_language_lists_every_macro():
+    from composer.macro import MACROS
+
+    text = (ROOT / "docs" / "spec-language.md").read_text()
+    assert not [name for name in MACROS if f"| `{name}` |" not in text]

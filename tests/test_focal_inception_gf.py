@@ -18,8 +18,9 @@ from composer.cost import count_macs, count_module
 from composer.mixers import MIXERS, MixerContext, resolve_symbol
 from composer.mixers.basic import PoolingConfig
 from composer.mixers.focal import FocalModulationConfig
-from composer.mixers.gfnet import GlobalFilter, GlobalFilterConfig
+from composer.mixers.gfnet import GlobalFilterConfig
 from composer.mixers.inception import InceptionDWConfig
+from composer.nn.mixers.gfnet import GlobalFilter
 
 TINY = {"input_size": 64, "num_classes": 10, "widths": [32, 64, 96, 128], "depths": [1, 1, 2, 1]}
 

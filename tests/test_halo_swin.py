@@ -12,8 +12,10 @@ from timm.models.swin_transformer import SwinTransformerBlock
 import composer
 from composer.cost import count_macs, count_module
 from composer.mixers import MixerCheckError, MixerContext
-from composer.mixers.halo import HaloAttention, HaloAttentionConfig
-from composer.mixers.swin import ShiftedWindowAttention, WindowAttentionConfig
+from composer.mixers.halo import HaloAttentionConfig
+from composer.mixers.swin import WindowAttentionConfig
+from composer.nn.mixers.halo import HaloAttention
+from composer.nn.mixers.swin import ShiftedWindowAttention
 
 from conftest import SPECS
 

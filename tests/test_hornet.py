@@ -9,7 +9,8 @@ import torch
 import composer
 from composer.cost import count_macs
 from composer.mixers import MixerContext
-from composer.mixers.hornet import GlobalLocalFilter, GnConvConfig
+from composer.mixers.hornet import GnConvConfig
+from composer.nn.mixers.hornet import GlobalLocalFilter
 from composer.weights import load
 
 from conftest import SPECS

@@ -9,15 +9,8 @@ import torch.nn.functional as F
 import composer
 from composer.cost import count_macs
 from composer.mixers.base import MIXERS, MixerContext
-from composer.mixers.hyena import (
-    Hyena1D,
-    HyenaBidirectionalConfig,
-    HyenaCausalConfig,
-    HyenaPixelConfig,
-    centre_distance,
-    fft_conv1d,
-    fft_conv2d,
-)
+from composer.mixers.hyena import HyenaBidirectionalConfig, HyenaCausalConfig, HyenaPixelConfig
+from composer.nn.mixers.hyena import Hyena1D, centre_distance, fft_conv1d, fft_conv2d
 
 from conftest import SPECS
 

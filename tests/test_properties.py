@@ -38,9 +38,9 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import PlainValidator
 
-from composer.build import build
 from composer.channel import CHANNEL_MIXERS
 from composer.cli import main as cli_main
+from composer.composed import build
 from composer.cost import count_macs
 from composer.macro import MACROS
 from composer.mixers import MIXERS, resolve_symbol, symbol_names

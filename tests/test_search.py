@@ -89,7 +89,7 @@ def test_bad_base_points_at_the_space(tmp_path):
 
 
 def test_infeasible_samples_are_never_built(tiny, tmp_path, monkeypatch):
-    build_module = sys.modules["composer.build"]   # the attribute composer.build is the function build()
+    import composer.composed as build_module
     built = []
     real = build_module.compose
 
@@ -282,3 +282,27 @@ def test_storage_urls_get_a_driver_and_hide_passwords():
     assert database_url("sqlite:///x.db") == "sqlite:///x.db"
     assert shown_url("postgresql://u:s3cr%40t@db:5432/search") == "postgresql://u:***@db:5432/search"
     assert shown_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+
+
+def test_train_search_trains_at_the_data_size_not_the_spec_size(tmp_path):
+    from composer.search.objectives import default_train_size, natural_size
+
+    assert natural_size("digits") == 8
+    assert default_train_size(8, 32, 224) == 32 and default_train_size(40, 32, 224) == 64
+    assert default_train_size(8, 32, 16) == 16   # never above the spec's own input_size
+    path = tmp_path / "digits64.yaml"
+    path.write_text(TINY.replace("input_size: 32", "input_size: 64").replace("[16, 32, 32, 64]", "[8, 16, 16, 32]")
+                    .replace("head_dim: 16", "head_dim: 8"))
+    lines = []
+    result = run(path, objective="train", epochs=1, trials=2, run_dir=str(tmp_path / "default"), progress=False,
+                 log=lines.append)
+    assert any("training at 32 px (digits; the budget is checked at the spec's 64 px)" in str(x) for x in lines)
+    built = [t for t in result.study.get_trials() if t.user_attrs.get("built")]
+    assert built and all(t.user_attrs["train_size"] == 32 for t in built)
+    assert all(t.user_attrs["macs"] == composer.estimate(dict(t.user_attrs["spec"])).macs for t in built)
+    assert all(t.user_attrs["spec"]["input_size"] == 64 for t in built)   # the budget's size is what is recorded
+    small = run(path, objective="train", epochs=1, trials=1, run_dir=str(tmp_path / "small"), progress=False,
+                log=lambda *a: None, train_size=16)
+    assert [t.user_attrs["train_size"] for t in small.study.get_trials() if t.user_attrs.get("built")] == [16]
+    with pytest.raises(SpecError, match="--train-size must be between 1 and the spec's input_size 64, got 65"):
+        run(path, objective="train", trials=1, run_dir=str(tmp_path / "big"), log=lambda *a: None, train_size=65)

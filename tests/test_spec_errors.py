@@ -59,7 +59,7 @@ CASES = {
     "missing layout": ("name: t\nwidths: [64]\ndepths: [2]\n", ["layout", "missing"]),
     "bad head type": (BASE + "head: {type: mpl}\n", ["spec.yaml:5:", "head.type", "did you mean 'mlp'"]),
     "unknown preset in extends": ("extends: cafromer_s18\n",
-                                  ["spec.yaml:1:", "extends", "did you mean caformer_s18"]),
+                                  ["spec.yaml:1:", "extends", "did you mean 'caformer_s18'"]),
     "layout of the wrong type": (BASE.replace("Conv-Conv-A-A", "5"),
                                  ["spec.yaml:4: layout: input should be a valid string or a valid list, got 5"]),
     "symbol of the wrong type": (BASE.replace("Conv-Conv-A-A", "[Conv, Conv, 7, A]"),

@@ -12,8 +12,10 @@ from timm.models.pvt_v2 import Attention as TimmPvtAttention
 import composer
 from composer.cost import count_macs, count_module
 from composer.mixers import MixerContext
-from composer.mixers.dcnv3 import DCNv3, DCNv3Config, sampling_grid
-from composer.mixers.sr_attention import SpatialReductionAttention, SRAttentionConfig
+from composer.mixers.dcnv3 import DCNv3Config
+from composer.mixers.sr_attention import SRAttentionConfig
+from composer.nn.mixers.dcnv3 import DCNv3, sampling_grid
+from composer.nn.mixers.sr_attention import SpatialReductionAttention
 
 from conftest import SPECS
 

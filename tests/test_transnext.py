@@ -11,7 +11,8 @@ import torch
 import composer
 from composer.cost import count_macs
 from composer.mixers import MixerContext
-from composer.mixers.transnext import AggregatedAttention, AggregatedAttentionConfig, cpb_table_size
+from composer.mixers.transnext import AggregatedAttentionConfig, cpb_table_size
+from composer.nn.mixers.transnext import AggregatedAttention
 from composer.weights import load
 
 from conftest import SPECS

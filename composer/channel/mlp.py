@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat
-from torch import nn
 
-from ..cost_types import Cost, linear_cost
-from ..layers import ACTIVATION_PARAMS, Layout, make_act
+from ..cost_types import ACTIVATION_PARAMS, Cost, linear_cost
+from ..layout import Layout
 from ..perstage import StageValues, per_stage
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 
 class ChannelConfig(BaseModel):
@@ -31,23 +33,6 @@ class ChannelConfig(BaseModel):
 CHANNEL_MIXERS: dict[str, type[ChannelConfig]] = {}
 
 
-class Mlp(nn.Module):
-    """fc1 -> act -> drop -> fc2 -> drop; state-dict keys ``fc1``, ``act``, ``fc2`` as timm's Mlp."""
-
-    def __init__(self, dim: int, hidden: int, act: str, bias: bool, drop: float, layout: Layout):
-        super().__init__()
-        layer = (lambda i, o: nn.Conv2d(i, o, 1, bias=bias)) if layout == "channels_first" else \
-            (lambda i, o: nn.Linear(i, o, bias=bias))
-        self.fc1 = layer(dim, hidden)
-        self.act = make_act(act)
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = layer(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
 class MlpConfig(ChannelConfig):
     type: Literal["mlp"] = "mlp"
     ratio: per_stage(PositiveFloat) = 4.0  # type: ignore[valid-type]  # e.g. PVT's [8, 8, 4, 4]
@@ -67,6 +52,7 @@ class MlpConfig(ChannelConfig):
                 + linear_cost(hidden, dim, tokens, self.bias))
 
     def build(self, dim: int, layout: Layout) -> nn.Module:
+        from ..nn.channel.mlp import Mlp
         return Mlp(dim, self.hidden(dim), self.act, self.bias, self.drop, layout)
 
 

@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from timm.layers import trunc_normal_
-from torch import nn
-
 from ..cost_types import Cost
-from ..layers import to_layout
 from ..mixers.base import MixerConfig, MixerContext
 from ..perstage import pick
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
+
     from ..spec.model import Spec
 
 Shape = tuple[int, int, int]  # (C, H, W)
@@ -35,29 +33,6 @@ class Part:
     out_shape: Shape
     build: Callable[[], nn.Module]
     info: dict[str, Any] = field(default_factory=dict)
-
-
-class Stage(nn.Module):
-    """Downsampling, blocks, then the macro's stage norm if it has one. Takes and returns (B, C, H, W);
-    converts layouts between blocks, so a stage may mix channels-first mixers (convs) and channels-last ones
-    (attention) block by block."""
-
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-        if norm is not None:  # only then: stages of the other macros keep their module list and keys
-            self.norm = norm
-
-    def forward(self, x):
-        x = self.downsample(x)
-        layout = "channels_first"
-        for block in self.blocks:
-            x = to_layout(x, layout, block.layout)
-            layout = block.layout
-            x = block(x)
-        x = to_layout(x, layout, "channels_first")
-        return self.norm(x) if "norm" in self._modules else x
 
 
 _MIXER_COSTS: dict = {}
@@ -88,40 +63,7 @@ def _branch_costs(norm, channel_mixer, dim: int, tokens: int, layer_scale, res_s
     return channel, norm.cost(dim) * 2 + scales + channel
 
 
-class GlobalAvgPool(nn.Module):
-    def forward(self, x):
-        return x.mean((2, 3), keepdim=True)
-
-
-class TransformPool(nn.Module):
-    """1x1 conv (no bias) -> BatchNorm -> GELU, then the global average (the unified architecture's "extra
-    transform" before pooling; ``head.transform_ratio``)."""
-
-    def __init__(self, dim: int, out_dim: int):
-        super().__init__()
-        self.conv = nn.Conv2d(dim, out_dim, 1, bias=False)
-        self.norm = nn.BatchNorm2d(out_dim)
-        self.act = nn.GELU()
-
-    def forward(self, x):
-        return self.act(self.norm(self.conv(x))).mean((2, 3), keepdim=True)
-
-
-class Head(nn.Sequential):
-    """global_pool -> norm -> flatten -> drop -> fc, as timm's MetaFormer head (keys ``norm``, ``fc``); with
-    ``transform_ratio`` the pool is a :class:`TransformPool`."""
-
-    def __init__(self, dim: int, num_classes: int, cfg):
-        super().__init__()
-        pooled = cfg.pooled_dim(dim)
-        self.global_pool = TransformPool(dim, pooled) if cfg.transform_ratio else GlobalAvgPool()
-        self.norm = cfg.norm.build(pooled, "channels_first") if cfg.norm else nn.Identity()
-        self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(cfg.drop)
-        self.fc = cfg.build_classifier(pooled, num_classes)
-
-
-BlockFactory = Callable[[nn.Module, "float | None", "float | None"], nn.Module]
+BlockFactory = Callable[..., "nn.Module"]  # (mixer module, layer_scale, res_scale) -> block
 
 
 class Macro:
@@ -168,16 +110,23 @@ class Macro:
     def head(self, spec: Spec, in_shape: Shape) -> Part:
         """Global average pool, ``head.norm``, then the classifier of ``spec.head``."""
         dim = in_shape[0]
+
+        def build():
+            from ..nn.macro.base import Head
+
+            return Head(dim, spec.num_classes, spec.head)
+
         return Part("head", spec.head.cost(dim, spec.num_classes, in_shape[1] * in_shape[2]), in_shape,
-                    (spec.num_classes or spec.head.pooled_dim(dim), 1, 1),
-                    lambda: Head(dim, spec.num_classes, spec.head))
+                    (spec.num_classes or spec.head.pooled_dim(dim), 1, 1), build)
 
     def stage(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None) -> nn.Module:
+        from ..nn.macro.base import Stage
         return Stage(downsample, blocks, norm)
 
     def init_weights(self, model: nn.Module) -> None:
         """The reference initialisation, applied once to the whole built model: trunc-normal(0.02) on every
         conv / linear weight and zero biases (MetaFormer, HorNet, ...), then each mixer's own init."""
+        from torch import nn
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 self.init_layer(module)
@@ -188,6 +137,8 @@ class Macro:
 
     def init_layer(self, module: nn.Conv2d | nn.Linear) -> None:
         """The generic init of one conv / linear layer; macros whose reference differs override this."""
+        from timm.layers import trunc_normal_
+        from torch import nn
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

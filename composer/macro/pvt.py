@@ -22,63 +22,24 @@ the rule. ``load(..., source="transnext")`` renames the official keys.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
-
-import torch
-from timm.layers import trunc_normal_
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..cost_types import conv_cost, conv_out
 from ..mixers.base import MixerCheckError, MixerConfig, MixerContext
 from ..parts import LN, NormConfig
-from ..weights import SOURCES
 from .base import Macro, Part, Shape
-from .metaformer import MetaFormerBlock
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 LN_EPS5 = NormConfig(type="layernorm", bias=True, eps=1e-5)
 
 
-class PatchEmbed(nn.Module):
-    """[pre_norm] -> overlapping conv (``proj``) -> LN (``norm``), on (B, C, H, W)."""
+def _modules():
+    """composer.nn.macro.pvt, imported when a model is built: planning stays torch-free."""
+    from ..nn.macro import pvt
 
-    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, norm, pre_norm=None):
-        super().__init__()
-        self.pre_norm = pre_norm.build(in_chans, "channels_first") if pre_norm else nn.Identity()
-        self.proj = nn.Conv2d(in_chans, dim, kernel, stride=stride, padding=kernel // 2)
-        self.norm = norm.build(dim, "channels_first") if norm else nn.Identity()
-
-    def forward(self, x):
-        return self.norm(self.proj(self.pre_norm(x)))
-
-
-class PvtBlock(MetaFormerBlock):
-    """The pre-norm block with TransNeXt's keys (``norm1``, ``attn``, ``norm2``, ``mlp``); optional scales."""
-
-    mixer_key = "attn"
-
-
-class NormPool(nn.Module):
-    """The last stage's norm on every token, then the mean over tokens (TransNeXt's ``norm4`` + mean)."""
-
-    def __init__(self, norm: nn.Module):
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x):
-        return self.norm(x).mean((2, 3), keepdim=True)
-
-
-class PvtHead(nn.Sequential):
-    """global_pool (norm + mean) -> norm (identity) -> flatten -> drop -> fc; the same interface as Head."""
-
-    def __init__(self, dim: int, num_classes: int, cfg):
-        super().__init__()
-        self.global_pool = NormPool(cfg.norm.build(dim, "channels_first") if cfg.norm else nn.Identity())
-        self.norm = nn.Identity()
-        self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(cfg.drop)
-        self.fc = cfg.build_classifier(dim, num_classes)
+    return pvt
 
 
 def _spec_error(spec, path, message):
@@ -112,7 +73,7 @@ class PvtMacro(Macro):
         if spec.stem_norm:
             cost += spec.stem_norm.cost(dim)
         return Part("stem", cost, (spec.in_chans, spec.input_size, spec.input_size), (dim, size, size),
-                    lambda: PatchEmbed(spec.in_chans, dim, k, s, spec.stem_norm))
+                    lambda: _modules().PatchEmbed(spec.in_chans, dim, k, s, spec.stem_norm))
 
     def downsample(self, spec, stage: int, in_shape: Shape) -> Part | None:
         if stage == 0:
@@ -125,7 +86,7 @@ class PvtMacro(Macro):
         if spec.downsample_norm:
             cost += spec.downsample_norm.cost(cout)
         return Part("downsample", cost, in_shape, (cout, ho, wo),
-                    lambda: PatchEmbed(cin, cout, k, s, spec.downsample_norm, pre_norm=spec.norm))
+                    lambda: _modules().PatchEmbed(cin, cout, k, s, spec.downsample_norm, pre_norm=spec.norm))
 
     def maps(self, spec) -> list[tuple[int, int]]:
         """The feature-map size of every stage at ``input_size``."""
@@ -170,18 +131,20 @@ class PvtMacro(Macro):
         channel = spec.channel_mixer.at_stage(stage)
 
         def make_block(module, layer_scale, res_scale):
-            return PvtBlock(dim, module, channel.build(dim, mixer.layout), spec.norm, mixer.layout, drop_path,
-                            layer_scale, res_scale)
+            return _modules().PvtBlock(dim, module, channel.build(dim, mixer.layout), spec.norm, mixer.layout,
+                                       drop_path, layer_scale, res_scale)
 
         return self.block_part(spec, stage, index, shape, mixer, drop_path, make_block)
 
     def head(self, spec, in_shape: Shape) -> Part:
         dim = in_shape[0]
         return Part("head", spec.head.cost(dim, spec.num_classes), in_shape, (spec.num_classes or dim, 1, 1),
-                    lambda: PvtHead(dim, spec.num_classes, spec.head))
+                    lambda: _modules().PvtHead(dim, spec.num_classes, spec.head))
 
     def init_layer(self, module: nn.Conv2d | nn.Linear) -> None:
         """TransNeXt's init: trunc-normal(0.02) linears, He-normal (fan-out) convs, zero biases."""
+        from timm.layers import trunc_normal_
+        from torch import nn
         if isinstance(module, nn.Conv2d):
             fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
             nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
@@ -189,30 +152,3 @@ class PvtMacro(Macro):
             trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-# -- official checkpoints (DaiShiResearch/TransNeXt): patch_embed{i}, block{i}.{j}, norm{i}, head ------------
-
-def _transnext_key(key: str) -> str:
-    key = re.sub(r"^patch_embed1\.", "stem.", key)
-    key = re.sub(r"^patch_embed(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.downsample.", key)
-    key = re.sub(r"^block(\d+)\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.", key)
-    key = re.sub(r"^norm(\d+)\.", lambda m: f"stages.{int(m[1])}.downsample.pre_norm.", key)
-    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
-
-
-def transnext_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official TransNeXt keys -> composer's (``pvt`` macro); composer's own keys pass through. The final
-    norm is ``norm4`` in the four-stage models (the last ``norm{i}`` always maps to the head)."""
-    if any(k.startswith("stem.") for k in state):
-        return dict(state)
-    last = max((int(m[1]) for k in state if (m := re.match(r"^norm(\d+)\.", k))), default=4)
-    out = {}
-    for key, value in state.items():
-        if re.match(rf"^norm{last}\.", key):
-            key = "head.global_pool.norm." + key.split(".", 1)[1]
-        out[_transnext_key(key)] = value
-    return out
-
-
-SOURCES["transnext"] = transnext_state_dict

@@ -23,8 +23,6 @@ layer_scale1, norm2, mlp, layer_scale2}``, ``stages.i.norm``, ``head.global_pool
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..cost_types import conv_cost, conv_out
 from ..parts import LN
 from .base import Part, Shape
@@ -61,6 +59,8 @@ class UnifiedMacro(MetaFormerMacro):
             cost += norm.cost(half) + norm.cost(dim)
 
         def build():
+            from torch import nn
+
             return nn.Sequential(
                 nn.Conv2d(spec.in_chans, half, 3, stride=2, padding=1),
                 norm.build(half, "channels_first") if norm else nn.Identity(),
@@ -82,6 +82,8 @@ class UnifiedMacro(MetaFormerMacro):
             cost += norm.cost(cout)
 
         def build():
+            from torch import nn
+
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
                                  norm.build(cout, "channels_first") if norm else nn.Identity())
 

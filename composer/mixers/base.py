@@ -1,8 +1,9 @@
 """What every token mixer provides, and the registry of mixer types and layout symbols.
 
-A mixer family lives in one module holding three things side by side: its ``nn.Module``, its config
-model (a pydantic model discriminated by ``type``) and its analytic cost. The config is the only thing
-the rest of composer talks to::
+A mixer family is a config model (a pydantic model discriminated by ``type``) with its analytic cost, in
+``composer/mixers/<family>.py``, and its ``nn.Module`` in ``composer/nn/mixers/<family>.py``, imported by
+``build`` only: validating, planning and estimating never import torch. The config is the only thing the
+rest of composer talks to::
 
     @register_mixer
     class SepConvConfig(MixerConfig):
@@ -21,13 +22,15 @@ input resolution, stage and block index, macro. ``check(ctx)`` rejects a config 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
-from torch import nn
 
 from ..cost_types import Cost
-from ..layers import Layout
+from ..layout import Layout
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 
 # slotted, not frozen: plans build two per block and frozen dataclasses construct ~4x slower; hashable by

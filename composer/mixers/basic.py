@@ -3,14 +3,15 @@ for Vision", 2022; timm ``metaformer.py`` and sail-sg ``metaformer_baselines.py`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import PositiveInt
-from torch import nn
 
 from ..cost_types import ZERO, Cost
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 
 @register_mixer
@@ -26,18 +27,8 @@ class IdentityConfig(MixerConfig):
         return ZERO
 
     def build(self, ctx: MixerContext) -> nn.Module:
+        from torch import nn
         return nn.Identity()
-
-
-class Pooling(nn.Module):
-    """PoolFormer's mixer: average pooling minus the input (the block's residual adds the input back)."""
-
-    def __init__(self, pool_size: int = 3):
-        super().__init__()
-        self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
-
-    def forward(self, x):
-        return self.pool(x) - x
 
 
 @register_mixer
@@ -57,25 +48,8 @@ class PoolingConfig(MixerConfig):
         return ZERO  # pooling is an element-wise term: not counted (flop-conventions.md)
 
     def build(self, ctx: MixerContext) -> nn.Module:
+        from ..nn.mixers.basic import Pooling
         return Pooling(self.pool_size)
-
-
-class RandomMixing(nn.Module):
-    """A frozen random token-mixing matrix (RandFormer): row-softmax of U[0, 1) noise, N x N."""
-
-    def __init__(self, num_tokens: int):
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.random_matrix = nn.Parameter(torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1),
-                                          requires_grad=False)
-
-    def forward(self, x):  # (B, H, W, C)
-        b, h, w, c = x.shape
-        if h * w != self.num_tokens:
-            raise ValueError(f"RandomMixing was compiled for {self.num_tokens} tokens but got {h}x{w}={h * w}; "
-                             "compile the spec at this input_size")
-        x = torch.einsum("mn,bnc->bmc", self.random_matrix, x.reshape(b, h * w, c))
-        return x.reshape(b, h, w, c)
 
 
 @register_mixer
@@ -92,6 +66,7 @@ class RandomMixingConfig(MixerConfig):
         return Cost(params=n * n, macs=n * n * ctx.dim)
 
     def build(self, ctx: MixerContext) -> nn.Module:
+        from ..nn.mixers.basic import RandomMixing
         return RandomMixing(ctx.tokens)
 
 

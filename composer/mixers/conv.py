@@ -3,14 +3,15 @@ projections of "Demystify Transformers & Convolutions" (``DW``, U-DWConv)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import PositiveFloat, PositiveInt
-from torch import nn
 
-from ..cost_types import Cost, conv_cost, linear_cost
-from ..layers import ACTIVATION_PARAMS, make_act
+from ..cost_types import ACTIVATION_PARAMS, Cost, conv_cost, linear_cost
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 Activation = Literal["star_relu", "gelu", "relu", "silu", "squared_relu", "identity"]
 
@@ -19,21 +20,6 @@ def _check_odd(kernel_size: int) -> None:
     if kernel_size % 2 == 0:
         raise MixerCheckError(f"kernel_size must be odd so that 'same' padding keeps the feature map, "
                               f"got {kernel_size}", "kernel_size")
-
-
-class SepConv(nn.Module):
-    """Inverted separable convolution (MobileNetV2 style): 1x1 up, act, k x k depthwise, act, 1x1 down."""
-
-    def __init__(self, dim: int, mid: int, kernel_size: int, act1: str, act2: str, bias: bool):
-        super().__init__()
-        self.pwconv1 = nn.Conv2d(dim, mid, 1, bias=bias)
-        self.act1 = make_act(act1)
-        self.dwconv = nn.Conv2d(mid, mid, kernel_size, padding=kernel_size // 2, groups=mid, bias=bias)
-        self.act2 = make_act(act2)
-        self.pwconv2 = nn.Conv2d(mid, dim, 1, bias=bias)
-
-    def forward(self, x):
-        return self.pwconv2(self.act2(self.dwconv(self.act1(self.pwconv1(x)))))
 
 
 @register_mixer
@@ -60,21 +46,9 @@ class SepConvConfig(MixerConfig):
                 + linear_cost(mid, ctx.dim, n, self.bias))
 
     def build(self, ctx: MixerContext) -> nn.Module:
+        from ..nn.mixers.conv import SepConv
         mid = int(self.expansion_ratio * ctx.dim)
         return SepConv(ctx.dim, mid, self.kernel_size, self.act1, self.act2, self.bias)
-
-
-class DWConv(nn.Module):
-    """1x1 projection, k x k depthwise conv, 1x1 projection; no activation (U-DWConv's spatial mixer)."""
-
-    def __init__(self, dim: int, kernel_size: int, bias: bool):
-        super().__init__()
-        self.pwconv1 = nn.Conv2d(dim, dim, 1, bias=bias)
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias)
-        self.pwconv2 = nn.Conv2d(dim, dim, 1, bias=bias)
-
-    def forward(self, x):
-        return self.pwconv2(self.dwconv(self.pwconv1(x)))
 
 
 @register_mixer
@@ -96,6 +70,7 @@ class DWConvConfig(MixerConfig):
                 + linear_cost(d, d, n, self.bias))
 
     def build(self, ctx: MixerContext) -> nn.Module:
+        from ..nn.mixers.conv import DWConv
         return DWConv(ctx.dim, self.kernel_size, self.bias)
 
 

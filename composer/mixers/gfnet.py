@@ -14,32 +14,13 @@ MetaFormer/HorNet slot, as here, the same operator makes a different network.
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from ..cost_types import Cost, fft_cost
 from .base import MixerConfig, MixerContext, register_mixer, register_symbol
 
-
-class GlobalFilter(nn.Module):
-    """FFT-domain global depthwise filter on (B, H, W, C); key ``complex_weight`` as the official one."""
-
-    def __init__(self, dim: int, height: int, width: int):
-        super().__init__()
-        self.size = (height, width)
-        self.complex_weight = nn.Parameter(torch.randn(height, width // 2 + 1, dim, 2, dtype=torch.float32) * 0.02)
-
-    def forward(self, x):
-        _, h, w, _ = x.shape
-        if (h, w) != self.size:
-            raise ValueError(f"GlobalFilter was compiled for a {self.size[0]}x{self.size[1]} map but got {h}x{w}; "
-                             "compile the spec at this input_size")
-        dtype = x.dtype
-        spectrum = torch.fft.rfft2(x.float(), dim=(1, 2), norm="ortho")  # float32 whatever the input (as GFNet)
-        spectrum = spectrum * torch.view_as_complex(self.complex_weight.float())
-        return torch.fft.irfft2(spectrum, s=(h, w), dim=(1, 2), norm="ortho").to(dtype)
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 
 @register_mixer
@@ -56,6 +37,7 @@ class GlobalFilterConfig(MixerConfig):
         return Cost(params=2 * c * h * (w // 2 + 1), fft_macs=2 * fft_cost(h * w, c))
 
     def build(self, ctx: MixerContext) -> nn.Module:
+        from ..nn.mixers.gfnet import GlobalFilter
         return GlobalFilter(ctx.dim, ctx.height, ctx.width)
 
 

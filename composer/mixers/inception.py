@@ -13,36 +13,20 @@ network from InceptionNeXt, with the same operator.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, PositiveFloat, PositiveInt
-from torch import nn
 
 from ..cost_types import Cost, conv_cost
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    from torch import nn
 
 
 def branch_channels(dim: int, branch_ratio: float) -> int:
     """Channels of each conv branch, rounded down as the reference does."""
     return int(dim * branch_ratio)
-
-
-class InceptionDWConv(nn.Module):
-    """Inception depthwise conv on (B, C, H, W)."""
-
-    def __init__(self, dim: int, square_kernel_size: int = 3, band_kernel_size: int = 11, branch_ratio: float = 0.125):
-        super().__init__()
-        g = branch_channels(dim, branch_ratio)
-        ks, kb = square_kernel_size, band_kernel_size
-        self.dwconv_hw = nn.Conv2d(g, g, ks, padding=ks // 2, groups=g)
-        self.dwconv_w = nn.Conv2d(g, g, (1, kb), padding=(0, kb // 2), groups=g)
-        self.dwconv_h = nn.Conv2d(g, g, (kb, 1), padding=(kb // 2, 0), groups=g)
-        self.split_sizes = (dim - 3 * g, g, g, g)
-
-    def forward(self, x):
-        x_id, x_hw, x_w, x_h = torch.split(x, self.split_sizes, dim=1)
-        return torch.cat((x_id, self.dwconv_hw(x_hw), self.dwconv_w(x_w), self.dwconv_h(x_h)), dim=1)
 
 
 @register_mixer
@@ -81,6 +65,7 @@ class InceptionDWConfig(MixerConfig):
                 + conv_cost(g, g, (1, kb), hw, groups=g) + conv_cost(g, g, (kb, 1), hw, groups=g))
 
     def build(self, ctx: MixerContext) -> nn.Module:
+        from ..nn.mixers.inception import InceptionDWConv
         return InceptionDWConv(ctx.dim, self.square_kernel_size, self.band_kernel_size, self.branch_ratio)
 
 

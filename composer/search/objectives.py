@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import ACTIVATIONS
+from ..nn.layers import ACTIVATIONS
 
 MAXIMIZE = {"proxy": True, "naswot": True, "gradnorm": True, "train": True, "macs": False, "params": False,
             "latency": False}
@@ -107,6 +107,55 @@ class Dataset:
     val_x: torch.Tensor
     val_y: torch.Tensor
     num_classes: int
+
+    @property
+    def size(self) -> int:
+        return self.train_x.shape[-1]
+
+    def at_size(self, size: int) -> Dataset:
+        """The same images resized (bilinear) to ``size`` x ``size``, for a trial whose architecture needs a
+        larger training resolution than the search's ``--train-size``; cached per size."""
+        if size == self.size:
+            return self
+        cache = self.__dict__.setdefault("_sizes", {})
+        if size not in cache:
+            def resize(x):
+                return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+            cache[size] = Dataset(self.name, resize(self.train_x), self.train_y, resize(self.val_x), self.val_y,
+                                  self.num_classes)
+        return cache[size]
+
+
+DIGITS_SIZE = 8  # scikit-learn's digits are 8x8
+
+
+def natural_size(source: str) -> int:
+    """The resolution a dataset comes at: 8 for digits, the smaller side of an ImageFolder's first image."""
+    if source == "digits":
+        return DIGITS_SIZE
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(source)
+    if not root.is_dir():
+        raise ValueError(f"--data: {source!r} is neither 'digits' nor an ImageFolder directory "
+                         "(one sub-folder of images per class)")
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for image in sorted(folder.iterdir()):
+            try:
+                with Image.open(image) as img:
+                    return min(img.size)
+            except OSError:  # not an image: ImageFolder skips it too
+                continue
+    raise ValueError(f"--data: no images in the class folders of {source!r}")
+
+
+def default_train_size(natural: int, stride: int, input_size: int) -> int:
+    """The dataset's natural size rounded up to a multiple of the network's total stride (``stride``), so that
+    every stage keeps a map of at least 1 x 1; never above the spec's own ``input_size``."""
+    return min(-(-natural // stride) * stride, input_size)
 
 
 def load_dataset(source: str, size: int, in_chans: int, seed: int = 0, val_fraction: float = 0.2) -> Dataset:

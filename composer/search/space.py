@@ -32,11 +32,23 @@ from pydantic import ValidationError
 
 from ..mixers import MIXERS, resolve_symbol
 from ..perstage import first_message, pick
-from ..plan import Estimate, estimate, plan, walk
+from ..plan import Estimate, estimate, walk
 from ..spec import Spec, SpecError, load_spec, spec_to_data, validate_data
 from ..spec.errors import Problem
 from ..spec.model import parse_layout
-from ..spec.source import Locations, looks_like_path, parse_yaml, read_spec_file, resolve_extends
+from ..spec.source import (
+    Locations,
+    display_path,
+    find_space,
+    looks_like_path,
+    named_instead,
+    not_found_hint,
+    parse_yaml,
+    read_spec_file,
+    resolve_extends,
+    space_names,
+    space_search_path,
+)
 from ..spec.units import parse_count
 
 PER_STAGE_FIELDS = ("layout", "depths", "widths", "res_scale", "layer_scale")
@@ -278,7 +290,7 @@ def _load_base(raw: Any, locs: Locations, space_dir: Path) -> tuple[Spec, dict]:
         spec = validate_data(data, sub)
     else:
         raise SpecError.at(("base",), f"expected a preset name, a spec path or a spec mapping, got {raw!r}", locs)
-    plan(spec)  # position checks: a base that cannot be planned is reported here, not per trial
+    walk(spec, costs_only=True)  # position checks: a base that cannot be planned is reported here, not per trial
     return spec, spec_to_data(spec)
 
 
@@ -442,8 +454,38 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
     return SearchSpace(name, base, base_data, order, macs, params, objective, file, locs)
 
 
+DEFAULT_SPACE = "metaformer_s18"
+"""What ``composer search`` searches when no space is given: the S18 MetaFormer / HyenaPixel / HorNet / attention
+space around CAFormer-S18 (search/metaformer_s18.yaml)."""
+
+
+def space_path(name_or_path: str) -> Path:
+    """The file of a search space given as a path or as the name of a shipped space (``metaformer_s18``) or of
+    one in ``$COMPOSER_SEARCH_PATH``; a SpecError naming the spaces and folders searched when neither exists."""
+    path = Path(name_or_path)
+    if _is_file(path):
+        return path
+    if not looks_like_path(name_or_path):
+        found = find_space(name_or_path)
+        if found is not None:
+            return found
+        hint = not_found_hint(name_or_path, space_names(), space_search_path(), "search spaces")
+        raise SpecError(Problem(f"no search-space file or search space named {name_or_path!r}{hint}", (),
+                                name_or_path))
+    hint = named_instead(name_or_path, space_names(), "search")
+    raise SpecError(Problem(f"no such search-space file: {name_or_path}{hint}", (), name_or_path))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_space(source: str | os.PathLike | Mapping | SearchSpace) -> SearchSpace:
-    """A :class:`SearchSpace` from a YAML path, YAML text or a mapping. Problems raise SpecError (file:line)."""
+    """A :class:`SearchSpace` from a YAML path, the name of a shipped space (``metaformer_s18``), YAML text or a
+    mapping. Problems raise SpecError (file:line)."""
     if isinstance(source, SearchSpace):
         return source
     if isinstance(source, Mapping):
@@ -453,8 +495,8 @@ def load_space(source: str | os.PathLike | Mapping | SearchSpace) -> SearchSpace
     if "\n" in text:
         data, locs = parse_yaml(text, "<string>")
         return parse_space(data, locs, "<string>", Path.cwd(), "space")
-    path = Path(text)
-    if not path.is_file():
-        raise SpecError(Problem(f"no such search-space file: {text}", (), text))
-    data, locs = parse_yaml(path.read_text(), text)
+    path = space_path(text)
+    if path != Path(text):
+        text = display_path(path)
+    data, locs = read_spec_file(path, text)  # unreadable or non-UTF-8 files end in a located SpecError
     return parse_space(data, locs, text, path.parent, path.stem)

@@ -50,11 +50,16 @@ class Settings:
     data: str = "digits"
     epochs: int = 3
     dedupe: bool = True
+    train_size: int | None = None
+    """--objective train: the resolution models are compiled and trained at (None: the spec's input_size)."""
 
     def study_attrs(self) -> dict:
-        return {"objectives": ",".join(self.objectives), "budget_macs": self.budget_macs,
-                "budget_params": self.budget_params, "proxy_size": self.proxy_size,
-                "proxy_batch": self.proxy_batch, "data": self.data, "epochs": self.epochs}
+        attrs = {"objectives": ",".join(self.objectives), "budget_macs": self.budget_macs,
+                 "budget_params": self.budget_params, "proxy_size": self.proxy_size,
+                 "proxy_batch": self.proxy_batch, "data": self.data, "epochs": self.epochs}
+        if "train" in self.objectives:  # only then: proxy studies of earlier versions continue unchanged
+            attrs["train_size"] = self.train_size
+        return attrs
 
 
 @dataclass
@@ -151,7 +156,8 @@ class Searcher:
         self.counters = Counters()
         self.dataset = None
         if "train" in settings.objectives:
-            self.dataset = load_dataset(settings.data, space.base.input_size, space.base.in_chans, settings.seed)
+            self.dataset = load_dataset(settings.data, settings.train_size or space.base.input_size,
+                                        space.base.in_chans, settings.seed)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- one trial ------------------------------------------------------------------------------------------
@@ -216,7 +222,7 @@ class Searcher:
 
     def _build(self, data: dict, check) -> Any:
         """The only place a model is built: after the budget check passed."""
-        from ..build import compose
+        from ..composed import compose
 
         s, c = self.settings, self.counters
         est = check.estimate
@@ -240,7 +246,9 @@ class Searcher:
         if "train" in s.objectives:
             from .objectives import train_and_validate
 
-            model = self._build(check.data, check)
+            data, size = self._at_train_size(check, spec)
+            trial.set_user_attr("train_size", size)
+            model = self._build(data, check)
             single = len(s.objectives) == 1
 
             def report(epoch: int, acc: float) -> None:
@@ -251,7 +259,7 @@ class Searcher:
                         trial.set_user_attr("accuracy", acc)
                         raise optuna.TrialPruned(f"pruned after epoch {epoch} at accuracy {acc:.3f}")
 
-            results["train"] = train_and_validate(model, self.dataset, s.epochs, s.seed, report)
+            results["train"] = train_and_validate(model, self.dataset.at_size(size), s.epochs, s.seed, report)
             trial.set_user_attr("accuracy", results["train"])
         needs_proxy = any(n in SCORE_OBJECTIVES or n == "latency" for n in s.objectives)
         if needs_proxy:
@@ -280,6 +288,17 @@ class Searcher:
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         values = [results[n] for n in s.objectives]
         return values[0] if len(values) == 1 else values
+
+    def _at_train_size(self, check, spec) -> tuple[dict, int]:
+        """The sample compiled at ``--train-size`` (budgets were checked at the spec's own input_size); an
+        architecture that does not fit that size (a map too small for its mixers) doubles it until it does."""
+        size = self.settings.train_size or spec.input_size
+        while size < spec.input_size:
+            small = self.space.check(dict(check.data, input_size=size))
+            if small.error is None:
+                return small.data, size
+            size *= 2
+        return check.data, spec.input_size
 
     # -- the loop -------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -401,7 +420,8 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         objective: str | None = None, seed: int = 0, storage: str | None = None, run_dir: str | None = None,
         study_name: str | None = None, workers: int = 1, data: str = "digits", epochs: int = 3,
         proxy_size: int = 64, proxy_batch: int = 16, heartbeat: float = 5.0, progress: bool = True,
-        report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None) -> SearchResult:
+        report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None,
+        train_size: int | None = None) -> SearchResult:
     """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written."""
     t_start = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -421,9 +441,13 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, data, epochs)
     if "train" in objectives:
         try:
-            dataset = load_dataset(data, space.base.input_size, space.base.in_chans, seed)
+            settings.train_size = _train_size(train_size, data, space)
+            dataset = load_dataset(data, settings.train_size, space.base.in_chans, seed)
         except ValueError as exc:
             raise SpecError(Problem(str(exc), ())) from None
+        if report:
+            log(f"training at {settings.train_size} px ({data}; the budget is checked at the spec's "
+                f"{space.base.input_size} px)")
         if space.base.num_classes != dataset.num_classes:
             log(f"note: {data} has {dataset.num_classes} classes; the sampled specs use num_classes "
                 f"{dataset.num_classes} (the base has {space.base.num_classes})")
@@ -493,6 +517,19 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         log("interrupted: the study is saved; rerun the same command to continue it")
         raise KeyboardInterrupt
     return SearchResult(study, run_path, settings, c, best_specs, time.perf_counter() - t_start, summary)
+
+
+def _train_size(given: int | None, data: str, space: SearchSpace) -> int:
+    from ..plan import estimate
+    from .objectives import default_train_size, natural_size
+
+    top = space.base.input_size
+    if given is not None:
+        if not 1 <= given <= top:
+            raise ValueError(f"--train-size must be between 1 and the spec's input_size {top}, got {given}")
+        return given
+    last = estimate(space.base).stages[-1].feature_map[0]
+    return default_train_size(natural_size(data), max(top // max(last, 1), 1), top)
 
 
 def _count(value, flag: str) -> int:

@@ -17,7 +17,16 @@ from ..parts import HeadConfig, NormConfig
 from ..perstage import StageValues, per_stage_model
 from .errors import Problem, SpecError, format_path
 from .model import EnsembleSpec, Spec, check_ensemble, check_spec, unknown_symbol_message
-from .source import Locations, find_preset, is_file, looks_like_path, parse_yaml, read_spec_file, resolve_extends
+from .source import (
+    Locations,
+    display_path,
+    find_preset,
+    is_file,
+    looks_like_path,
+    parse_yaml,
+    read_spec_file,
+    resolve_extends,
+)
 from .units import format_count, parse_count
 
 SpecLike = Spec | EnsembleSpec | str | os.PathLike | Mapping
@@ -290,12 +299,12 @@ def load_spec(source: SpecLike) -> AnySpec:
         if not is_file(path) and not looks_like_path(text):
             preset = find_preset(text)
             if preset is None:
-                from .source import preset_names
+                from .source import not_found_hint, preset_names, spec_search_path
 
-                raise SpecError(Problem(f"no spec file or preset named {text!r}{_near(text, preset_names())}"
-                                        f" presets: {', '.join(preset_names())}", (), text))
+                hint = not_found_hint(text, preset_names(), spec_search_path(), "presets")
+                raise SpecError(Problem(f"no spec file or preset named {text!r}{hint}", (), text))
             path = preset
-            text = os.path.relpath(preset)
+            text = display_path(preset)
         data, locs = read_spec_file(path, text)
         data, locs = resolve_extends(data, locs, path.parent, (str(path.resolve()),))
         return validate_data(data, locs, default_name=path.stem, base_dir=path.parent)

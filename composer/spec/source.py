@@ -139,19 +139,105 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, Locations]:
     return data, locs
 
 
+def shipped_folder(kind: str) -> FsPath | None:
+    """The folder of the ``kind`` files that ship with composer: ``"specs"`` (presets) or ``"search"`` (search
+    spaces). An installed wheel has them as package data (``composer/_data/<kind>``, put there by setup.py's
+    build step); a clone or editable install reads the repository's own folder beside the package."""
+    from importlib.resources import files
+
+    try:
+        packaged = FsPath(os.fspath(files("composer") / "_data" / kind))
+    except TypeError:  # a zipped install, whose Traversable is no file-system path: not supported
+        packaged = None
+    if packaged is not None and packaged.is_dir():
+        return packaged
+    checkout = FsPath(__file__).resolve().parents[2] / kind
+    return checkout if checkout.is_dir() else None
+
+
+def _search_path(variable: str, kind: str) -> list[FsPath]:
+    dirs = [FsPath(p) for p in os.environ.get(variable, "").split(os.pathsep) if p]
+    shipped = shipped_folder(kind)
+    return dirs + ([shipped] if shipped is not None else [])
+
+
 def spec_search_path() -> list[FsPath]:
-    """Folders searched for preset names: $COMPOSER_SPECS_PATH, then the repository's specs/."""
-    dirs = [FsPath(p) for p in os.environ.get("COMPOSER_SPECS_PATH", "").split(os.pathsep) if p]
-    dirs.append(FsPath(__file__).resolve().parents[2] / "specs")
-    return dirs
+    """Folders searched for preset names: ``$COMPOSER_SPECS_PATH`` (``os.pathsep``-separated), then the presets
+    that ship with composer."""
+    return _search_path("COMPOSER_SPECS_PATH", "specs")
+
+
+def space_search_path() -> list[FsPath]:
+    """Folders searched for search-space names: ``$COMPOSER_SEARCH_PATH``, then the spaces that ship with
+    composer."""
+    return _search_path("COMPOSER_SEARCH_PATH", "search")
+
+
+def _names_in(folders: list[FsPath]) -> list[str]:
+    names = set()
+    for folder in folders:
+        try:
+            names.update(p.stem for p in folder.iterdir() if p.suffix in _SPEC_SUFFIXES)
+        except OSError:  # a folder of $COMPOSER_SPECS_PATH that is missing or unreadable adds nothing
+            continue
+    return sorted(names)
 
 
 def preset_names() -> list[str]:
-    names = set()
-    for folder in spec_search_path():
-        if folder.is_dir():
-            names.update(p.stem for p in folder.iterdir() if p.suffix in _SPEC_SUFFIXES)
-    return sorted(names)
+    return _names_in(spec_search_path())
+
+
+def space_names() -> list[str]:
+    return _names_in(space_search_path())
+
+
+def _find_in(folders: list[FsPath], name: str) -> FsPath | None:
+    for folder in folders:
+        for suffix in _SPEC_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if is_file(candidate):
+                return candidate
+    return None
+
+
+def find_preset(name: str) -> FsPath | None:
+    return _find_in(spec_search_path(), name)
+
+
+def find_space(name: str) -> FsPath | None:
+    return _find_in(space_search_path(), name)
+
+
+def display_path(path: FsPath) -> str:
+    """How a file is named in messages: relative to the working folder when it lies below it, else absolute
+    (a preset inside site-packages is clearer as an absolute path than as ../../../lib/...)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def not_found_hint(ref: str, names: list[str], folders: list[FsPath], what: str) -> str:
+    """'; did you mean X?' or the list of names, then the folders searched (for a name that is not found)."""
+    import difflib
+
+    near = [repr(n) for n in difflib.get_close_matches(ref, names, n=3)]
+    if near:
+        options = near[0] if len(near) == 1 else f"{', '.join(near[:-1])} or {near[-1]}"
+        hint = f"; did you mean {options}?"
+    else:
+        hint = f"; {what}: {', '.join(names) or '(none)'}"
+    return hint + f" (folders searched: {', '.join(str(f) for f in folders) or '(none)'})"
+
+
+def named_instead(path_text: str, names: list[str], command: str) -> str:
+    """For a path that does not exist whose file name is a shipped name (``specs/chpxformer.yaml`` typed outside
+    a clone): a hint to use the name."""
+    stem = FsPath(path_text).stem
+    if FsPath(path_text).suffix in _SPEC_SUFFIXES and stem in names:
+        return f"; {stem!r} ships with composer: use the name, e.g. `composer {command} {stem}`"
+    return ""
 
 
 def is_file(path: FsPath) -> bool:
@@ -160,15 +246,6 @@ def is_file(path: FsPath) -> bool:
         return path.is_file()
     except (OSError, ValueError):
         return False
-
-
-def find_preset(name: str) -> FsPath | None:
-    for folder in spec_search_path():
-        for suffix in _SPEC_SUFFIXES:
-            candidate = folder / f"{name}{suffix}"
-            if is_file(candidate):
-                return candidate
-    return None
 
 
 def looks_like_path(ref: str) -> bool:
@@ -190,7 +267,8 @@ def read_spec_file(path: FsPath, display: str | None = None) -> tuple[Any, Locat
     try:
         text = FsPath(path).read_text()
     except FileNotFoundError:
-        raise SpecError(Problem(f"no such file: {display}", (), display)) from None
+        hint = named_instead(display, preset_names(), "build")
+        raise SpecError(Problem(f"no such file: {display}{hint}", (), display)) from None
     except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, a name too long, not UTF-8
         raise SpecError(Problem(f"cannot read spec file: {exc}", (), display)) from None
     return parse_yaml(text, display)
@@ -211,16 +289,13 @@ def resolve_extends(data: Any, locs: Locations, base_dir: FsPath | None,
     else:
         parent_path = find_preset(ref)
         if parent_path is None:
-            import difflib
-
-            near = difflib.get_close_matches(ref, preset_names(), n=3)
-            hint = f"; did you mean {', '.join(near)}?" if near else f"; presets: {', '.join(preset_names())}"
+            hint = not_found_hint(ref, preset_names(), spec_search_path(), "presets")
             raise SpecError.at(("extends",), f"unknown preset {ref!r}{hint}", locs)
     key = str(parent_path.resolve())
     if key in chain:
         cycle = " -> ".join([*(FsPath(c).stem for c in chain), FsPath(key).stem])
         raise SpecError.at(("extends",), f"extends cycle: {cycle}; remove one of these extends", locs)
-    display = os.path.relpath(parent_path) if parent_path.is_absolute() else str(parent_path)
+    display = display_path(parent_path) if parent_path.is_absolute() else str(parent_path)
     parent, parent_locs = read_spec_file(parent_path, display)
     if not isinstance(parent, Mapping):
         raise SpecError(Problem("a spec must be a mapping of fields (name: ..., widths: ...)", (), display))

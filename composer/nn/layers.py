@@ -7,14 +7,13 @@ for norms) so that compiled models load timm and official checkpoints without re
 from __future__ import annotations
 
 from functools import lru_cache, wraps
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Layout = Literal["channels_first", "channels_last"]
-"""``channels_first`` is (B, C, H, W); ``channels_last`` is (B, H, W, C), the token layout."""
+from ..cost_types import ACTIVATION_PARAMS  # noqa: F401  (re-exported beside the activations it counts)
+from ..layout import Layout
 
 
 class StarReLU(nn.Module):
@@ -42,7 +41,6 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
     "identity": nn.Identity,
 }
-ACTIVATION_PARAMS = {"star_relu": 2}
 
 
 def make_act(name: str) -> nn.Module:

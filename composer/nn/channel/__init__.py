@@ -1,0 +1,1 @@
+"""torch modules (nn.Module) of composer; imported only when a model is built."""
