@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     if shutil.which("composer") is None:
         sys.exit("composer is not on PATH: install the project first (README)")
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for name, cmd in COMMANDS.items():  # one untimed run each: the OS file cache, .pyc files
+    for cmd in COMMANDS.values():  # one untimed run each: the OS file cache, .pyc files
         subprocess.run(cmd, capture_output=True, check=True)
     for _ in range(args.rounds):
         for name, cmd in COMMANDS.items():

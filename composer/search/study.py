@@ -547,7 +547,7 @@ def trials_table(study: optuna.Study) -> list[dict]:
             for i, v in enumerate(t.values):
                 row[f"value_{i}" if len(t.values) > 1 else "value"] = v
         for key in ("feasible", "macs", "params", "fft_macs", "slack_macs", "slack_params", "naswot", "gradnorm",
-                    "accuracy", "latency_ms", "seconds", "proxy_size", "reused_from", "worker", "error"):
+                    "accuracy", "latency_ms", "seconds", "proxy_size", "train_size", "reused_from", "worker", "error"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]
         row.update({f"param:{k}": v for k, v in t.params.items()})

@@ -1,4 +1,0 @@
-"""The torch modules of composer.macro.unified (configs and costs live there)."""
-
-from __future__ import annotations
-
