@@ -18,9 +18,10 @@ from .timm_models import register_presets_with_timm
 
 __version__ = "0.2.0"
 
-register_presets_with_timm()  # now if timm is imported, else the moment it is (an import hook); reads no spec
+register_presets_with_timm()  # now if timm is imported, else the moment it is (an import hook)
 
 _LAZY = {name: ".composed" for name in ("ComposedEnsemble", "ComposedModel", "build", "compose")}
+_LAZY["register_presets"] = ".timm_models"  # imports timm: call it after adding to $COMPOSER_SPECS_PATH
 
 
 def __getattr__(name: str):

@@ -1,6 +1,10 @@
-"""Plan -> nn.Module. ``compose(spec) = build(plan(load(spec)))``."""
+"""Plan -> nn.Module. ``compose(spec) = build(plan(load(spec)))``.
 
-from __future__ import annotations
+A composed model owes its users timm's model interface (timm's ``metaformer.py`` / ``convnext.py`` are the
+reference): ``forward_features``, ``forward_head(pre_logits=...)``, ``forward_intermediates``,
+``prune_intermediate_layers``, ``get_classifier`` / ``reset_classifier``, ``num_features`` /
+``head_hidden_size``, ``feature_info``, ``set_grad_checkpointing``, ``no_weight_decay`` and ``group_matcher``.
+"""
 
 import torch
 from torch import nn
@@ -8,14 +12,33 @@ from torch import nn
 from .plan import EnsemblePlan, Plan, plan
 from .spec import SpecLike
 
+_POOLS = ("avg", "")  # what global_pool may be: composer heads average (or, with '', pass the map)
+
+
+def take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[list[int], int]:
+    """The stage indices ``forward_intermediates`` returns, as timm's ``feature_take_indices``: None is every
+    stage, an int n the last n, a sequence those stages (negative counts from the end); also the largest."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"indices={indices}: take the last 1 to {num_stages} stages")
+        taken = list(range(num_stages - indices, num_stages))
+    else:
+        taken = [i + num_stages if i < 0 else i for i in indices]
+        bad = [i for i in indices if not -num_stages <= i < num_stages]
+        if bad:
+            raise ValueError(f"indices {bad} out of range for {num_stages} stages")
+    return taken, max(taken)
+
 
 class ComposedModel(nn.Module):
     """A backbone built from a spec: ``stem``, ``stages`` and ``head`` as in timm's MetaFormer.
 
     * ``forward(x)``: logits (or pooled features when ``num_classes`` is 0).
-    * ``forward_features(x)``: the last stage's map, (B, C, H, W).
-    * ``forward_stages(x)``: every stage's output map, for dense tasks (FPN / UperNet necks).
-    * ``forward_head(x, pre_logits=False)``.
+    * ``forward_features(x)``: the last stage's map, (B, ``num_features``, H, W).
+    * ``forward_head(x, pre_logits=False)``; ``pre_logits=True`` gives (B, ``head_hidden_size``).
+    * ``forward_intermediates(x, indices=None, ...)`` / ``forward_stages(x)``: the stage maps, for dense tasks.
     """
 
     def __init__(self, plan: Plan):
@@ -23,7 +46,14 @@ class ComposedModel(nn.Module):
         spec = plan.spec
         self.name = spec.name
         self.num_classes = spec.num_classes
-        self.num_features = spec.head.pooled_dim(spec.widths[-1])  # what forward_head(pre_logits=True) gives
+        self.in_chans = spec.in_chans
+        self.num_features = spec.widths[-1]  # channels of forward_features
+        self.head_hidden_size = spec.head.pooled_dim(spec.widths[-1])  # what forward_head(pre_logits=True) gives
+        self.drop_rate = spec.head.drop
+        self.grad_checkpointing = False
+        self.global_pool = "avg"
+        self._head_config = spec.head
+        self._macro = plan.macro
         self.stem = plan.node("stem")["part"].build()
         stages = []
         for i in range(spec.num_stages):
@@ -40,21 +70,109 @@ class ComposedModel(nn.Module):
              "module": f"stages.{i}"} for i in range(spec.num_stages)]
         plan.macro.init_weights(self)
 
+    # -- timm's model interface ----------------------------------------------------------------------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block in the backward pass instead of keeping its activations (training only)."""
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, device=None, dtype=None) -> None:
+        """A new classifier for ``num_classes`` (0: none, ``forward`` gives the pooled features) built and
+        initialised as the spec's head is, on the model's device and dtype; ``global_pool`` ``'avg'`` or ``''``
+        (no pooling: ``forward_head`` returns the map)."""
+        if global_pool is not None:
+            if global_pool not in _POOLS:
+                raise ValueError(f"global_pool={global_pool!r} is not supported; composer heads average-pool "
+                                 "('avg') or pass the map ('')")
+            self.global_pool = global_pool
+            self.head.global_pool.pool = global_pool == "avg"
+            self.head.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.num_classes = num_classes
+        fc = self._head_config.build_classifier(self.head_hidden_size, num_classes)
+        for module in fc.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                self._macro.init_layer(module)
+        like = next(self.parameters(), None)  # the new classifier lives where the model does, in its dtype
+        if like is not None or device is not None or dtype is not None:
+            fc = fc.to(device=device or like.device, dtype=dtype or like.dtype)
+        self.head.fc = fc
+        self.head.fc.train(self.head.training)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that timm's optimizer factory should not decay besides 1-d ones (it skips those anyway):
+        learnable position embeddings, relative-position tables and tokens, by name."""
+        keys = ("pos_embed", "relative_position_bias_table", "rel_pos", "query_embedding", "learnable_tokens",
+                "learnable_bias", "temperature", "cpb")
+        return {name for name, _ in self.named_parameters() if any(k in name.split(".")[-1] for k in keys)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay (timm's ``param_groups_layer_decay``)."""
+        return {"stem": r"^stem",
+                "blocks": r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
+                                                            (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                                                            (r"^stages\.(\d+)\.norm", (99999,))]}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """The maps of the stages in ``indices`` (see :func:`take_indices`), and unless ``intermediates_only``
+        also the final map, as timm's MetaFormer. Every stage output is already what the macro normalises
+        (``stages.i.norm`` where it has one), so ``norm`` changes nothing; ``output_fmt`` is NCHW only."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: composer models give NCHW maps")
+        taken, last = take_indices(len(self.stages), indices)
+        intermediates = []
         x = self.stem(x)
-        outs = []
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
+            if stop_early and i > last:
+                break
             x = stage(x)
-            outs.append(x)
-        return outs
+            if i in taken:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last one ``indices`` needs (and the classifier), as timm does."""
+        taken, last = take_indices(len(self.stages), indices)
+        pruned_end = last < len(self.stages) - 1
+        self.stages = self.stages[:last + 1]
+        self.feature_info = self.feature_info[:last + 1]
+        if pruned_end:
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or pruned_end:  # no classifier, no pooling and nothing with parameters left in the head
+            from .nn.macro.base import GlobalAvgPool
+
+            self.head.global_pool = GlobalAvgPool(pool=False)
+            self.head.norm = nn.Identity()
+            self.head.flatten = nn.Identity()
+            self.head.fc = nn.Identity()
+            self.global_pool, self.num_classes = "", 0
+        return taken
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output map (``forward_intermediates(x, intermediates_only=True)``)."""
+        return self.forward_intermediates(x, intermediates_only=True)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if pre_logits:
-            return self.head.drop(self.head.flatten(self.head.norm(self.head.global_pool(x))))
-        return self.head(x)
+        head = self.head
+        x = head.drop(head.flatten(head.norm(head.global_pool(x))))
+        return x if pre_logits else head.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -63,13 +181,48 @@ class ComposedModel(nn.Module):
 class ComposedEnsemble(nn.Module):
     """Separately trained members evaluated together: ``forward(x)`` is the mean of the members' logits
     (no softmax, no weights), as the HyenaPixel paper's ensembles. Member ``i`` is ``members.i`` (load
-    each member's checkpoint into it)."""
+    each member's checkpoint into it).
+
+    Of timm's interface it has what the mean of members means: ``num_classes``, ``get_classifier`` (the
+    members' classifiers), ``reset_classifier`` (every member's), ``set_grad_checkpointing``,
+    ``no_weight_decay``, ``group_matcher`` (member by member) and ``forward_head``-free ``forward``. It has no
+    ``forward_features`` / ``forward_intermediates`` / ``features_only``: members' maps differ in width and are
+    not averaged."""
 
     def __init__(self, plan: EnsemblePlan):
         super().__init__()
         self.name = plan.spec.name
         self.num_classes = plan.spec.num_classes
         self.members = nn.ModuleList(ComposedModel(p) for p in plan.members)
+        self.num_features = self.head_hidden_size = 0  # no shared feature map (see the class docstring)
+        self.feature_info: list[dict] = []
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for member in self.members:
+            member.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return nn.ModuleList(member.get_classifier() for member in self.members)
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, device=None, dtype=None) -> None:
+        if num_classes == 0 and len({m.head_hidden_size for m in self.members}) > 1:
+            raise ValueError("a headless ensemble averages pooled features, which needs members of one width; "
+                             f"these have {sorted({m.head_hidden_size for m in self.members})}")
+        for member in self.members:
+            member.reset_classifier(num_classes, global_pool, device, dtype)
+        self.num_classes = num_classes
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {f"members.{i}.{name}" for i, m in enumerate(self.members) for name in m.no_weight_decay()}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {"stem": r"^members\.(\d+)\.stem",
+                "blocks": [(r"^members\.(\d+)\.stages\.(\d+)" + ("" if coarse else r"\.blocks\.(\d+)"), None)]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(x) for member in self.members]).mean(0)

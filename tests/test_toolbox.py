@@ -268,7 +268,7 @@ def test_timm_kwargs_map_to_spec_fields():
     ({"pretrained": True}, ValueError, "no pretrained weights"),
     ({"widhts": [1]}, TypeError, "unexpected keyword argument(s) widhts"),
     ({"global_pool": "max"}, ValueError, "global_pool='max' is not supported"),
-    ({"features_only": True}, ValueError, "forward_stages"),
+    ({"global_pool": "max", "features_only": True}, ValueError, "global_pool='max' is not supported"),
     ({"depths": [1, 2]}, SpecError, "has 2 stages but widths has 4"),
 ])
 def test_timm_refuses_what_it_cannot_do(kwargs, error, message):

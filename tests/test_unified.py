@@ -92,7 +92,8 @@ def test_unified_macro_computes_metaarch():
     # every stage output is normalised: forward_stages gives the maps after stages.i.norm
     outs = model.forward_stages(x)
     assert [tuple(o.shape[1:]) for o in outs] == [(16, 16, 16), (32, 8, 8), (48, 4, 4), (64, 2, 2)]
-    assert model.num_features == 96 and model.forward_head(outs[-1], pre_logits=True).shape == (2, 96)
+    assert model.num_features == 64 and model.head_hidden_size == 96   # the map vs the 1.5x pooled width
+    assert model.forward_head(outs[-1], pre_logits=True).shape == (2, 96)
 
 
 def test_unified_init_and_structure():

@@ -69,6 +69,8 @@ BlockFactory = Callable[..., "nn.Module"]  # (mixer module, layer_scale, res_sca
 class Macro:
     name: str = ""
     summary: str = ""
+    first_conv: str = "stem.conv"
+    """The module path of the stem's first convolution (timm's ``first_conv``, e.g. for in_chans adaptation)."""
 
     def spec_defaults(self, data: dict) -> dict:
         """Values for the spec fields this macro fixes by convention (the user may override any)."""

@@ -25,6 +25,7 @@ class HorNetMacro(Macro):
     name = "hornet"
     summary = "HorNet: 4x4/4 stem, LN + 2x2/2 downsampling, gnConv blocks with a channels-last GELU MLP"
     stem_kernel = 4
+    first_conv = "stem.0"
     down_kernel = 2
 
     def spec_defaults(self, data: dict) -> dict:

@@ -50,6 +50,7 @@ def _spec_error(spec, path, message):
 
 class PvtMacro(Macro):
     name = "pvt"
+    first_conv = "stem.proj"
     summary = "PVT / TransNeXt: overlapping patch embeddings, pre-norm blocks, ConvGLU, a norm after each stage"
     stem_kernel, stem_stride = 7, 4
     down_kernel, down_stride = 3, 2

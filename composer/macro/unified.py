@@ -49,6 +49,8 @@ class UnifiedMacro(MetaFormerMacro):
             "head": {"type": "linear", "norm": None, "transform_ratio": 1.5},
         }
 
+    first_conv = "stem.0"
+
     def stem(self, spec) -> Part:
         dim, half = spec.widths[0], spec.widths[0] // 2
         s1 = conv_out(spec.input_size, 3, 2, 1)

@@ -87,6 +87,9 @@ class MixerConfig(BaseModel):
     cost_formula: ClassVar[str] = ""
     """The closed form of ``cost`` in words/symbols for the docs catalogue (N tokens, C channels, ...)."""
     cost_depends_on_block: ClassVar[bool] = False
+    fixed_input_size: ClassVar[str] = ""
+    """Why the module runs only at the input size it was compiled at (a table or filter sized to the map);
+    empty when any size works. A model with such a mixer says ``fixed_input_size=True`` in its timm cfg."""
     """Set when ``cost`` reads ``ctx.block`` (e.g. a position embedding only in a stage's first block);
     otherwise plans reuse one block's cost for every equal block."""
 

@@ -54,6 +54,7 @@ class PoolingConfig(MixerConfig):
 
 @register_mixer
 class RandomMixingConfig(MixerConfig):
+    fixed_input_size = "its N x N token-mixing matrix is sized to the compiled map"
     type: Literal["random_mixing"] = "random_mixing"
     layout = "channels_last"
     summary = "frozen random N x N token mixing (RandFormer); N fixed by the compiled input size"

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # annotations only: importing this module must not import tor
 
 @register_mixer
 class GlobalFilterConfig(MixerConfig):
+    fixed_input_size = "its complex filter is sized to the compiled map"
     type: Literal["global_filter"] = "global_filter"
     layout = "channels_last"
     summary = "global filter: rfft2, learned per-channel complex filter sized to the map, irfft2 (GFNet)"

@@ -111,6 +111,7 @@ class HyenaPixelConfig(MixerConfig):
 
 
 class _HyenaConfigBase(MixerConfig):
+    fixed_input_size = "its filter indexes the raster sequence of the compiled map"
     filter_size: FilterSize = "auto"
     emb_dim: PositiveInt = 33
     """input width of the filter FFN: 1 time channel + (emb_dim - 1) / 2 cos and as many sin bands."""

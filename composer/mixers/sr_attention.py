@@ -39,6 +39,7 @@ SR_NORM_EPS = 1e-5  # nn.LayerNorm's default, what PVT and STM-Evaluation use on
 
 @register_mixer
 class SRAttentionConfig(AttentionHeads, MixerConfig):
+    fixed_input_size = "its absolute position embedding is sized to the compiled map"
     type: Literal["sr_attention"] = "sr_attention"
     sr_ratio: PositiveInt | None = Field(
         default=None, description="keys from an R x R stride-R conv (1: no reduction); unset: PVT's "

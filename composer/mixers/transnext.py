@@ -88,6 +88,7 @@ def _window_tables(height: int, width: int, window: int) -> tuple[np.ndarray, np
 
 
 class _TransNeXtCommon(AttentionHeads, MixerConfig):
+    fixed_input_size = "its relative-position tables and padding masks are built for the compiled map"
     head_dim: PositiveInt = Field(default=24, description="channels per head (24 in every TransNeXt)")
     num_heads: PositiveInt | None = Field(default=None, description="heads (default: width / head_dim)")
     qkv_bias: bool = True

@@ -4,8 +4,6 @@ State-dict names follow timm (``act.scale``/``act.bias`` for StarReLU, ``scale``
 for norms) so that compiled models load timm and official checkpoints without renaming.
 """
 
-from __future__ import annotations
-
 from functools import lru_cache, wraps
 
 import torch
@@ -109,20 +107,32 @@ class BatchNorm(nn.BatchNorm2d):
 NORMS = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1, "batchnorm": BatchNorm}
 
 
-def to_layout(x: torch.Tensor, current: Layout, wanted: Layout) -> torch.Tensor:
+def to_layout(x: torch.Tensor, current: str, wanted: str) -> torch.Tensor:  # str, not Layout: TorchScript
     if current == wanted:
         return x
     return x.permute(0, 2, 3, 1) if wanted == "channels_last" else x.permute(0, 3, 1, 2)
 
 
+def fx_tracing() -> bool:
+    """True while torch.fx traces symbolically: its proxies cannot take part in a Python ``if``, so size checks
+    that raise a clear error in eager mode are skipped then. Call it only outside TorchScript:
+    ``if not torch.jit.is_scripting(): if not fx_tracing(): ...`` (TorchScript skips such a block)."""
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
 def cached_table(fn):
     """lru_cache for the constant index / mask tables a forward pass needs (window partitions, relative-position
     indices), bypassed while torch.compile traces (dynamo would ignore the cache with a warning; in a compiled
-    graph the table is folded in anyway)."""
+    graph the table is folded in anyway).
+
+    TorchScript compiles neither the cache nor ``*args``: a module calls the plain function when
+    ``torch.jit.is_scripting()`` and, otherwise, this cached one through a ``@torch.jit.ignore`` wrapper with the
+    table's own signature (see nn/mixers/swin.py)."""
     cached = lru_cache(maxsize=64)(fn)
 
     @wraps(fn)
     def table(*args):
         return fn(*args) if torch.compiler.is_compiling() else cached(*args)
 
+    del table.__wrapped__  # TorchScript must not compile the original through this wrapper
     return table

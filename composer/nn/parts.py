@@ -1,7 +1,5 @@
 """The torch modules of composer.parts (configs and costs live there)."""
 
-from __future__ import annotations
-
 from torch import nn
 
 from ..parts import NormConfig

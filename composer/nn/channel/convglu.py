@@ -1,7 +1,5 @@
 """The torch modules of composer.channel.convglu (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

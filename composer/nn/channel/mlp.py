@@ -1,7 +1,5 @@
 """The torch modules of composer.channel.mlp (configs and costs live there)."""
 
-from __future__ import annotations
-
 from torch import nn
 
 from ..layers import Layout, make_act

@@ -1,8 +1,8 @@
 """The torch modules of composer.macro.base (configs and costs live there)."""
 
-from __future__ import annotations
-
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import to_layout
 
@@ -12,41 +12,61 @@ class Stage(nn.Module):
     converts layouts between blocks, so a stage may mix channels-first mixers (convs) and channels-last ones
     (attention) block by block."""
 
+    grad_checkpointing: bool
+
     def __init__(self, downsample: nn.Module, blocks: list[nn.Module], norm: nn.Module | None = None):
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.Sequential(*blocks)
         if norm is not None:  # only then: stages of the other macros keep their module list and keys
             self.norm = norm
+        self.grad_checkpointing = False
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         layout = "channels_first"
         for block in self.blocks:
             x = to_layout(x, layout, block.layout)
             layout = block.layout
-            x = block(x)
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)  # recompute the block in backward: less memory
+            else:
+                x = block(x)
         x = to_layout(x, layout, "channels_first")
-        return self.norm(x) if "norm" in self._modules else x
+        if hasattr(self, "norm"):  # TorchScript decides this at compile time
+            x = self.norm(x)
+        return x
 
 
 class GlobalAvgPool(nn.Module):
-    def forward(self, x):
-        return x.mean((2, 3), keepdim=True)
+    """The mean over the map, keeping (B, C, 1, 1); ``pool=False`` (timm's ``global_pool=''``) passes the map."""
+
+    pool: bool
+
+    def __init__(self, pool: bool = True):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True) if self.pool else x
 
 
 class TransformPool(nn.Module):
     """1x1 conv (no bias) -> BatchNorm -> GELU, then the global average (the unified architecture's "extra
-    transform" before pooling; ``head.transform_ratio``)."""
+    transform" before pooling; ``head.transform_ratio``); ``pool=False`` keeps the transformed map."""
 
-    def __init__(self, dim: int, out_dim: int):
+    pool: bool
+
+    def __init__(self, dim: int, out_dim: int, pool: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(dim, out_dim, 1, bias=False)
         self.norm = nn.BatchNorm2d(out_dim)
         self.act = nn.GELU()
+        self.pool = pool
 
-    def forward(self, x):
-        return self.act(self.norm(self.conv(x))).mean((2, 3), keepdim=True)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm(self.conv(x)))
+        return x.mean((2, 3), keepdim=True) if self.pool else x
 
 
 class Head(nn.Sequential):

@@ -1,7 +1,5 @@
 """The torch modules of composer.macro.hornet (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 from timm.layers import DropPath
 from torch import nn
@@ -17,14 +15,12 @@ class HorNetBlock(nn.Module):
                  layer_scale: float | None, res_scale: float | None):
         super().__init__()
         self.layout = layout
-        self.embeds_input = hasattr(mixer, "embed_block_input")  # see MetaFormerBlock
         self.norm1 = norm.build(dim, layout)
         self.gnconv = mixer  # the official key, whatever the mixer
         self.norm2 = norm.build(dim, "channels_last")
         if isinstance(mlp, Mlp):  # the official keys pwconv1 / act / pwconv2
             self.pwconv1, self.act, self.drop1, self.pwconv2, self.drop2 = (
                 mlp.fc1, mlp.act, mlp.drop1, mlp.fc2, mlp.drop2)
-            self.mlp = None
         else:
             self.mlp = mlp
         self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale is not None else None
@@ -33,13 +29,13 @@ class HorNetBlock(nn.Module):
         self.res_scale2 = Scale(dim, res_scale, "channels_last") if res_scale is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def _channel(self, x):
-        if self.mlp is not None:
-            return self.mlp(x)
-        return self.drop2(self.pwconv2(self.drop1(self.act(self.pwconv1(x)))))
+    def _channel(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "pwconv1"):  # static under TorchScript: the official MLP keys, or another channel mixer
+            return self.drop2(self.pwconv2(self.drop1(self.act(self.pwconv1(x)))))
+        return self.mlp(x)
 
-    def forward(self, x):
-        if self.embeds_input:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.gnconv, "embed_block_input"):  # decided at compile time under TorchScript
             x = self.gnconv.embed_block_input(x)
         y = self.gnconv(self.norm1(x))
         if self.gamma1 is not None:

@@ -1,7 +1,6 @@
 """The torch modules of composer.macro.metaformer (configs and costs live there)."""
 
-from __future__ import annotations
-
+import torch
 from timm.layers import DropPath
 from torch import nn
 
@@ -43,7 +42,6 @@ class MetaFormerBlock(nn.Module):
                  layer_scale: float | None, res_scale: float | None):
         super().__init__()
         self.layout = layout
-        self.embeds_input = hasattr(mixer, "embed_block_input")
 
         def scale(value):
             return Scale(dim, value, layout) if value is not None else nn.Identity()
@@ -59,9 +57,13 @@ class MetaFormerBlock(nn.Module):
         self.layer_scale2 = scale(layer_scale)
         self.res_scale2 = scale(res_scale)
 
-    def forward(self, x):
-        mixer = self._modules[self.mixer_key]
-        if self.embeds_input:
-            x = mixer.embed_block_input(x)
-        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(mixer(self.norm1(x))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the mixer by its attribute name, not self._modules[self.mixer_key]: TorchScript needs a static name;
+        # hasattr on a submodule is decided at compile time
+        if hasattr(self.token_mixer, "embed_block_input"):
+            x = self.token_mixer.embed_block_input(x)
+        return self._channel_branch(self.res_scale1(x) + self.layer_scale1(self.drop_path1(
+            self.token_mixer(self.norm1(x)))))
+
+    def _channel_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))

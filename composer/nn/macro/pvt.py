@@ -1,7 +1,6 @@
 """The torch modules of composer.macro.pvt (configs and costs live there)."""
 
-from __future__ import annotations
-
+import torch
 from torch import nn
 
 from .metaformer import MetaFormerBlock
@@ -21,14 +20,19 @@ class PatchEmbed(nn.Module):
 
 
 class NormPool(nn.Module):
-    """The last stage's norm on every token, then the mean over tokens (TransNeXt's ``norm4`` + mean)."""
+    """The last stage's norm on every token, then the mean over tokens (TransNeXt's ``norm4`` + mean);
+    ``pool=False`` (timm's ``global_pool=''``) keeps the normalised map."""
 
-    def __init__(self, norm: nn.Module):
+    pool: bool
+
+    def __init__(self, norm: nn.Module, pool: bool = True):
         super().__init__()
         self.norm = norm
+        self.pool = pool
 
-    def forward(self, x):
-        return self.norm(x).mean((2, 3), keepdim=True)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return x.mean((2, 3), keepdim=True) if self.pool else x
 
 
 class PvtHead(nn.Sequential):
@@ -47,3 +51,9 @@ class PvtBlock(MetaFormerBlock):
     """The pre-norm block with TransNeXt's keys (``norm1``, ``attn``, ``norm2``, ``mlp``); optional scales."""
 
     mixer_key = "attn"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.attn, "embed_block_input"):  # see MetaFormerBlock.forward
+            x = self.attn.embed_block_input(x)
+        return self._channel_branch(self.res_scale1(x) + self.layer_scale1(self.drop_path1(
+            self.attn(self.norm1(x)))))

@@ -1,7 +1,5 @@
 """The torch modules of composer.mixers.attention (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch.nn.functional as F
 from torch import nn
 

@@ -1,9 +1,9 @@
 """The torch modules of composer.mixers.basic (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
+
+from ..layers import fx_tracing
 
 
 class Pooling(nn.Module):
@@ -26,10 +26,11 @@ class RandomMixing(nn.Module):
         self.random_matrix = nn.Parameter(torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1),
                                           requires_grad=False)
 
-    def forward(self, x):  # (B, H, W, C)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         b, h, w, c = x.shape
-        if h * w != self.num_tokens:
-            raise ValueError(f"RandomMixing was compiled for {self.num_tokens} tokens but got {h}x{w}={h * w}; "
-                             "compile the spec at this input_size")
+        if not torch.jit.is_scripting():
+            if not fx_tracing() and h * w != self.num_tokens:
+                raise ValueError(f"RandomMixing was compiled for {self.num_tokens} tokens but got {h}x{w}="
+                                 f"{h * w}; compile the spec at this input_size")
         x = torch.einsum("mn,bnc->bmc", self.random_matrix, x.reshape(b, h * w, c))
         return x.reshape(b, h, w, c)

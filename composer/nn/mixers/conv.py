@@ -1,7 +1,5 @@
 """The torch modules of composer.mixers.conv (configs and costs live there)."""
 
-from __future__ import annotations
-
 from torch import nn
 
 from ..layers import make_act

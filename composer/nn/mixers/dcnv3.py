@@ -1,7 +1,5 @@
 """The torch modules of composer.mixers.dcnv3 (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_

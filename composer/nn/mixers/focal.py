@@ -1,7 +1,5 @@
 """The torch modules of composer.mixers.focal (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

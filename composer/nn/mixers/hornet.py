@@ -1,16 +1,15 @@
 """The torch modules of composer.mixers.hornet (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 from torch import nn
 
 from ...mixers.hornet import GF_LOCAL_KERNEL, gnconv_dims
 from ..layers import LayerNorm
 
 
+@register_notrace_module  # FX: the filter is resized to the map's spectrum, a shape-dependent branch
 class GlobalLocalFilter(nn.Module):
     """HorNet's GF: LN, [3x3 depthwise | FFT global filter] interleaved, LN; on (B, S, H, W)."""
 

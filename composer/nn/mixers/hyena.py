@@ -1,10 +1,9 @@
 """The torch modules of composer.mixers.hyena (configs and costs live there)."""
 
-from __future__ import annotations
-
 import math
 
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
 
 from ...mixers.hyena import fft_conv1d_size
@@ -109,6 +108,7 @@ class Hyena2DConv(nn.Module):
         return fft_conv2d(x, self.filter(), self.bias)
 
 
+@register_notrace_module  # FX: the FFT sizes follow the map's shape, so the operator is one leaf of the graph
 class HyenaPixel(nn.Module):
     """Hpx on a (B, H, W, C) map (keys as the official ``HyenaPixelOperator``)."""
 
@@ -126,14 +126,14 @@ class HyenaPixel(nn.Module):
         else:
             self.out_proj = nn.Conv2d(dim, dim, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.depthwise_conv(self.pointwise_conv(x.permute(0, 3, 1, 2)))
         q, k, v = x.split(self.dim, dim=1)
         u = q * k
-        if self.use_layernorm:
+        if hasattr(self, "qk_norm"):  # use_layernorm; hasattr is static under TorchScript
             u = self.qk_norm(u.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         y = v * self.long_conv(u)
-        if self.use_layernorm:
+        if hasattr(self, "out_norm"):
             return self.out_proj(self.out_norm(y.permute(0, 2, 3, 1)))
         return self.out_proj(y).permute(0, 2, 3, 1)
 
@@ -203,6 +203,7 @@ class HyenaFilter(nn.Module):
         return self.modulation(self.pos_emb.t, self.implicit_filter(self.pos_emb.z))[0]
 
 
+@register_notrace_module  # FX: see HyenaPixel
 class Hyena1D(nn.Module):
     """Hyena of order ``order`` over the raster sequence of a (B, H, W, C) map (keys as the official
     ``HyenaOperator``: in_proj, short_filter, filter_fn.*, qk_norm.i, out_norm, out_proj)."""
@@ -234,21 +235,29 @@ class Hyena1D(nn.Module):
                 "results: compile the spec at this input_size (auto filters re-size; "
                 "composer.resolution.resize_hyena_state_dict converts weights)")
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         n = h * w
-        self.check_input(h, w)
+        if not torch.jit.is_scripting():
+            self.check_input(h, w)
         u = self.in_proj(x.reshape(b, n, c)).transpose(1, 2)
-        u = self.short_filter(u)[..., :n]
-        *gates, v = u.split(self.dim, dim=1)
+        u = self.short_filter(u)[:, :, :n]
+        chunks = u.split(self.dim, dim=1)  # gates 0 .. order-1, then v
+        v = chunks[self.order]
         k = self.filter_fn.filter().T.reshape(self.order - 1, self.dim, -1)
         d = self.filter_fn.bias.reshape(self.order - 1, self.dim)
-        for i, gate in enumerate(reversed(gates[1:])):
-            v = v * gate
-            if self.use_layernorm:
-                v = self.qk_norm[i](v.transpose(1, 2)).transpose(1, 2)
+        for i in range(self.order - 1):  # the gates from the last to the second, each before a long conv
+            v = v * chunks[self.order - 1 - i]
+            if hasattr(self, "qk_norm"):
+                v = self._qk_norm(v, i)
             v = fft_conv1d(v, k[i], d[i], self.causal)
-        y = (v * gates[0]).transpose(1, 2)
-        if self.use_layernorm:
+        y = (v * chunks[0]).transpose(1, 2)
+        if hasattr(self, "out_norm"):
             y = self.out_norm(y)
         return self.out_proj(y).reshape(b, h, w, c)
+
+    def _qk_norm(self, v: torch.Tensor, i: int) -> torch.Tensor:
+        for j, norm in enumerate(self.qk_norm):  # TorchScript indexes a ModuleList only in a loop
+            if j == i:
+                v = norm(v.transpose(1, 2)).transpose(1, 2)
+        return v

@@ -1,13 +1,12 @@
 """The torch modules of composer.mixers.sr_attention (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
 from ...mixers.sr_attention import SR_NORM_EPS
+from ..layers import fx_tracing
 
 
 class SpatialReductionAttention(nn.Module):
@@ -40,10 +39,11 @@ class SpatialReductionAttention(nn.Module):
         """Add the absolute position embedding to the block's (B, H, W, C) input (identity without one)."""
         if self.pos_embed is None:
             return x
-        if x.shape[1:3] != self.pos_embed.shape[2:]:
-            raise ValueError(f"this SR attention's position embedding was compiled for a "
-                             f"{self.pos_embed.shape[2]}x{self.pos_embed.shape[3]} map, got "
-                             f"{x.shape[1]}x{x.shape[2]}; compile the spec at that input_size")
+        if not torch.jit.is_scripting():
+            if not fx_tracing() and x.shape[1:3] != self.pos_embed.shape[2:]:
+                raise ValueError(f"this SR attention's position embedding was compiled for a "
+                                 f"{self.pos_embed.shape[2]}x{self.pos_embed.shape[3]} map, got "
+                                 f"{x.shape[1]}x{x.shape[2]}; compile the spec at that input_size")
         return x + self.pos_embed.permute(0, 2, 3, 1)
 
     def forward(self, x):

@@ -1,17 +1,14 @@
 """The torch modules of composer.mixers.swin (configs and costs live there)."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 from torch import nn
 
-from ...mixers.swin import SHIFT_MASK_VALUE, _padded
+from ...mixers.swin import SHIFT_MASK_VALUE
 from ..layers import cached_table
 
 
-@cached_table
 def _relative_position_index(window: int, device: torch.device) -> torch.Tensor:
     """(M², M²) row of the bias table for each (query, key) pair of a window, tokens row-major."""
     coords = torch.arange(window, device=device)
@@ -21,22 +18,39 @@ def _relative_position_index(window: int, device: torch.device) -> torch.Tensor:
     return dy * (2 * window - 1) + dx
 
 
-@cached_table
+def _regions(size: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """(size,) the shifted-window region of each position along an axis: 0, 1 or 2."""
+    pos = torch.arange(size, device=device)
+    return (pos >= size - window).long() + (pos >= size - shift).long()
+
+
 def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device,
-                dtype: torch.dtype) -> torch.Tensor:
+                dtype: torch.dtype, value: float = SHIFT_MASK_VALUE) -> torch.Tensor:
     """(windows, M², M²) additive mask of the shifted windows of a (padded) H x W map: 0 within a region,
     -100 between regions; regions are the 3 x 3 grid of slices [0:-M], [-M:-s], [-s:] along each axis."""
-
-    def regions(size: int) -> torch.Tensor:
-        pos = torch.arange(size, device=device)
-        return (pos >= size - window).long() + (pos >= size - shift).long()  # 0, 1, 2
-
-    label = regions(height)[:, None] * 3 + regions(width)[None, :]  # (H, W)
-    label = label.reshape(height // window, window, width // window, window).transpose(1, 2).reshape(-1, window ** 2)
+    label = _regions(height, window, shift, device)[:, None] * 3 + _regions(width, window, shift, device)[None, :]
+    label = label.reshape(height // window, window, width // window, window).transpose(1, 2)
+    label = label.reshape(-1, window * window)
     differ = label[:, :, None] != label[:, None, :]
-    return torch.zeros(differ.shape, device=device, dtype=dtype).masked_fill(differ, SHIFT_MASK_VALUE)
+    return torch.zeros(differ.shape, device=device, dtype=dtype).masked_fill(differ, value)
 
 
+_relative_position_index_cached = cached_table(_relative_position_index)
+_shift_mask_cached = cached_table(_shift_mask)
+
+
+@torch.jit.ignore
+def _cached_relative_position_index(window: int, device: torch.device) -> torch.Tensor:
+    return _relative_position_index_cached(window, device)
+
+
+@torch.jit.ignore
+def _cached_shift_mask(height: int, width: int, window: int, shift: int, device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+    return _shift_mask_cached(height, width, window, shift, device, dtype)
+
+
+@register_notrace_module  # FX: the padding follows the map's shape
 class ShiftedWindowAttention(nn.Module):
     """Window attention with relative position bias on a (B, H, W, C) map, cyclically shifted by ``shift``
     (0: plain W-MSA). See the module docstring."""
@@ -59,8 +73,11 @@ class ShiftedWindowAttention(nn.Module):
 
     def position_bias(self, device: torch.device) -> torch.Tensor:
         """(heads, M², M²)"""
-        m2 = self.window ** 2
-        index = _relative_position_index(self.window, device)
+        m2 = self.window * self.window  # an int under TorchScript (** gives a float)
+        if torch.jit.is_scripting():  # TorchScript: no cache (see cached_table)
+            index = _relative_position_index(self.window, device)
+        else:
+            index = _cached_relative_position_index(self.window, device)
         return self.relative_position_bias_table[index.view(-1)].view(m2, m2, -1).permute(2, 0, 1)
 
     def attend(self, windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -73,15 +90,20 @@ class ShiftedWindowAttention(nn.Module):
         attn = self.attn_drop(attn.softmax(dim=-1))
         return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(bw, m2, c)))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, height, width, c = x.shape
         m, s = self.window, self.shift
-        hp, wp = _padded(height, m), _padded(width, m)
+        hp, wp = (height + m - 1) // m * m, (width + m - 1) // m * m  # padded up to whole windows
         x = F.pad(x, (0, 0, 0, wp - width, 0, hp - height))  # bottom / right, before the shift (official order)
         if s:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
         windows = x.reshape(b, hp // m, m, wp // m, m, c).transpose(2, 3).reshape(-1, m * m, c)
-        mask = _shift_mask(hp, wp, m, s, x.device, x.dtype) if s else None
+        mask: torch.Tensor | None = None
+        if s:
+            if torch.jit.is_scripting():
+                mask = _shift_mask(hp, wp, m, s, x.device, x.dtype)  # the default value: TorchScript reads no globals
+            else:
+                mask = _cached_shift_mask(hp, wp, m, s, x.device, x.dtype)
         out = self.attend(windows, mask)
         out = out.reshape(b, hp // m, wp // m, m, m, c).transpose(2, 3).reshape(b, hp, wp, c)
         if s:

@@ -1,7 +1,5 @@
 """The torch modules of composer.mixers.transnext (configs and costs live there)."""
 
-from __future__ import annotations
-
 import math
 from functools import lru_cache
 

@@ -1,0 +1,180 @@
+"""A composed model is a timm model: the interface timm's own models have, for every macro.
+
+Small variants of one preset per macro (one block per stage, a small input) keep this fast; timm's own
+tests/test_models.py is run against every preset outside the repository (docs/toolbox.md has the count).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import composer
+
+timm = pytest.importorskip("timm")
+
+# one preset per macro, shrunk: (preset, create_model kwargs, input size)
+MACROS = {
+    "metaformer": ("caformer_s18", {"depths": [1, 1, 2, 1], "img_size": 64}, 64),
+    "hornet": ("hornet_tiny_gf", {"depths": [1, 1, 2, 1], "img_size": 64}, 64),
+    "pvt": ("transnext_micro", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
+    "unified": ("u_swin_micro", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
+}
+
+
+def _create(macro, **extra):
+    preset, kwargs, size = MACROS[macro]
+    torch.manual_seed(0)
+    return timm.create_model(f"composer_{preset}", **{**kwargs, **extra}), size
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_features_only_gives_timms_feature_wrapper(macro):
+    model, size = _create(macro, features_only=True, out_indices=(1, 2, 3))
+    assert type(model).__name__ == "FeatureGetterNet"
+    full, _ = _create(macro)
+    info = full.feature_info
+    assert model.feature_info.channels() == [info[i]["num_chs"] for i in (1, 2, 3)]
+    assert model.feature_info.reduction() == [8, 16, 32]
+    assert model.feature_info.module_name() == ["stages.1", "stages.2", "stages.3"]
+    x = torch.randn(2, 3, size, size)
+    feats = model.eval()(x)
+    assert [tuple(f.shape) for f in feats] == [(2, info[i]["num_chs"], size // r, size // r)
+                                               for i, r in ((1, 8), (2, 16), (3, 32))]
+    # the wrapper pruned what it does not need: no head and nothing after stage 3
+    assert not [n for n, _ in model.named_parameters() if ".head." in n]
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_forward_intermediates_as_timm(macro):
+    model, size = _create(macro)
+    model.eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x)) and len(maps) == 4
+        assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert [torch.equal(a, b) for a, b in zip(last_two, maps[2:])] == [True, True]
+        picked = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+        assert torch.equal(picked[0], maps[0]) and torch.equal(picked[1], maps[3])
+        early, first = model.forward_intermediates(x, indices=[1], stop_early=True)
+        assert torch.equal(early, maps[1]) and torch.equal(first[0], maps[1])
+        assert [torch.equal(a, b) for a, b in zip(model.forward_stages(x), maps)] == [True] * 4
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(x, indices=[4])
+    with pytest.raises(ValueError, match="NCHW"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_prune_intermediate_layers_keeps_only_what_is_used(macro):
+    model, size = _create(macro)
+    taken = model.prune_intermediate_layers([0, 2])
+    assert taken == [0, 2] and len(model.stages) == 3 and model.num_classes == 0
+    assert model.num_features == model.feature_info[2]["num_chs"]
+    x = torch.randn(1, 3, size, size)
+    maps = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+    sum(m.sum() for m in maps).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, unused
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_classifier_reset_and_sizes(macro):
+    model, size = _create(macro, num_classes=7)
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    feats = model.forward_features(x)
+    assert feats.shape[1] == model.num_features == model.feature_info[-1]["num_chs"]
+    pre = model.forward_head(feats, pre_logits=True)
+    assert pre.shape == (2, model.head_hidden_size)
+    assert model(x).shape == (2, 7) and model.get_classifier() is model.head.fc
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.num_classes == 3
+    model.reset_classifier(0, "")
+    out = model(x)
+    assert out.shape == (2, model.head_hidden_size, *feats.shape[2:])   # no pooling: the map
+    model.reset_classifier(0, "avg")
+    assert model(x).shape == (2, model.head_hidden_size)
+    with pytest.raises(ValueError, match="global_pool='max' is not supported"):
+        model.reset_classifier(0, "max")
+    model = model.to(torch.float64)
+    model.reset_classifier(4)
+    assert model.get_classifier().weight.dtype == torch.float64 if isinstance(model.get_classifier(), nn.Linear) \
+        else next(model.get_classifier().parameters()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_num_classes_0_and_global_pool_empty_at_creation(macro):
+    model, size = _create(macro, num_classes=0, global_pool="")
+    out = model.eval()(torch.randn(1, 3, size, size))
+    assert out.ndim == 4 and out.shape[1] == model.head_hidden_size
+
+
+def test_unified_num_features_is_the_feature_map_width_and_head_hidden_size_the_pooled():
+    model, size = _create("unified")
+    assert model.num_features == 256 and model.head_hidden_size == 384   # 1.5 x 256 after the extra transform
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_grad_checkpointing_gives_the_same_gradients(macro):
+    model, size = _create(macro, drop_path_rate=0.0)
+    model.train()
+    x = torch.randn(2, 3, size, size)
+    model(x).sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.stages)
+    model(x).sum().backward()
+    for name, grad in plain.items():
+        # BatchNorm running stats move twice with recomputation; gradients are the same math
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_optimizer_factory_and_layer_decay_use_the_model(macro):
+    from timm.optim import create_optimizer_v2
+    from timm.optim._param_groups import group_parameters
+
+    model, _ = _create(macro)
+    names = {n for n, _ in model.named_parameters()}
+    assert model.no_weight_decay() <= names
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    assert sum(len(g) for g in groups.values()) == len(names)
+    assert len(groups) > model.stages.__len__()   # stem, per-block groups
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+
+
+def test_pretrained_cfg_names_real_modules_and_fixed_sizes():
+    for preset, fixed in [("caformer_s18", False), ("transnext_micro", True), ("hbformer_s18", True),
+                          ("u_pvt_micro", True), ("randformer_s12", True), ("hornet_tiny_gf", False),
+                          ("u_halo_micro", False)]:
+        cfg = timm.models.get_pretrained_cfg(f"composer_{preset}")
+        assert cfg.fixed_input_size is fixed, preset
+        model = timm.create_model(f"composer_{preset}")
+        modules = dict(model.named_modules())
+        assert isinstance(modules[cfg.first_conv], nn.Conv2d), preset
+        assert isinstance(modules[cfg.classifier], nn.Linear), preset
+        assert cfg.pool_size == (cfg.input_size[1] // 32,) * 2
+
+
+@pytest.mark.parametrize("macro", ["metaformer", "hornet", "unified"])
+def test_torchscript_equals_eager(macro):
+    model, size = _create(macro)
+    model.eval()
+    x = torch.randn(1, 3, size, size)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_has_what_an_average_of_logits_means():
+    ens = timm.create_model("composer_ensemble_hpx_conv_s18", num_classes=5, img_size=64)
+    assert isinstance(ens, composer.ComposedEnsemble)
+    ens.reset_classifier(3)
+    assert ens.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert len(ens.get_classifier()) == 2
+    with pytest.raises(ValueError, match="ensemble"):
+        timm.create_model("composer_ensemble_hpx_conv_s18", features_only=True)
