@@ -160,7 +160,7 @@ def test_pretrained_cfg_names_real_modules_and_fixed_sizes():
         assert cfg.pool_size == (cfg.input_size[1] // 32,) * 2
 
 
-@pytest.mark.parametrize("macro", ["metaformer", "hornet", "unified"])
+@pytest.mark.parametrize("macro", MACROS)
 def test_torchscript_equals_eager(macro):
     model, size = _create(macro)
     model.eval()
@@ -168,6 +168,35 @@ def test_torchscript_equals_eager(macro):
     scripted = torch.jit.script(model)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["hpxformer_s18", "hbformer_s18", "randformer_s12", "u_halo_micro",
+                                    "u_internimage_micro", "u_pvt_micro", "hornet_tiny_gf"])
+def test_torchscript_and_fx_of_the_shape_dependent_mixers(preset):
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    torch.manual_seed(0)
+    model = timm.create_model(f"composer_{preset}", depths=[1, 1, 1, 1], img_size=64).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected, rtol=1e-5, atol=1e-5)
+        tracer = {"leaf_modules": get_notrace_modules(), "autowrap_functions": get_notrace_functions()}
+        _, nodes = get_graph_node_names(model, tracer_kwargs=tracer)
+        traced = create_feature_extractor(model, return_nodes=[nodes[-1]], tracer_kwargs=tracer)
+        torch.testing.assert_close(next(iter(traced(x).values())), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_models_without_fixed_input_size_run_at_other_sizes(macro):
+    model, size = _create(macro)
+    if model.pretrained_cfg["fixed_input_size"]:
+        with pytest.raises((ValueError, RuntimeError)):
+            model.eval()(torch.randn(1, 3, 2 * size, 2 * size))
+        return
+    out = model.eval()(torch.randn(1, 3, 2 * size, 2 * size))
+    assert out.shape == (1, 1000)
 
 
 def test_ensemble_has_what_an_average_of_logits_means():
