@@ -28,7 +28,7 @@ def _cmd_build(args) -> int:
 
     p = plan(args.spec)
     print(stage_table(p))
-    model = build(p)
+    model = build(p, check_memory=not args.ignore_memory)
     built = sum(t.numel() for t in model.parameters())
     est = p.estimate()
     status = "matches the plan" if built == est.params else f"DIFFERS from the plan's {est.params:,}"
@@ -43,7 +43,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .plan import estimate
+    from .plan import estimate, memory_problem
 
     failed = 0
     for source in args.specs:  # every file is reported, not only up to the first invalid one
@@ -54,6 +54,9 @@ def _cmd_validate(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             continue
         print(f"ok  {source}: {est}")
+        too_big = memory_problem(est)
+        if too_big is not None:  # valid, but this machine cannot build it: a warning, not a failure
+            print(f"warning: {source}: {too_big}; composer build refuses it here", file=sys.stderr)
     if failed and len(args.specs) > 1:
         print(f"{failed} of {len(args.specs)} specs invalid", file=sys.stderr)
     return 2 if failed else 0
@@ -135,6 +138,14 @@ def _writable(path: str) -> Path:
     return out
 
 
+def _write(out: Path, action) -> None:
+    """Run ``action`` (which writes ``out``); a folder that refuses the file is a usage error, not a crash."""
+    try:
+        action()
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
 def _cmd_schema(args) -> int:
     import json
 
@@ -144,7 +155,7 @@ def _cmd_schema(args) -> int:
     text = json.dumps(schema, indent=2) + "\n"
     if args.output:
         out = _writable(args.output)
-        out.write_text(text)
+        _write(out, lambda: out.write_text(text))
         print(f"wrote {out} ({len(schema['definitions'])} definitions)", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -165,7 +176,7 @@ def _cmd_graph(args) -> int:
     if out is None:
         sys.stdout.write(to_dot(p))
         return 0
-    write(p, out)
+    _write(out, lambda: write(p, out))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -204,6 +215,8 @@ def make_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="validate, build and print per-stage params/MACs")
     b.add_argument("spec", help="a spec file, a preset name or YAML text")
     b.add_argument("--count", action="store_true", help="also count MACs with the FLOP counter (meta device)")
+    b.add_argument("--ignore-memory", action="store_true",
+                   help="build even when parameters + batch-1 activations exceed this machine's available memory")
     b.set_defaults(func=_cmd_build)
     v = sub.add_parser("validate", help="check specs without building them")
     v.add_argument("specs", nargs="+")

@@ -228,10 +228,34 @@ class ComposedEnsemble(nn.Module):
         return torch.stack([member(x) for member in self.members]).mean(0)
 
 
-def build(p: Plan | EnsemblePlan) -> ComposedModel | ComposedEnsemble:
+def refuse_oversized(p: Plan | EnsemblePlan) -> None:
+    """Refuse, before anything is allocated, a model whose parameters and batch-1 activations exceed this
+    machine's available memory (SpecError at ``widths``). ``COMPOSER_IGNORE_MEMORY=1`` or ``check_memory=False``
+    skips this for those who know better."""
+    import os
+
+    from .plan import memory_problem
+    from .spec import Problem, SpecError, locate
+
+    if os.environ.get("COMPOSER_IGNORE_MEMORY", "") not in ("", "0"):
+        return
+    est = p.estimate()
+    problem = memory_problem(est)
+    if problem is not None:  # point at what makes it large: the resolution (maps, tables) or the widths
+        field = "input_size" if 4 * est.activations + est.buffer_bytes > 4 * est.params else "widths"
+        raise SpecError(locate([Problem(f"{p.spec.name or 'this spec'} {problem}; make it smaller (widths, depths, "
+                                        "input_size, num_classes), or build anyway with --ignore-memory "
+                                        "(COMPOSER_IGNORE_MEMORY=1)", (field,))],
+                               getattr(p.spec, "_locations", None)))
+
+
+def build(p: Plan | EnsemblePlan, check_memory: bool = True) -> ComposedModel | ComposedEnsemble:
+    if check_memory:
+        refuse_oversized(p)
     return ComposedEnsemble(p) if isinstance(p, EnsemblePlan) else ComposedModel(p)
 
 
-def compose(source: SpecLike) -> ComposedModel | ComposedEnsemble:
-    """Build the PyTorch model of a spec (a path, preset name, YAML string, dict or Spec)."""
-    return build(plan(source))
+def compose(source: SpecLike, check_memory: bool = True) -> ComposedModel | ComposedEnsemble:
+    """Build the PyTorch model of a spec (a path, preset name, YAML string, dict or Spec). A model that cannot
+    fit in this machine's memory is refused before anything is allocated (``check_memory=False`` skips that)."""
+    return build(plan(source), check_memory=check_memory)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
 from .cost_types import ACTIVATION_PARAMS, Cost, linear_cost
+from .fields import Probability
 from .layout import Layout
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
@@ -23,7 +24,7 @@ class NormConfig(BaseModel):
     """A normalisation layer. Shorthands: ``layernorm``, ``layernorm_nobias``, ``groupnorm1`` (PoolFormer's
     "modified LN" over C, H, W), ``groupnorm1_nobias``, ``batchnorm``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: no bool as int (YAML yes/no)
     type: Literal["layernorm", "groupnorm1", "batchnorm"] = "layernorm"
     bias: bool = True
     eps: PositiveFloat = 1e-6
@@ -55,14 +56,14 @@ LN_NOBIAS = NormConfig(type="layernorm", bias=False)
 class HeadConfig(BaseModel):
     """Classification head after global average pooling and ``norm``: an MLP head or a linear layer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: no bool as int (YAML yes/no)
     type: Literal["mlp", "linear"] = "mlp"
     norm: NormConfig | None = Field(default=LN, description="norm after pooling (head.norm)")
     ratio: PositiveFloat = Field(default=4.0, description="MLP head hidden width / final width")
     act: Literal["squared_relu", "gelu", "relu", "star_relu"] = "squared_relu"
     hidden_norm: NormConfig = Field(default=LN, description="norm inside the MLP head")
-    hidden_drop: NonNegativeFloat = Field(default=0.0, description="dropout inside the MLP head")
-    drop: NonNegativeFloat = Field(default=0.0, description="dropout before the classifier")
+    hidden_drop: Probability = Field(default=0.0, description="dropout inside the MLP head")
+    drop: Probability = Field(default=0.0, description="dropout before the classifier")
     transform_ratio: PositiveFloat | None = Field(
         default=None, description="before pooling: 1x1 conv to ratio x width (no bias) + BatchNorm + GELU "
                                   "(the unified architecture's extra transform, 1.5)")

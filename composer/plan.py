@@ -53,6 +53,16 @@ class Estimate:
     head: Cost = field(default_factory=Cost)
     members: list[Estimate] = field(default_factory=list)
     """An ensemble's member estimates (their sum is this estimate); empty for a single network."""
+    activations: int = 0
+    """Elements of every module's output at batch 1 (what a forward keeps for its backward, at least)."""
+    buffer_bytes: int = 0
+    """Bytes of the mixers' non-parameter tables (index tables, masks; MixerConfig.buffer_bytes)."""
+
+    @property
+    def memory_bytes(self) -> int:
+        """float32 bytes of the parameters and of ``activations``, plus ``buffer_bytes``: a lower bound of what
+        running the model at batch 1 needs (the check before a model is built)."""
+        return 4 * (self.params + self.activations) + self.buffer_bytes
 
     def __str__(self) -> str:
         fft = f" + {format_count(self.fft_macs)} FFT" if self.fft_macs else ""
@@ -106,7 +116,8 @@ class EnsemblePlan:
 
 def _ensemble_estimate(spec: EnsembleSpec, members: list[Estimate]) -> Estimate:
     return Estimate(spec.name, spec.input_size, sum(m.params for m in members), sum(m.macs for m in members),
-                    sum(m.fft_macs for m in members), members=members)
+                    sum(m.fft_macs for m in members), members=members,
+                    activations=sum(m.activations for m in members), buffer_bytes=sum(m.buffer_bytes for m in members))
 
 
 def _drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
@@ -184,8 +195,52 @@ class Walk:
         stages = [StageCost(s.index, s.symbols, spec.depths[s.index], spec.widths[s.index], s.out_shape[1:],
                             s.cost) for s in self.stages]
         total = self.stem.cost + sum((s.cost for s in stages), Cost()) + self.head.cost
+        outputs = _elements(self.stem.out_shape) + _elements(self.head.out_shape) + sum(
+            _elements(part.out_shape) for s in self.stages for _, part, _ in s.members)
+        tables = sum(part.info.get("buffer_bytes", 0) for s in self.stages for _, part, _ in s.members)
         return Estimate(spec.name, spec.input_size, total.params, total.macs, total.fft_macs, self.stem.cost,
-                        stages, self.head.cost)
+                        stages, self.head.cost, activations=outputs, buffer_bytes=tables)
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    n = 1
+    for side in shape:
+        n *= side
+    return n
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None when the OS does not say."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_problem(est: Estimate) -> str | None:
+    """Why a model of ``est`` cannot be built on this machine (its memory exceeds what is available), or None."""
+    free = available_memory()
+    if free is None or est.memory_bytes <= free:
+        return None
+    tables = f" and {format_count(est.buffer_bytes)}B of position tables" if est.buffer_bytes else ""
+    return (f"needs at least {format_count(est.memory_bytes)}B ({format_count(est.params)} parameters and "
+            f"{format_count(est.activations)} activations at batch 1, float32{tables}) but this machine has "
+            f"{format_count(free)}B available")
+
+
+def _channel_hidden(spec: Spec, stage: int, dim: int) -> int | None:
+    channel = spec.channel_mixer.at_stage(stage)
+    hidden = getattr(channel, "hidden", None)
+    return hidden(dim) if hidden is not None else None
 
 
 def walk(spec: Spec, costs_only: bool = False) -> Walk:
@@ -213,6 +268,10 @@ def walk(spec: Spec, costs_only: bool = False) -> Walk:
                     ("input_size",))])
             stage.members.append((f"stages.{i}.downsample", down, {"stage": i}))
             shape = down.out_shape
+        hidden = _channel_hidden(spec, i, shape[0])
+        if hidden is not None and hidden < 1:
+            problems.append(Problem(f"stage {i} (width {shape[0]}): channel_mixer ratio leaves {hidden} hidden "
+                                    "channels; it must give at least 1", ("channel_mixer", "ratio")))
         mixers = {symbol: resolve_mixer(spec, symbol, i) for symbol in dict.fromkeys(symbols)}
         for j, symbol in enumerate(symbols):
             mixer = mixers[symbol]
@@ -239,6 +298,13 @@ def walk(spec: Spec, costs_only: bool = False) -> Walk:
         if norm is not None:
             stage.members.append((f"stages.{i}.norm", norm, {"stage": i}))
         stage.out_shape = shape
+    head = spec.head
+    if head.transform_ratio and head.pooled_dim(shape[0]) < 1:
+        problems.append(Problem(f"head transform_ratio {head.transform_ratio} leaves no channels of the final "
+                                f"width {shape[0]}", ("head", "transform_ratio")))
+    elif spec.num_classes and head.type == "mlp" and int(head.ratio * head.pooled_dim(shape[0])) < 1:
+        problems.append(Problem(f"head ratio {head.ratio} leaves no hidden channels of the final width "
+                                f"{shape[0]}", ("head", "ratio")))
     if problems:
         raise _spec_error(spec, problems)
     return Walk(stem, stages, macro.head(spec, shape))

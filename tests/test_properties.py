@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import PlainValidator
 
+import composer
 from composer.channel import CHANNEL_MIXERS
 from composer.cli import main as cli_main
 from composer.composed import build
@@ -48,7 +49,7 @@ from composer.perstage import _is_list_type
 from composer.plan import plan
 from composer.spec import SpecError, dump_spec, load_spec, spec_to_data
 
-from conftest import SPECS
+from conftest import SPECS, TINY_SPACE
 
 # CI: bounded and reproducible (derandomized); the environment variables above widen the hunt.
 _HUNT = int(os.environ.get("COMPOSER_PROPERTY_EXAMPLES", "0"))
@@ -539,3 +540,133 @@ def test_bounds_leave_the_largest_real_values_valid():
     spec = load_spec({"widths": [8] * 16, "depths": [1000] + [1] * 15, "layout": ["Id"] * 16, "input_size": 8192,
                       "num_classes": 2**31 - 1})
     assert spec.input_size == 8192 and spec.depths[0] == 1000
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Issue 13's generators: numeric extremes, YAML 1.1 scalars, merge keys, file kinds, storage URLs
+
+EXTREME_SCALARS = ["0", "-0", "0.0", "-1", "0.01", "1e-9", "2e9", "9" * 5000, "1" + "0" * 30, ".nan", ".inf", "-.inf",
+                   "yes", "no", "on", "off", "y", "n", "true", "false", "~", "0x1f", "0o17", "1_000", "12:30"]
+SMALL_BASE = "extends: identityformer_s12\ninput_size: 64\ndepths: [1, 1, 1, 1]\nnum_classes: 10\n"
+EXTREME_PLACES = ["input_size: {v}", "num_classes: {v}", "in_chans: {v}", "drop_path_rate: {v}",
+                  "widths: [{v}, 64, 128, 256]", "depths: [{v}, 1, 1, 1]", "layer_scale: {v}",
+                  "channel_mixer: {{type: mlp, ratio: {v}}}", "head: {{type: mlp, ratio: {v}}}",
+                  "head: {{drop: {v}}}", "layout: Conv-Conv-Conv-Conv\nmixers: {{Conv: {{expansion_ratio: {v}}}}}",
+                  "layout: Conv-Conv-Conv-Conv\nmixers: {{Conv: {{kernel_size: {v}}}}}",
+                  "layout: A-A-A-A\nmixers: {{A: {{head_dim: {v}}}}}"]
+
+
+def run_cli_quietly(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+@BROKEN
+@given(st.sampled_from(EXTREME_PLACES), st.sampled_from(EXTREME_SCALARS))
+def test_numeric_extremes_and_yaml_11_scalars_validate_or_fail_cleanly_and_what_validates_builds(place, scalar):
+    with tempfile.TemporaryDirectory() as folder:
+        key = place.split(":")[0]
+        base = "".join(line + "\n" for line in SMALL_BASE.splitlines() if not line.startswith(key + ":"))
+        path = write_file(folder, "spec.yaml", base + place.format(v=scalar) + "\n")
+        code, out, err = run_validate(path)
+        note(f"exit {code}\n{out}{err}")
+        assert "Traceback" not in err and "internal error" not in err
+        assert code in (0, 2)
+        if code == 0 and composer.estimate(str(path)).params < 30_000_000:  # what validates builds (quickly)
+            built, out, err = run_cli_quietly("build", str(path))
+            note(f"build exit {built}\n{out}{err}")
+            assert built in (0, 2) and "internal error" not in err and "Traceback" not in err
+        if scalar.lower() in ("yes", "no", "on", "off", "true", "false") and place.split(":")[0] in (
+                "input_size", "num_classes", "in_chans", "widths", "depths"):
+            assert code == 2 and "boolean" in err   # never read as 1 / 0
+
+
+@FAST
+@given(valid_specs(max_stages=3))
+def test_a_yaml_merge_key_reads_as_the_mapping_it_merges(spec):
+    plain = yaml.safe_dump(spec, sort_keys=False)
+    merged = "<<: " + yaml.safe_dump(spec, sort_keys=False, default_flow_style=True).strip() + "\n"
+    assert yaml.safe_load(merged) == yaml.safe_load(plain)
+    try:
+        expected = load_spec(plain)
+    except SpecError as exc:
+        with pytest.raises(SpecError) as again:
+            load_spec(merged)
+        assert again.value.problems[0].message == exc.problems[0].message
+        return
+    assert load_spec(merged) == expected
+
+
+FILE_KINDS = ["fifo", "folder", "/dev/null", "/dev/zero", "empty", "binary", "huge", "symlink_to_folder",
+              "dangling_symlink", "no_permission"]
+
+
+def _make(kind: str, folder: Path) -> Path:
+    path = folder / "thing.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind.startswith("/dev/"):
+        return Path(kind)
+    elif kind == "empty":
+        path.write_text("")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind == "huge":
+        path.write_text("name: " + "x" * (2 << 20) + "\n")
+    elif kind == "symlink_to_folder":
+        (folder / "d").mkdir()
+        path.symlink_to(folder / "d")
+    elif kind == "dangling_symlink":
+        path.symlink_to(folder / "missing.yaml")
+    else:
+        path.write_text("extends: caformer_s18\n")
+        path.chmod(0)
+    return path
+
+
+@BROKEN
+@given(st.sampled_from(FILE_KINDS), st.sampled_from(["validate", "build", "search", "graph"]))
+def test_every_kind_of_file_fails_cleanly_and_at_once(kind, command):
+    import time
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = _make(kind, Path(folder))
+        start = time.perf_counter()
+        args = [command, str(path)] + (["--run-dir", str(Path(folder) / "run"), "--trials", "1"]
+                                       if command == "search" else [])
+        code, out, err = run_cli_quietly(*args)
+        note(f"{kind} {command}: exit {code}\n{out}{err}")
+        assert time.perf_counter() - start < 5   # a FIFO or /dev/zero is never read
+        assert "Traceback" not in err and "internal error" not in err
+        if kind == "no_permission" and os.geteuid() == 0:  # root reads it anyway
+            return
+        assert code == 2 and err.startswith("error: ")
+
+
+STORAGE_URLS = ["foo", "sqlite:", "sqlite:////no/such/folder/s.db", "journal:", "journal:/no/such/folder/s.log",
+                "postgresql://u:pw@127.0.0.1:1/db", "postgres://127.0.0.1:1/db", "mysql://u@127.0.0.1:1/db",
+                "http://example.org/db", "sqlite:///{folder}", "sqlite:///{folder}/empty.db",
+                "sqlite:///{folder}/junk.db", ":memory:", "", " ", "sqlite:///{folder}/x.db?mode=ro"]
+
+
+@BROKEN
+@given(st.one_of(st.sampled_from(STORAGE_URLS), st.text(max_size=30)))
+def test_storage_urls_open_or_fail_cleanly(url):
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "empty.db").write_bytes(b"")
+        Path(folder, "junk.db").write_bytes(b"not a database at all" * 10)
+        space = write_file(folder, "tiny.yaml", TINY_SPACE)
+        url = url.replace("{folder}", folder)
+        code, out, err = run_cli_quietly("search", str(space), "--storage", url, "--run-dir", str(Path(folder) / "r"),
+                                         "--trials", "1", "--no-progress")
+        note(f"{url!r}: exit {code}\n{out}{err}")
+        assert "Traceback" not in err and "internal error" not in err
+        assert code in (0, 2)
+        if "pw" in url:
+            assert ":pw@" not in out + err
+        for damaged in ("empty.db", "junk.db"):  # never taken over
+            assert Path(folder, damaged).stat().st_size in (0, 210)

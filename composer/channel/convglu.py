@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import NonNegativeFloat, PositiveFloat
+from pydantic import PositiveFloat
 
 from ..cost_types import Cost, conv_cost, linear_cost
+from ..fields import Probability
 from ..layout import Layout
 from ..perstage import StageValues, per_stage
 from .mlp import CHANNEL_MIXERS, ChannelConfig
@@ -27,7 +28,7 @@ class ConvGLUConfig(ChannelConfig):
     type: Literal["conv_glu"] = "conv_glu"
     ratio: per_stage(PositiveFloat) = 4.0  # type: ignore[valid-type]
     act: Literal["gelu", "relu", "silu"] = "gelu"
-    drop: NonNegativeFloat = 0.0
+    drop: Probability = 0.0
     summary: ClassVar[str] = "convolutional GLU: fc1 to 2 x hidden, 3x3 depthwise + GELU gate, fc2 (TransNeXt)"
 
     def hidden(self, dim: int) -> int:

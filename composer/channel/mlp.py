@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat
+from pydantic import BaseModel, ConfigDict, PositiveFloat
 
 from ..cost_types import ACTIVATION_PARAMS, Cost, linear_cost
+from ..fields import Probability
 from ..layout import Layout
 from ..perstage import StageValues, per_stage
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # annotations only: importing this module must not import tor
 
 
 class ChannelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: no bool as int (YAML yes/no)
     type: str
 
     def at_stage(self, stage: int) -> ChannelConfig:
@@ -38,7 +39,7 @@ class MlpConfig(ChannelConfig):
     ratio: per_stage(PositiveFloat) = 4.0  # type: ignore[valid-type]  # e.g. PVT's [8, 8, 4, 4]
     act: Literal["star_relu", "gelu", "relu", "silu", "squared_relu"] = "star_relu"
     bias: bool = False
-    drop: NonNegativeFloat = 0.0
+    drop: Probability = 0.0
     summary: ClassVar[str] = "two-layer MLP, hidden = ratio x width"
 
     def hidden(self, dim: int) -> int:

@@ -107,7 +107,7 @@ class Macro:
 
         return Part("block", mixer_cost + rest, shape, shape, build,
                     {"mixer": mixer, "mixer_cost": mixer_cost, "channel_cost": channel, "drop_path": drop_path,
-                     "layout": mixer.layout})
+                     "layout": mixer.layout, "buffer_bytes": mixer.buffer_bytes(ctx)})
 
     def head(self, spec: Spec, in_shape: Shape) -> Part:
         """Global average pool, ``head.norm``, then the classifier of ``spec.head``."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import NonNegativeFloat, PositiveInt
+from pydantic import PositiveInt
 
 from ..cost_types import Cost, linear_cost
+from ..fields import Probability
 from .base import AttentionHeads, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
@@ -21,8 +22,8 @@ class AttentionConfig(AttentionHeads, MixerConfig):
     num_heads: PositiveInt | None = None
     qkv_bias: bool = False
     proj_bias: bool = False
-    attn_drop: NonNegativeFloat = 0.0
-    proj_drop: NonNegativeFloat = 0.0
+    attn_drop: Probability = 0.0
+    proj_drop: Probability = 0.0
     layout = "channels_last"
     summary = "multi-head softmax self-attention over all tokens (CAFormer); heads = width / head_dim"
     paper = "Attention Is All You Need; MetaFormer Baselines for Vision (Yu et al. 2022)"

@@ -77,7 +77,7 @@ class MixerCheckError(ValueError):
 class MixerConfig(BaseModel):
     """Base of every token-mixer config. Subclasses set ``type`` as a ``Literal`` with a default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: no bool as int (YAML yes/no)
 
     type: str
     layout: ClassVar[Layout] = "channels_first"
@@ -87,6 +87,11 @@ class MixerConfig(BaseModel):
     cost_formula: ClassVar[str] = ""
     """The closed form of ``cost`` in words/symbols for the docs catalogue (N tokens, C channels, ...)."""
     cost_depends_on_block: ClassVar[bool] = False
+    def buffer_bytes(self, ctx: MixerContext) -> int:
+        """Bytes of the non-parameter tensors the module allocates at ``ctx`` (index tables, masks) and the
+        largest per-forward table it materialises; composer refuses to build what cannot fit in memory."""
+        return 0
+
     fixed_input_size: ClassVar[str] = ""
     """Why the module runs only at the input size it was compiled at (a table or filter sized to the map);
     empty when any size works. A model with such a mixer says ``fixed_input_size=True`` in its timm cfg."""

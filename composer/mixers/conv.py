@@ -37,6 +37,10 @@ class SepConvConfig(MixerConfig):
 
     def check(self, ctx: MixerContext) -> None:
         _check_odd(self.kernel_size)
+        if int(self.expansion_ratio * ctx.dim) < 1:
+            raise MixerCheckError(f"expansion_ratio {self.expansion_ratio} leaves int({ctx.dim}·"
+                                  f"{self.expansion_ratio}) = 0 hidden channels; it must give at least 1",
+                                  "expansion_ratio")
 
     def cost(self, ctx: MixerContext) -> Cost:
         mid, hw, n = int(self.expansion_ratio * ctx.dim), (ctx.height, ctx.width), ctx.tokens

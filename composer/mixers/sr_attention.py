@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, PositiveInt
 
 from ..cost_types import Cost, conv_cost, linear_cost
+from ..fields import Probability
 from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
@@ -48,8 +49,8 @@ class SRAttentionConfig(AttentionHeads, MixerConfig):
     head_dim: PositiveInt = Field(default=32, description="channels per head when num_heads is unset")
     qkv_bias: bool = Field(default=True, description="biases on q and kv (PVT, U-PVT: true)")
     pos_embed: bool = Field(default=True, description="absolute position embedding in each stage's first block")
-    attn_drop: NonNegativeFloat = Field(default=0.0, description="dropout on the attention weights")
-    proj_drop: NonNegativeFloat = Field(default=0.0, description="dropout after proj")
+    attn_drop: Probability = Field(default=0.0, description="dropout on the attention weights")
+    proj_drop: Probability = Field(default=0.0, description="dropout after proj")
     layout = "channels_last"
     cost_depends_on_block = True  # the position embedding exists only in a stage's first block
     summary = ("PVT spatial-reduction attention: keys/values from an R x R stride-R conv + LN, "

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, PositiveInt
 
 from ..cost_types import Cost, linear_cost
+from ..fields import Probability
 from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
@@ -94,8 +95,8 @@ class _TransNeXtCommon(AttentionHeads, MixerConfig):
     qkv_bias: bool = True
     pretrain_size: PositiveInt | None = Field(
         default=None, description="input size the CPB offsets are normalised at (default: input_size)")
-    attn_drop: NonNegativeFloat = 0.0
-    proj_drop: NonNegativeFloat = 0.0
+    attn_drop: Probability = 0.0
+    proj_drop: Probability = 0.0
     layout = "channels_last"
 
     def pretrain_map(self, ctx: MixerContext) -> tuple[int, int]:
@@ -135,6 +136,12 @@ class AggregatedAttentionConfig(_TransNeXtCommon):
 
     def default_sr_ratio(self, ctx: MixerContext) -> int:
         return 2 ** max(ctx.num_stages - 1 - ctx.stage, 0)
+
+    def buffer_bytes(self, ctx: MixerContext) -> int:
+        # the (N, P) int64 CPB index and the (heads, N, P) float32 bias each forward builds from it
+        ph, pw = self.pool(ctx)
+        n, p = ctx.tokens, ph * pw
+        return (8 + 4 * self.heads(ctx.dim)) * n * p
 
     def pool(self, ctx: MixerContext) -> tuple[int, int]:
         if self.pool_size is not None:
@@ -189,6 +196,9 @@ class CosineAttentionConfig(_TransNeXtCommon):
     cost_formula = ("h heads, U = distinct token offsets (the CPB table); params 4C² + C (qkv, proj) + 3C "
                     "(qkv_bias) + h + C (temperature, query embedding) + 1536 + 513h (CPB MLP); MACs 4·N·C² + "
                     "2·N²·C (QKᵀ, AV) + U·(1024 + 512h)")
+
+    def buffer_bytes(self, ctx: MixerContext) -> int:
+        return (8 + 4 * self.heads(ctx.dim)) * ctx.tokens * ctx.tokens  # as aggregated attention, P = N
 
     def cost(self, ctx: MixerContext) -> Cost:
         c, n, h = ctx.dim, ctx.tokens, self.heads(ctx.dim)

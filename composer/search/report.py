@@ -86,8 +86,25 @@ def _row(t, settings) -> str:
             f"{t.user_attrs['slack_macs'] / 1e9:>+7.3f}  {layout:<24} {spec.get('depths')}")
 
 
+def _keep_earlier(path: Path, rows: int) -> None:
+    """An earlier run's results file with more trials than the study now holds is kept as a timestamped copy
+    instead of being overwritten (the study's storage was replaced, or another study wrote here)."""
+    if not path.is_file():
+        return
+    try:
+        with open(path, newline="") as handle:
+            earlier = max(sum(1 for _ in handle) - 1, 0)
+    except OSError:
+        return
+    if earlier > rows:
+        import time
+
+        path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"))
+
+
 def write_report(study: optuna.Study, settings: Settings, run_dir: Path, space) -> tuple[list[Path], str]:
     run_dir = Path(run_dir)
+    _keep_earlier(run_dir / "trials.csv", len(study.get_trials(deepcopy=False)))
     write_csv(study, run_dir / "trials.csv")
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state == s) for s in TrialState}

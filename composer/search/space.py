@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -246,11 +247,26 @@ def _domain(value: Any, path: tuple, problems: _Problems) -> Domain | None:
         if unknown or "low" not in value or "high" not in value:
             problems.add(path, f"a range needs low and high (and optionally step, log), got {dict(value)!r}")
             return None
-        low, high = value["low"], value["high"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
-            problems.add(path, f"a range needs numbers low <= high, got low={low!r} high={high!r}")
+        low, high, step, log = value["low"], value["high"], value.get("step"), value.get("log", False)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      for v in (low, high))
+        if not numbers or low > high:
+            problems.add(path, f"a range needs finite numbers low <= high, got low={low!r} high={high!r}")
             return None
-        return Domain(low=low, high=high, step=value.get("step"), log=bool(value.get("log", False)))
+        if not isinstance(log, bool):
+            problems.add(path + ("log",), f"log must be true or false, got {log!r}")
+            return None
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                                 or not math.isfinite(step) or step <= 0):
+            problems.add(path + ("step",), f"step must be a positive number, got {step!r}")
+            return None
+        if log and low <= 0:
+            problems.add(path, f"a log range needs low > 0 (log of {low!r} is undefined), got low={low!r}")
+            return None
+        if log and step is not None:
+            problems.add(path, "a range is either log or stepped, not both (Optuna's rule)")
+            return None
+        return Domain(low=low, high=high, step=step, log=log)
     options = value if isinstance(value, list) else [value]
     if not options:
         problems.add(path, "an empty option list; give at least one option")
@@ -290,6 +306,9 @@ def _load_base(raw: Any, locs: Locations, space_dir: Path) -> tuple[Spec, dict]:
         spec = validate_data(data, sub)
     else:
         raise SpecError.at(("base",), f"expected a preset name, a spec path or a spec mapping, got {raw!r}", locs)
+    if not isinstance(spec, Spec):  # an ensemble: its members are separate networks, with no one set of fields
+        raise SpecError.at(("base",), f"the base {raw!r} is an ensemble; a search space varies one network: use "
+                                      "one of its members as the base", locs)
     walk(spec, costs_only=True)  # position checks: a base that cannot be planned is reported here, not per trial
     return spec, spec_to_data(spec)
 
@@ -436,11 +455,11 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
                 problems.add(("budget", key), f"unknown budget {key!r}{_near(key, ['macs', 'params'])} allowed: "
                                               "macs, params")
         try:
-            macs = parse_count(budget["macs"]) if budget.get("macs") is not None else None
+            macs = positive_budget(budget["macs"], "MAC") if budget.get("macs") is not None else None
         except ValueError as exc:
             problems.add(("budget", "macs"), str(exc))
         try:
-            params = parse_count(budget["params"]) if budget.get("params") is not None else None
+            params = positive_budget(budget["params"], "parameter") if budget.get("params") is not None else None
         except ValueError as exc:
             problems.add(("budget", "params"), str(exc))
     objective = data.get("objective")
@@ -454,6 +473,16 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
     return SearchSpace(name, base, base_data, order, macs, params, objective, file, locs)
 
 
+def positive_budget(value, what: str) -> int:
+    """A budget as an exact count of at least 1: 0 (or a fraction rounding to 0) admits no model, and never
+    means "no limit" (leave the budget out for that)."""
+    count = parse_count(value)
+    if count < 1:
+        raise ValueError(f"a {what} budget must be at least 1, got {value!r} (a budget of 0 admits no model; "
+                         f"leave it out for none)")
+    return count
+
+
 DEFAULT_SPACE = "metaformer_s18"
 """What ``composer search`` searches when no space is given: the S18 MetaFormer / HyenaPixel / HorNet / attention
 space around CAFormer-S18 (search/metaformer_s18.yaml)."""
@@ -463,7 +492,7 @@ def space_path(name_or_path: str) -> Path:
     """The file of a search space given as a path or as the name of a shipped space (``metaformer_s18``) or of
     one in ``$COMPOSER_SEARCH_PATH``; a SpecError naming the spaces and folders searched when neither exists."""
     path = Path(name_or_path)
-    if _is_file(path):
+    if _is_file(path) or _exists(path):  # a folder or a pipe is read (and refused) as the file it was given as
         return path
     if not looks_like_path(name_or_path):
         found = find_space(name_or_path)
@@ -474,6 +503,13 @@ def space_path(name_or_path: str) -> Path:
                                 name_or_path))
     hint = named_instead(name_or_path, space_names(), "search")
     raise SpecError(Problem(f"no such search-space file: {name_or_path}{hint}", (), name_or_path))
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return os.path.lexists(path)
+    except (OSError, ValueError):
+        return False
 
 
 def _is_file(path: Path) -> bool:
@@ -492,7 +528,7 @@ def load_space(source: str | os.PathLike | Mapping | SearchSpace) -> SearchSpace
         locs = Locations(default_file="<dict>")
         return parse_space(dict(source), locs, "<dict>", Path.cwd(), "space")
     text = os.fspath(source)
-    if "\n" in text:
+    if "\n" in text or (":" in text and not _is_file(Path(text))):  # YAML text; a file name may hold a colon
         data, locs = parse_yaml(text, "<string>")
         return parse_space(data, locs, "<string>", Path.cwd(), "space")
     path = space_path(text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from optuna.trial import TrialState
 
 from ..spec import SpecError
 from ..spec.errors import Problem
-from ..spec.units import format_count, parse_count
+from ..spec.units import format_count
 from .objectives import MAXIMIZE, SCORE_OBJECTIVES, load_dataset, parse_objectives
 from .space import SearchSpace, load_space, optuna_suggest
 
@@ -116,12 +117,57 @@ def shown_url(url: str) -> str:
         return url
 
 
+_STORAGE_FORMS = ("sqlite:///path/study.db, postgresql://user@host/database or journal:path/study.log")
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _storage_problem(message: str) -> SpecError:
+    return SpecError(Problem(message, ()))
+
+
+def check_storage(url: str) -> None:
+    """Refuse, before Optuna touches anything, a storage that cannot be one: not a URL, a file in a missing
+    folder, a file that is not an SQLite database (an empty or overwritten study.db would otherwise be taken
+    for a new study, and its run's results overwritten). The storage is left untouched."""
+    if url.startswith("journal:") or url.endswith(".log"):
+        path = Path(url.removeprefix("journal:"))
+        if not path.parent.is_dir():
+            raise _storage_problem(f"--storage {url}: folder {path.parent} does not exist")
+        if path.exists() and not path.is_file():
+            raise _storage_problem(f"--storage {url}: {path} is not a file")
+        return
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise _storage_problem(f"--storage {shown_url(url)}: not a storage URL; use {_STORAGE_FORMS}") from None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database)
+    if not path.parent.is_dir():
+        raise _storage_problem(f"--storage {url}: folder {path.parent} does not exist")
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise _storage_problem(f"--storage {url}: {path} is not a file")
+    with open(path, "rb") as handle:
+        header = handle.read(len(_SQLITE_HEADER))
+    if header != _SQLITE_HEADER:
+        what = "empty (0 bytes)" if not header else "not an SQLite database"
+        raise _storage_problem(f"--storage {url}: {path} is {what}, so it holds no study; it is left as it is: "
+                               "move it away (or give another --run-dir) to start a new study")
+
+
 def open_storage(url: str, heartbeat: float):
-    """An Optuna storage for ``url``; RDB storages get heartbeats and the retry of stale trials."""
+    """An Optuna storage for ``url``; RDB storages get heartbeats and the retry of stale trials. A storage that
+    cannot be opened or read is a SpecError naming it (the storage is not changed)."""
+    check_storage(url)
     if url.startswith("journal:") or url.endswith(".log"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        try:
+            return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _storage_problem(f"--storage {url}: cannot open the journal ({exc})") from None
     url = database_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -140,12 +186,24 @@ def open_storage(url: str, heartbeat: float):
             except ImportError as exc:   # no driver for this database: a usage error, not a crash
                 raise SpecError(Problem(f"--storage {shown_url(url)}: {exc} ({exc.__cause__ or 'no driver'}); install "
                                         "the database's Python driver (psycopg2-binary for PostgreSQL)", ())) from None
-            except sqlalchemy.exc.SQLAlchemyError:
+            except sqlalchemy.exc.SQLAlchemyError as exc:
                 # several workers starting on a new database race to create its schema; the losers retry
-                # once the winner has made it
-                if attempt == 7:
-                    raise
+                # once the winner has made it. A server that refuses the connection or a damaged file will
+                # not get better: say so at once.
+                text = str(exc).lower()
+                hopeless = isinstance(exc, sqlalchemy.exc.DatabaseError) and any(word in text for word in (
+                    "connection refused", "could not connect", "could not translate host", "password",
+                    "does not exist", "malformed", "not a database", "file is encrypted", "unable to open"))
+                if hopeless or attempt == 7:
+                    first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+                    raise _storage_problem(f"--storage {shown_url(url)}: cannot open the study storage ({first}); "
+                                           "it is left as it is") from None
                 time.sleep(0.25 * (attempt + 1))
+            except Exception as exc:  # Optuna's own checks of an existing schema (a damaged or foreign database)
+                if not isinstance(exc, (optuna.exceptions.StorageInternalError, RuntimeError, ValueError)):
+                    raise
+                raise _storage_problem(f"--storage {shown_url(url)}: cannot read the study storage ({exc}); it is "
+                                       "left as it is") from None
 
 
 class Searcher:
@@ -424,6 +482,9 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         train_size: int | None = None) -> SearchResult:
     """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written."""
     t_start = time.perf_counter()
+    if not (isinstance(heartbeat, (int, float)) and math.isfinite(heartbeat) and 0.1 <= heartbeat <= 86400):
+        raise SpecError(Problem(f"--heartbeat must be a number of seconds between 0.1 and 86400, got {heartbeat!r}",
+                                ()))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     space = load_space(space)
@@ -453,7 +514,16 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
                 f"{dataset.num_classes} (the base has {space.base.num_classes})")
             space.base_data["num_classes"] = dataset.num_classes
     run_path = Path(run_dir or Path("runs") / f"{space.name}-{_slug(objectives)}")
-    run_path.mkdir(parents=True, exist_ok=True)
+    try:
+        run_path.mkdir(parents=True, exist_ok=True)
+        probe = run_path / ".composer-write-test"
+        probe.write_text("")  # a read-only folder fails here, before any trial is run
+        probe.unlink()
+    except FileExistsError:
+        raise SpecError(Problem(f"--run-dir {run_path} is a file, not a folder; give a folder for the run", ())) \
+            from None
+    except OSError as exc:
+        raise SpecError(Problem(f"--run-dir {run_path}: cannot write there ({exc.strerror or exc})", ())) from None
     storage_url = storage or f"sqlite:///{(run_path / 'study.db').resolve()}"
     study_name = study_name or f"{space.name}-{_slug(objectives)}"
     store = open_storage(storage_url, heartbeat)
@@ -533,8 +603,10 @@ def _train_size(given: int | None, data: str, space: SearchSpace) -> int:
 
 
 def _count(value, flag: str) -> int:
+    from .space import positive_budget
+
     try:
-        return parse_count(value)
+        return positive_budget(value, "MAC" if flag == "--budget" else "parameter")
     except ValueError as exc:
         raise SpecError(Problem(f"{flag}: {exc}", ())) from None
 

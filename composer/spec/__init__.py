@@ -115,6 +115,9 @@ def _problems(exc: ValidationError, data: Any) -> list[Problem]:
             options = [e.strip().strip("'") for e in expected.split(",")]
             near = _near(given, options)
             msg = f"got {_short(given)}{near or ';'} allowed: {expected}"
+        elif kind in ("int_type", "float_type") and isinstance(given, bool):
+            msg = (f"{msg[:1].lower() + msg[1:]}, got the boolean {given!r} (YAML reads yes / no / on / off / "
+                   "true / false as booleans); write the number")
         elif kind not in ("per_stage", "value_error") and not isinstance(given, (Mapping, list)):
             msg = f"{msg[:1].lower() + msg[1:]}, got {_short(given)}"
         else:
@@ -250,8 +253,12 @@ def resolve_ensemble(ensemble: EnsembleSpec) -> EnsembleSpec:
             data[key] = value
             if locs is not None:
                 member_locs.entries[(key,)] = locs.find((key,))
+        # a member path is relative to the file it is written in (an ensemble reached through extends from
+        # another folder keeps its own folder), else to the ensemble's
+        written_in = locs.find(path)[0] if locs is not None else None
+        member_dir = Path(written_in).parent if written_in and is_file(Path(written_in)) else base_dir
         try:
-            data, member_locs = resolve_extends(data, member_locs, base_dir)
+            data, member_locs = resolve_extends(data, member_locs, member_dir)
         except SpecError as exc:  # an unknown preset / missing file: point at the member, not at `extends`
             for problem in exc.problems:
                 if isinstance(entry, str) and problem.path == ("extends",):
@@ -270,12 +277,31 @@ def resolve_ensemble(ensemble: EnsembleSpec) -> EnsembleSpec:
                 raise SpecError(locate([Problem(
                     f"member {i} ({member.name}) has {key} {getattr(member, key)} but member 0 ({first.name}) "
                     f"has {getattr(first, key)}; the members must agree{hint}", path)], locs))
+    if first.num_classes == 0:  # headless: the mean of pooled features needs one width
+        widths = [m.head.pooled_dim(m.widths[-1]) for m in members]
+        if len(set(widths)) > 1:
+            raise SpecError(locate([Problem(
+                f"a headless ensemble (num_classes 0) averages its members' pooled features, but their widths "
+                f"differ ({', '.join(f'{m.name}: {w}' for m, w in zip(members, widths))}); give num_classes > 0 "
+                "or members of one final width", ("num_classes",))], locs))
     ensemble._members = members
     written = set(ensemble.model_fields_set)
     ensemble.input_size = first.input_size  # the ensemble's own values (what its input / output are) ...
     ensemble.num_classes = first.num_classes
     ensemble.__pydantic_fields_set__.intersection_update(written)  # ... not overrides the user wrote
     return ensemble
+
+
+def _lists(value: Any) -> Any:
+    """Python callers may give tuples (``depths=(2, 2, 6, 2)``) where YAML gives lists: the strict models take
+    lists."""
+    if isinstance(value, Mapping):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_lists(v) for v in value]
+    if isinstance(value, list):
+        return [_lists(v) for v in value]
+    return value
 
 
 def load_spec(source: SpecLike) -> AnySpec:
@@ -290,10 +316,10 @@ def load_spec(source: SpecLike) -> AnySpec:
         return source
     if isinstance(source, Mapping):
         locs = Locations(default_file="<dict>")
-        data, locs = resolve_extends(dict(source), locs, Path.cwd())
+        data, locs = resolve_extends(_lists(source), locs, Path.cwd())
         return validate_data(data, locs)
     if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source
-                                           and ":" not in source):
+                                           and (":" not in source or is_file(Path(source)))):
         text = os.fspath(source)
         path = Path(text)
         if not is_file(path) and not looks_like_path(text):

@@ -46,9 +46,9 @@ Layout = Union[str, list[Union[str, list[str]]]]
 class Spec(BaseModel):
     """A backbone: macro conventions, per-stage widths/depths, and a token-mixer layout."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: a YAML yes / no / true is no integer
 
-    name: str | None = Field(default=None, description="model name (defaults to the file name)")
+    name: str | None = Field(default=None, max_length=200, description="model name (defaults to the file name)")
     macro: MacroName = Field(default="metaformer", description="stem / downsampling / block / head conventions")
     input_size: PositiveInt = Field(default=224, le=MAX_INPUT_SIZE,
                                     description="square input resolution the spec is compiled at")
@@ -214,9 +214,9 @@ class EnsembleSpec(BaseModel):
     preset family, see :data:`ENSEMBLE_FAMILIES`). ``input_size`` / ``num_classes``, when given, override
     every member's value."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: a YAML yes / no / true is no integer
 
-    name: str | None = Field(default=None, description="model name (defaults to the file name)")
+    name: str | None = Field(default=None, max_length=200, description="model name (defaults to the file name)")
     ensemble: Union[str, list[EnsembleMember]] = Field(
         description="members: a list of preset names, paths or inline specs, or the shorthand 'Hpx/Conv' "
                     "with size")

@@ -56,6 +56,7 @@ class Locations:
 # deep, alias "billion laughs" that expand to 10^9 nodes, an alias that contains itself) into an error
 # instead of a RecursionError, a hang or an exhausted memory.
 MAX_DEPTH = 32
+MAX_EXTENDS = 64  # files in one extends chain (each level is a recursion: a limit, not a RecursionError)
 MAX_NODES = 100_000
 
 
@@ -76,9 +77,20 @@ class _Walker:
             raise self._fail(f"the YAML expands to more than {MAX_NODES:,} values (aliases repeating aliases?); "
                              "a spec is a few hundred", path, node)
         if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
-            return self.loader.construct_object(node, deep=True)
+            try:
+                return self.loader.construct_object(node, deep=True)
+            except (ValueError, OverflowError):  # e.g. a 5000-digit integer (Python's int-string limit)
+                text = str(node.value)
+                shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
+                raise self._fail(f"cannot read the number {shown}: numbers in a spec must be below 2^31",
+                                 path, node) from None
         if len(path) >= MAX_DEPTH:
             raise self._fail(f"nested more than {MAX_DEPTH} levels deep; a spec needs a handful", path, node)
+        default = "tag:yaml.org,2002:map" if isinstance(node, yaml.MappingNode) else "tag:yaml.org,2002:seq"
+        if node.tag != default:  # yaml.safe_load refuses unknown tags (!!python/object, !custom, ...)
+            raise self._fail(f"unknown YAML tag {short_name(str(node.tag), 60)!r} on a "
+                             f"{'mapping' if default.endswith('map') else 'list'}; specs are plain YAML data",
+                             path, node)
         if id(node) in self.open:
             raise self._fail("a YAML alias refers to a collection that contains it (a recursive structure)",
                              path, node)
@@ -90,15 +102,28 @@ class _Walker:
 
     def _mapping(self, node: yaml.MappingNode, path: tuple) -> dict:
         out: dict = {}
-        for key_node, value_node in node.value:
+        pairs = node.value
+        own = sum(1 for key_node, _ in pairs if key_node.tag != "tag:yaml.org,2002:merge")
+        if own != len(pairs):  # merge keys (<<: *anchor) as yaml.safe_load reads them; on a copy, since an
+            flat = yaml.MappingNode(node.tag, list(pairs), node.start_mark, node.end_mark)  # alias shares the node
+            try:
+                self.loader.flatten_mapping(flat)
+            except yaml.MarkedYAMLError as exc:
+                raise self._fail(f"YAML merge key: {exc.problem}", path, node) from None
+            pairs = flat.value
+        merged = len(pairs) - own  # the merged pairs come first; this mapping's own keys override them
+        written: set = set()
+        for index, (key_node, value_node) in enumerate(pairs):
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self._fail("keys must be names, got a YAML collection as a key", path, key_node)
             key = self.loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int)) or isinstance(key, bool):
                 raise self._fail(f"keys must be names, got {key!r}", path, key_node)
-            if key in out:
+            if index >= merged and key in written:
                 raise self._fail(f"duplicate key {key!r} (first given on line "
                                  f"{self.locs.entries[path + (key,)][1]})", path + (key,), key_node)
+            if index >= merged:
+                written.add(key)
             self.locs.entries[path + (key,)] = (self.file, key_node.start_mark.line + 1)
             out[key] = self.walk(value_node, path + (key,))
         return out
@@ -262,15 +287,46 @@ def _deep_merge(base: Mapping, override: Mapping) -> dict:
     return out
 
 
+MAX_FILE_BYTES = 1 << 20  # a spec or search space is a few KB; 1 MiB leaves room and stops /dev/zero
+
+
+def short_name(text: str, limit: int = 120) -> str:
+    """``text`` for a message: whole when short, else its start and end and its length."""
+    return text if len(text) <= limit else f"{text[:60]}...{text[-40:]} ({len(text):,} characters)"
+
+
 def read_spec_file(path: FsPath, display: str | None = None) -> tuple[Any, Locations]:
-    display = display or str(path)
+    """The YAML of a spec or search-space file. Only regular files are read (a FIFO would block forever,
+    /dev/zero never end), at most MAX_FILE_BYTES, as UTF-8."""
+    display = short_name(display or str(path))
+    import stat
+
     try:
-        text = FsPath(path).read_text()
+        info = os.stat(path)
     except FileNotFoundError:
         hint = named_instead(display, preset_names(), "build")
         raise SpecError(Problem(f"no such file: {display}{hint}", (), display)) from None
-    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, a name too long, not UTF-8
-        raise SpecError(Problem(f"cannot read spec file: {exc}", (), display)) from None
+    except (OSError, ValueError) as exc:  # a name too long, a folder that is no folder, an embedded NUL
+        raise SpecError(Problem(f"cannot read spec file: {exc.strerror if isinstance(exc, OSError) else exc}",
+                                (), display)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, a device or a socket)"
+        raise SpecError(Problem(f"cannot read spec file: it is {kind}; give a YAML file", (), display))
+    if info.st_size > MAX_FILE_BYTES:
+        raise SpecError(Problem(f"cannot read spec file: {info.st_size:,} bytes; a spec is a few KB (at most "
+                                f"{MAX_FILE_BYTES:,} bytes are read)", (), display))
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError(Problem(f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
+                                "(save it as UTF-8)", (), display, line)) from None
+    except OSError as exc:  # no permission, a file that vanished
+        raise SpecError(Problem(f"cannot read spec file: {exc.strerror or exc}", (), display)) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(Problem(f"cannot read spec file: more than {MAX_FILE_BYTES:,} bytes", (), display))
     return parse_yaml(text, display)
 
 
@@ -292,6 +348,10 @@ def resolve_extends(data: Any, locs: Locations, base_dir: FsPath | None,
             hint = not_found_hint(ref, preset_names(), spec_search_path(), "presets")
             raise SpecError.at(("extends",), f"unknown preset {ref!r}{hint}", locs)
     key = str(parent_path.resolve())
+    if len(chain) >= MAX_EXTENDS:
+        first = FsPath(chain[0]).name if chain else "?"
+        raise SpecError.at(("extends",), f"the extends chain from {first} is longer than {MAX_EXTENDS} files; "
+                                         "a variant extends a preset or two", locs)
     if key in chain:
         cycle = " -> ".join([*(FsPath(c).stem for c in chain), FsPath(key).stem])
         raise SpecError.at(("extends",), f"extends cycle: {cycle}; remove one of these extends", locs)

@@ -6,6 +6,7 @@ Magnitudes are decimal (K=1e3, M=1e6, G=1e9, T=1e12), as papers use them. A FLOP
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -25,6 +26,8 @@ def parse_count(value: str | int | float) -> int:
     if isinstance(value, int):
         number = Decimal(value)
     elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"a count must be a finite number, got {value!r}")
         number = Decimal(repr(value))
     elif isinstance(value, str):
         match = _PATTERN.match(value)
@@ -35,13 +38,23 @@ def parse_count(value: str | int | float) -> int:
             )
         try:
             number = Decimal(match.group(1)) * _SCALE[match.group(2).lower()]
-        except InvalidOperation as exc:  # pragma: no cover - the regex admits only valid decimals
-            raise ValueError(f"cannot read {value!r} as a count") from exc
+        except (InvalidOperation, ArithmeticError) as exc:  # 1e999999999 overflows the decimal context
+            raise ValueError(f"cannot read {_shown(value)} as a count: it is out of range") from exc
     else:
         raise ValueError(f"expected a count such as 5G or 30M, got {type(value).__name__}")
     if number < 0:
-        raise ValueError(f"a count must be non-negative, got {value!r}")
+        raise ValueError(f"a count must be non-negative, got {_shown(value)}")
+    if number >= MAX_COUNT:
+        raise ValueError(f"{_shown(value)} is out of range: counts here are below 10^18")
     return int(number.to_integral_value())
+
+
+MAX_COUNT = Decimal(10) ** 18  # a quintillion MACs or parameters: far beyond any model, far below overflow
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:30] + "..."
 
 
 def format_count(n: float, unit: str = "", digits: int = 2) -> str:
