@@ -559,7 +559,10 @@ EXTREME_PLACES = ["input_size: {v}", "num_classes: {v}", "in_chans: {v}", "drop_
 def run_cli_quietly(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main(list(args))
+        try:
+            code = cli_main(list(args))
+        except SystemExit as exc:  # argparse's own usage errors (a value starting with "-"): exit 2, a message
+            code = exc.code
     return code, out.getvalue(), err.getvalue()
 
 
