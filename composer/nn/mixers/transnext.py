@@ -10,6 +10,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ...mixers.transnext import CPB_HIDDEN, TEMPERATURE_INIT, _axis_offsets, _window_tables
+from ..layers import fx_tracing
 
 
 def _default_device() -> torch.device:
@@ -42,6 +43,17 @@ class _WithCPB(nn.Module):
         self.register_buffer("cpb_index", index.to(device), persistent=False)
         self.register_buffer("cpb_coords", coords.to(device), persistent=False)
         self.cpb_shape = (height * width, pool_h * pool_w)
+        self.compiled_hw = (height, width)
+
+    def check_size(self, height: int, width: int) -> None:
+        """The position tables are built for the compiled map: another size is a clear error, not a shape
+        mismatch deep inside (the model's timm cfg says fixed_input_size)."""
+        if not torch.jit.is_scripting():
+            if not fx_tracing() and (height, width) != self.compiled_hw:
+                ch, cw = self.compiled_hw
+                raise ValueError(f"this TransNeXt attention was compiled for a {ch}x{cw} map but got {height}x"
+                                 f"{width}; its position tables are built for the compiled map: compile the spec "
+                                 "at this input_size")
 
     def position_bias(self):
         table = self.cpb_fc2(self.cpb_act(self.cpb_fc1(self.cpb_coords)))  # (U, heads)
@@ -121,6 +133,7 @@ class AggregatedAttention(_WithCPB):
 
     def forward(self, x):
         b, height, width, c = x.shape
+        self.check_size(height, width)
         win, pool, q, v_win, v_pool = self.logits(x)
         w_win, w_pool = self.weights(win, pool)
         w_win = w_win + q @ self.learnable_tokens + self.learnable_bias  # QLV, after the softmax
@@ -156,6 +169,7 @@ class CosineAttention(_WithCPB):
 
     def forward(self, x):
         b, height, width, c = x.shape
+        self.check_size(height, width)
         n, h, d = height * width, self.heads, self.head_dim
         q, k, v = self.qkv(x).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         q = (F.normalize(q, dim=-1) + self.query_embedding) * F.softplus(self.temperature) * self.seq_length_scale
