@@ -33,7 +33,6 @@ PREFIX = "composer_"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ENSEMBLE_FIELDS = ("num_classes", "input_size", "in_chans")
-_POOLS = ("avg", "")
 
 default_cfgs: dict[str, dict[str, Any]] = {}
 """timm's pretrained cfg of every registered entrypoint (``register_model`` reads this module's)."""
@@ -71,7 +70,7 @@ def _spec_data(preset: str, kwargs: dict[str, Any], base) -> dict[str, Any]:
 
 def _compose(preset: str, global_pool: str = "avg", **kwargs: Any):
     """The model of ``preset`` with ``kwargs`` (what build_model_with_cfg passes: num_classes, in_chans, ...)."""
-    from .composed import compose
+    from .composed import _POOLS, compose
     from .spec import EnsembleSpec, load_spec
 
     if global_pool not in _POOLS:
@@ -147,11 +146,11 @@ def pretrained_cfg(preset: str, spec) -> dict[str, Any]:
         cfg["classifier"] = tuple(f"members.{i}.{m['classifier']}" for i, m in enumerate(members))
         cfg["fixed_input_size"] = any(m["fixed_input_size"] for m in members)
         return cfg
-    from .plan import estimate, walk
+    from .plan import walk
 
-    side = estimate(spec).stages[-1].feature_map
-    mixers = [part.info["mixer"] for stage in walk(spec, costs_only=True).stages
-              for _, part, _ in stage.members if "mixer" in part.info]
+    parts = walk(spec, costs_only=True)
+    side = parts.stages[-1].out_shape[1:]
+    mixers = [part.info["mixer"] for stage in parts.stages for _, part, _ in stage.members if "mixer" in part.info]
     cfg.update(pool_size=tuple(side), first_conv=MACROS[spec.macro].first_conv,
                classifier="head.fc" if spec.head.type == "linear" else "head.fc.fc2",
                fixed_input_size=any(m.fixed_input_size for m in mixers))

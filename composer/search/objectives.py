@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -107,6 +107,7 @@ class Dataset:
     val_x: torch.Tensor
     val_y: torch.Tensor
     num_classes: int
+    _sizes: dict = field(default_factory=dict, repr=False, compare=False)  # at_size's resized copies
 
     @property
     def size(self) -> int:
@@ -117,14 +118,13 @@ class Dataset:
         larger training resolution than the search's ``--train-size``; cached per size."""
         if size == self.size:
             return self
-        cache = self.__dict__.setdefault("_sizes", {})
-        if size not in cache:
+        if size not in self._sizes:
             def resize(x):
                 return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
-            cache[size] = Dataset(self.name, resize(self.train_x), self.train_y, resize(self.val_x), self.val_y,
-                                  self.num_classes)
-        return cache[size]
+            self._sizes[size] = Dataset(self.name, resize(self.train_x), self.train_y, resize(self.val_x),
+                                        self.val_y, self.num_classes)
+        return self._sizes[size]
 
 
 DIGITS_SIZE = 8  # scikit-learn's digits are 8x8

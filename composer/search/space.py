@@ -40,7 +40,9 @@ from ..spec.model import parse_layout
 from ..spec.source import (
     Locations,
     display_path,
+    exists,
     find_space,
+    is_file,
     looks_like_path,
     named_instead,
     not_found_hint,
@@ -492,7 +494,7 @@ def space_path(name_or_path: str) -> Path:
     """The file of a search space given as a path or as the name of a shipped space (``metaformer_s18``) or of
     one in ``$COMPOSER_SEARCH_PATH``; a SpecError naming the spaces and folders searched when neither exists."""
     path = Path(name_or_path)
-    if _is_file(path) or _exists(path):  # a folder or a pipe is read (and refused) as the file it was given as
+    if exists(path):  # a folder or a pipe is read (and refused) as the file it was given as
         return path
     if not looks_like_path(name_or_path):
         found = find_space(name_or_path)
@@ -505,20 +507,6 @@ def space_path(name_or_path: str) -> Path:
     raise SpecError(Problem(f"no such search-space file: {name_or_path}{hint}", (), name_or_path))
 
 
-def _exists(path: Path) -> bool:
-    try:
-        return os.path.lexists(path)
-    except (OSError, ValueError):
-        return False
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
 def load_space(source: str | os.PathLike | Mapping | SearchSpace) -> SearchSpace:
     """A :class:`SearchSpace` from a YAML path, the name of a shipped space (``metaformer_s18``), YAML text or a
     mapping. Problems raise SpecError (file:line)."""
@@ -528,7 +516,7 @@ def load_space(source: str | os.PathLike | Mapping | SearchSpace) -> SearchSpace
         locs = Locations(default_file="<dict>")
         return parse_space(dict(source), locs, "<dict>", Path.cwd(), "space")
     text = os.fspath(source)
-    if "\n" in text or (":" in text and not _is_file(Path(text))):  # YAML text; a file name may hold a colon
+    if "\n" in text or (":" in text and not is_file(Path(text))):  # YAML text; a file name may hold a colon
         data, locs = parse_yaml(text, "<string>")
         return parse_space(data, locs, "<string>", Path.cwd(), "space")
     path = space_path(text)

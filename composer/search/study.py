@@ -121,6 +121,10 @@ _STORAGE_FORMS = ("sqlite:///path/study.db, postgresql://user@host/database or j
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def _is_journal(url: str) -> bool:
+    return url.startswith("journal:") or url.endswith(".log")
+
+
 def _storage_problem(message: str) -> SpecError:
     return SpecError(Problem(message, ()))
 
@@ -129,7 +133,7 @@ def check_storage(url: str) -> None:
     """Refuse, before Optuna touches anything, a storage that cannot be one: not a URL, a file in a missing
     folder, a file that is not an SQLite database (an empty or overwritten study.db would otherwise be taken
     for a new study, and its run's results overwritten). The storage is left untouched."""
-    if url.startswith("journal:") or url.endswith(".log"):
+    if _is_journal(url):
         path = Path(url.removeprefix("journal:"))
         if not path.parent.is_dir():
             raise _storage_problem(f"--storage {url}: folder {path.parent} does not exist")
@@ -161,7 +165,7 @@ def open_storage(url: str, heartbeat: float):
     """An Optuna storage for ``url``; RDB storages get heartbeats and the retry of stale trials. A storage that
     cannot be opened or read is a SpecError naming it (the storage is not changed)."""
     check_storage(url)
-    if url.startswith("journal:") or url.endswith(".log"):
+    if _is_journal(url):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         try:
@@ -199,9 +203,8 @@ def open_storage(url: str, heartbeat: float):
                     raise _storage_problem(f"--storage {shown_url(url)}: cannot open the study storage ({first}); "
                                            "it is left as it is") from None
                 time.sleep(0.25 * (attempt + 1))
-            except Exception as exc:  # Optuna's own checks of an existing schema (a damaged or foreign database)
-                if not isinstance(exc, (optuna.exceptions.StorageInternalError, RuntimeError, ValueError)):
-                    raise
+            except (optuna.exceptions.StorageInternalError, RuntimeError, ValueError) as exc:
+                # Optuna's own checks of an existing schema (a damaged or foreign database)
                 raise _storage_problem(f"--storage {shown_url(url)}: cannot read the study storage ({exc}); it is "
                                        "left as it is") from None
 

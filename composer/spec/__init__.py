@@ -297,9 +297,7 @@ def _lists(value: Any) -> Any:
     lists."""
     if isinstance(value, Mapping):
         return {k: _lists(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_lists(v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_lists(v) for v in value]
     return value
 

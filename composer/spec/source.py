@@ -273,6 +273,14 @@ def is_file(path: FsPath) -> bool:
         return False
 
 
+def exists(path: FsPath) -> bool:
+    """Whether anything (a file, a folder, a pipe, a dangling link) has this name; False for a refused name."""
+    try:
+        return os.path.lexists(path)
+    except (OSError, ValueError):
+        return False
+
+
 def looks_like_path(ref: str) -> bool:
     return ref.endswith(_SPEC_SUFFIXES) or "/" in ref or os.sep in ref
 
