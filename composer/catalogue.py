@@ -18,6 +18,7 @@ import textwrap
 from typing import Any
 
 from .mixers import MIXERS, SYMBOLS, MixerConfig
+from .registry import COMPOSER, load_plugins
 
 REGENERATE = "python -m composer.catalogue > docs/mixers.md"
 DOCUMENTED = ("summary", "paper", "cost_formula")
@@ -131,6 +132,8 @@ def _mixer_section(type_name: str, cls: type[MixerConfig]) -> list[str]:
     lines.append(f"* **cost:** {cls.cost_formula or '*(missing)*'}")
     if cls.cost_depends_on_block:
         lines.append("* the cost depends on the block's index within its stage")
+    if MIXERS.origin(type_name) != COMPOSER:
+        lines.append(f"* **registered by:** {MIXERS.origin(type_name)}")
     lines.append("")
     rows = _parameter_rows(cls)
     if rows:
@@ -143,7 +146,8 @@ def _mixer_section(type_name: str, cls: type[MixerConfig]) -> list[str]:
 
 
 def render() -> str:
-    """The whole of docs/mixers.md."""
+    """The whole of docs/mixers.md (with installed plugins' mixers, marked by their origin)."""
+    load_plugins()
     lines = [
         "# Mixer catalogue",
         "",

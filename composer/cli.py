@@ -66,8 +66,10 @@ def _cmd_list(args) -> int:
     from .macro import MACROS
     from .mixers import MIXERS, SYMBOLS
     from .plan import estimate
+    from .registry import COMPOSER, PLUGINS, load_plugins
     from .spec.source import preset_names, space_names, space_search_path, spec_search_path
 
+    load_plugins()
     print(f"presets ({', '.join(str(f) for f in spec_search_path())}):")
     for name in preset_names():
         try:
@@ -84,10 +86,17 @@ def _cmd_list(args) -> int:
     print("\nmixer types and parameters (defaults):")
     for type_name, cls in sorted(MIXERS.items()):
         params = ", ".join(f"{k}={f.default!r}" for k, f in cls.model_fields.items() if k != "type") or "-"
-        print(f"  {type_name:<14} {params}\n  {'':<14} {cls.summary}")
+        origin = MIXERS.origin(type_name)
+        print(f"  {type_name:<14} {params}\n  {'':<14} {cls.summary}"
+              + (f"\n  {'':<14} (registered by {origin})" if origin != COMPOSER else ""))
     print("\nmacros:")
     for name, macro in MACROS.items():
         print(f"  {name:<14} {macro.summary}")
+    if PLUGINS:
+        print("\nplugins (entry points):")
+        for plugin in PLUGINS:
+            state = f"NOT LOADED: {plugin.error}" if plugin.error else "loaded"
+            print(f"  {plugin.group:<24} {plugin.name} = {plugin.value}  ({plugin.distribution}; {state})")
     print(f"\nsearch spaces ({', '.join(str(f) for f in space_search_path())}; composer search NAME):")
     from .search.space import DEFAULT_SPACE, load_space
 
@@ -125,8 +134,22 @@ def _cmd_search(args) -> int:
                  study_name=args.study_name, workers=args.workers, data=args.data, epochs=args.epochs,
                  proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, heartbeat=args.heartbeat,
                  progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
-                 argv=argv, train_size=args.train_size)
-    return 0 if result.counters.over_budget_built == 0 else 1
+                 argv=argv, train_size=args.train_size, direction=args.direction)
+    c = result.counters
+    # a search whose objective raised on every trial it ran did not do what was asked
+    return 0 if c.over_budget_built == 0 and not (c.objective_failed and c.objective_failed == c.built) else 1
+
+
+def _cmd_check_mixer(args) -> int:
+    from .conformance import check_mixer
+    from .registry import RegistryError
+
+    try:
+        report = check_mixer(args.symbol, [args.macro] if args.macro else None, quick=args.quick)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    print(report.table(verbose=args.verbose))
+    return 0 if report.ok else 1
 
 
 def _writable(path: str) -> Path:
@@ -229,8 +252,12 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", help="hard MAC budget, e.g. 5GFLOPs (a FLOP is a MAC here); default: the space's")
     s.add_argument("--max-params", help="hard parameter budget, e.g. 30M; default: the space's (or none)")
     s.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
-    s.add_argument("--objective", help="proxy | naswot | gradnorm | train, or several joined by commas with "
+    s.add_argument("--objective", help="proxy | naswot | gradnorm | train | a plugin's objective | module:function "
+                                       "(your f(model, spec, reporter) -> float), or several joined by commas with "
                                        "macs | params | latency for a Pareto search (default: the space's, or proxy)")
+    s.add_argument("--direction", choices=("maximize", "minimize"),
+                   help="whether to maximize or minimize a module:function or plugin objective (default: the "
+                        "function's direction attribute)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db)")
     s.add_argument("--run-dir", help="output folder (default: runs/SPACE-OBJECTIVE)")
@@ -250,6 +277,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-index", type=int, default=0,
                    help="this process's index among processes sharing one study (offsets the sampler seed)")
     s.set_defaults(func=_cmd_search)
+    cm = sub.add_parser("check-mixer", help="the conformance kit: a mixer in every stage of every macro, params, "
+                                            "MACs, forward/backward, checks, YAML/schema, state dict, jit/fx")
+    cm.add_argument("symbol", help="a layout symbol (Hpx, gnConv, ...) or a mixer type (composer list shows them)")
+    cm.add_argument("--macro", help="check in this macro only (default: every registered macro)")
+    cm.add_argument("--quick", action="store_true", help="one macro (unified, or --macro), no TorchScript / FX")
+    cm.add_argument("--verbose", "-v", action="store_true", help="one line per check and place")
+    cm.set_defaults(func=_cmd_check_mixer)
     sc = sub.add_parser("schema", help="JSON Schema of spec files (or search spaces) for editors")
     sc.add_argument("--output", "-o", help="write to FILE instead of printing")
     sc.add_argument("--search-space", action="store_true", help="the schema of search-space files (search/*.yaml)")

@@ -7,15 +7,18 @@ which the official HorNet (``hornet``) and HyenaPixel (``hyenapixel``) checkpoin
 Loading is strict: a mismatch raises :class:`WeightsError` listing the missing and unexpected keys.
 An ensemble (``ComposedEnsemble``) is loaded member by member: ``load(model.members[i], checkpoint_i, ...)``.
 A 224 HyenaPixel checkpoint for a model compiled at another input_size with re-sized filters goes through
-:func:`resize_hyena_state_dict` first (composer.resolution; docs/hyenapixel.md).
+:func:`composer.resolution.resize_hyena_state_dict` first (docs/hyenapixel.md).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from .registry import WEIGHT_SOURCES as SOURCES
+from .registry import RegistryError, load_plugins, register_weight_source
 
 if TYPE_CHECKING:  # annotations only: the key mappings are plain string work, torch is imported to load
     import torch
@@ -46,8 +49,8 @@ def _timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # (downsample_layers.*, stages.i.j, norm, head; HyenaPixel's MetaFormer is a copy of sail-sg's, channels-last, so
 # its SepConv / MLP 1x1 layers are Linears), and their mixer keys are composer's (Hpx: pointwise_conv,
 # depthwise_conv, long_conv.*; Hb: in_proj, short_filter, filter_fn.*), so one mapping serves all three.
-SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
-    "timm": _timm, "hornet": _timm, "hyenapixel": _timm}
+for _name in ("timm", "hornet", "hyenapixel"):
+    register_weight_source(_name, _timm)
 
 
 # -- official checkpoints (DaiShiResearch/TransNeXt): patch_embed{i}, block{i}.{j}, norm{i}, head ------------
@@ -74,7 +77,7 @@ def transnext_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-SOURCES["transnext"] = transnext_state_dict
+register_weight_source("transnext", transnext_state_dict)
 
 
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
@@ -107,10 +110,13 @@ def _fit_shapes(state: dict[str, torch.Tensor], model_state: Mapping[str, torch.
 
 def load(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str = "timm") -> nn.Module:
     """Load ``checkpoint`` (a path or a state dict) into ``model`` strictly, mapping keys from ``source``."""
-    if source not in SOURCES:
-        raise WeightsError(f"unknown weight source {source!r}; known: {', '.join(sorted(SOURCES))}")
+    load_plugins()
+    try:
+        mapping = SOURCES.lookup(source)
+    except RegistryError as exc:
+        raise WeightsError(str(exc)) from None
     model_state = model.state_dict()
-    state = _fit_shapes(SOURCES[source](read_state_dict(checkpoint)), model_state)
+    state = _fit_shapes(mapping(read_state_dict(checkpoint)), model_state)
     missing = [k for k in model_state if k not in state]
     unexpected = [k for k in state if k not in model_state]
     wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(model_state[k].shape)}"
@@ -127,9 +133,3 @@ def load(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str 
     model.load_state_dict(state, strict=True)
     return model
 
-
-def resize_hyena_state_dict(state, from_spec, to_spec, distance="stretch"):
-    """See :func:`composer.resolution.resize_hyena_state_dict`."""
-    from .resolution import resize_hyena_state_dict as resize
-
-    return resize(read_state_dict(state), from_spec, to_spec, distance)

@@ -115,7 +115,7 @@ class DocRunner:
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             try:
-                exec(compile(block.text, block.where, "exec"), self.namespace)
+                exec(compile(block.text, block.where, "exec", dont_inherit=True), self.namespace)  # as users run it
             except Exception:
                 pytest.fail(f"{block.where}: the python block failed:\n{out.getvalue()}{traceback.format_exc()}")
         self.printed = out.getvalue()
@@ -163,15 +163,13 @@ class DocRunner:
 def doc_folder(tmp_path, monkeypatch):
     """An empty folder with the repository's specs/ and search/ linked in, as the current directory; mixers
     registered by a document are unregistered afterwards."""
-    from composer.mixers import MIXERS, SYMBOLS
+    from composer.registry import isolated
 
     for name in ("specs", "search"):
         (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
-    mixers, symbols = dict(MIXERS), {k: dict(v) for k, v in SYMBOLS.items()}
-    yield tmp_path
-    MIXERS.clear(), MIXERS.update(mixers)
-    SYMBOLS.clear(), SYMBOLS.update(symbols)
+    with isolated():
+        yield tmp_path
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))

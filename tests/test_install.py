@@ -156,3 +156,55 @@ def test_search_as_typed_and_by_space_name_from_an_empty_folder(installed):
     assert (installed.work / "named" / "best.yaml").is_file()
     unknown = installed.run("composer", "search", "metaformer_s19")
     assert unknown.returncode == 2 and "did you mean 'metaformer_s18'" in unknown.stderr
+
+
+PLUGIN = ROOT / "examples" / "composer-msaconv"
+
+
+def test_a_plugin_installed_with_pip_works_everywhere_and_uninstalling_it_leaves_composer_working(installed, tmp_path):
+    """The example plugin (examples/composer-msaconv: TiC's MSA-Conv) pip-installed next to the wheel: its mixer
+    and preset reach every command, the conformance kit passes it, and composer works after it is gone."""
+    pip = [str(installed.python), "-m", "pip"]
+    source = tmp_path / "composer-msaconv"  # a copy: building in place would leave build/ in the checkout
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    out = installed.run(*pip, "install", "-q", "--no-deps", "--no-index", "--no-build-isolation", str(source))
+    assert out.returncode == 0, out.stderr
+    try:
+        listing = installed.run("composer", "list")
+        assert listing.returncode == 0 and "PluginWarning" not in listing.stderr, listing.stderr
+        assert "  MSA      -> msa_conv" in listing.stdout and "  msa_caformer_s18 " in listing.stdout
+        assert "plugin 'msaconv'" in listing.stdout
+        schema = installed.run("composer", "schema")
+        assert '"mixer type msa_conv"' in schema.stdout
+        (tmp_path / "typo.yaml").write_text("extends: msa_caformer_s18\nmixers:\n  MSA: {kernel_sise: 5}\n")
+        typo = installed.run("composer", "validate", str(tmp_path / "typo.yaml"))
+        assert typo.returncode == 2
+        assert "typo.yaml:3: mixers.MSA.kernel_sise: unknown field 'kernel_sise'; did you mean 'kernel_size'?" \
+            in typo.stderr
+        built = installed.run("composer", "build", "msa_caformer_s18", "--count")
+        assert built.returncode == 0, built.stderr
+        assert "(matches the plan)" in built.stdout and "(+0.0000% vs plan)" in built.stdout
+        graph = installed.run("composer", "graph", "msa_caformer_s18")
+        assert graph.returncode == 0 and "msa_conv" in graph.stdout.lower()
+        (tmp_path / "space.yaml").write_text("base: caformer_s18\nchoices:\n  layout: [[Conv], [Conv], [MSA, A], "
+                                             "[MSA, A]]\n  mixers.MSA.kernel_size: [3, 5]\nbudget: {macs: 8G}\n")
+        search = installed.run("composer", "search", str(tmp_path / "space.yaml"), "--trials", "2", "--no-progress",
+                               "--run-dir", str(tmp_path / "run"))
+        assert search.returncode == 0, search.stderr
+        assert "MSA" in (tmp_path / "run" / "trials.csv").read_text()
+        code = ("import timm, composer.catalogue as c\n"
+                "m = timm.create_model('composer_msa_caformer_s18', num_classes=10)\n"
+                "timm.create_model('composer_caformer_s18', layout='Conv-MSA-MSA-A', num_classes=10)\n"
+                "assert '`msa_conv`' in c.render(), 'catalogue'\n"
+                "print(sum(p.numel() for p in m.parameters()))\n")
+        py = installed.run(str(installed.python), "-c", code)
+        assert py.returncode == 0, py.stderr
+        kit = installed.run("composer", "check-mixer", "MSA", "--quick")
+        assert kit.returncode == 0, kit.stdout + kit.stderr
+        assert "registered by plugin 'msaconv'" in kit.stdout and "passed:" in kit.stdout
+    finally:
+        gone = installed.run(*pip, "uninstall", "-y", "-q", "composer-msaconv")
+    assert gone.returncode == 0, gone.stderr
+    after = installed.run("composer", "list")
+    assert after.returncode == 0 and "MSA" not in after.stdout and "msa_caformer_s18" not in after.stdout
+    assert installed.run("composer", "build", "caformer_s18").returncode == 0

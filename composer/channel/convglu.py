@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import PositiveFloat
 
 from ..cost_types import Cost, conv_cost, linear_cost
+from ..facts import DW_KERNEL
 from ..fields import Probability
 from ..layout import Layout
 from ..perstage import StageValues, per_stage
-from .mlp import CHANNEL_MIXERS, ChannelConfig
+from ..registry import register_channel_mixer
+from .mlp import ChannelConfig
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
 
-DW_KERNEL = 3
 
-
+@register_channel_mixer
 class ConvGLUConfig(ChannelConfig):
     type: Literal["conv_glu"] = "conv_glu"
     ratio: per_stage(PositiveFloat) = 4.0  # type: ignore[valid-type]
@@ -45,5 +46,3 @@ class ConvGLUConfig(ChannelConfig):
         from ..nn.channel.convglu import ConvGLU
         return ConvGLU(dim, self.hidden(dim), self.act, self.drop, layout)
 
-
-CHANNEL_MIXERS["conv_glu"] = ConvGLUConfig

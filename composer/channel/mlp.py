@@ -10,6 +10,7 @@ from ..cost_types import ACTIVATION_PARAMS, Cost, linear_cost
 from ..fields import Probability
 from ..layout import Layout
 from ..perstage import StageValues, per_stage
+from ..registry import CHANNEL_MIXERS, register_channel_mixer  # noqa: F401  (CHANNEL_MIXERS: re-exported)
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
@@ -31,9 +32,7 @@ class ChannelConfig(BaseModel):
         raise NotImplementedError
 
 
-CHANNEL_MIXERS: dict[str, type[ChannelConfig]] = {}
-
-
+@register_channel_mixer
 class MlpConfig(ChannelConfig):
     type: Literal["mlp"] = "mlp"
     ratio: per_stage(PositiveFloat) = 4.0  # type: ignore[valid-type]  # e.g. PVT's [8, 8, 4, 4]
@@ -56,5 +55,3 @@ class MlpConfig(ChannelConfig):
         from ..nn.channel.mlp import Mlp
         return Mlp(dim, self.hidden(dim), self.act, self.bias, self.drop, layout)
 
-
-CHANNEL_MIXERS["mlp"] = MlpConfig

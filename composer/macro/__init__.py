@@ -1,11 +1,14 @@
-"""Macro families: stems, downsampling, blocks and heads. ``MACROS`` maps a spec's ``macro`` to one."""
+"""Macro families: stems, downsampling, blocks and heads. ``MACROS`` (:mod:`composer.registry`) maps a spec's
+``macro`` to one."""
 
+from ..registry import MACROS, register_macro
 from .base import Macro, Part
 from .hornet import HorNetMacro
 from .metaformer import MetaFormerMacro
 from .pvt import PvtMacro
 from .unified import UnifiedMacro
 
-MACROS: dict[str, Macro] = {m.name: m for m in (MetaFormerMacro(), HorNetMacro(), PvtMacro(), UnifiedMacro())}
+for _macro in (MetaFormerMacro, HorNetMacro, PvtMacro, UnifiedMacro):
+    register_macro(_macro)
 
-__all__ = ["MACROS", "Macro", "Part"]
+__all__ = ["MACROS", "Macro", "Part", "register_macro"]

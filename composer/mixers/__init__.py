@@ -1,6 +1,10 @@
-"""Token mixers: one module per family, each with its nn.Module, config model and cost formula.
+"""Token mixers: one module per family, each with its config model and cost formula (the nn.Modules live in
+``composer/nn/mixers``).
 
-Importing this package registers every mixer type and layout symbol.
+Importing this package registers every built-in mixer type and layout symbol in :data:`MIXERS` and
+:data:`SYMBOLS` (:mod:`composer.registry`). Plugins use the same public API::
+
+    from composer.mixers import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 """
 
 from . import (  # noqa: F401  (registration side effects)
@@ -21,14 +25,16 @@ from . import (  # noqa: F401  (registration side effects)
 from .base import (
     MIXERS,
     SYMBOLS,
+    AttentionHeads,
     MixerCheckError,
     MixerConfig,
     MixerContext,
+    Symbol,
     register_mixer,
     register_symbol,
     resolve_symbol,
     symbol_names,
 )
 
-__all__ = ["MIXERS", "SYMBOLS", "MixerCheckError", "MixerConfig", "MixerContext", "register_mixer",
-           "register_symbol", "resolve_symbol", "symbol_names"]
+__all__ = ["MIXERS", "SYMBOLS", "AttentionHeads", "MixerCheckError", "MixerConfig", "MixerContext", "Symbol",
+           "register_mixer", "register_symbol", "resolve_symbol", "symbol_names"]

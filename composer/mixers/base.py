@@ -21,13 +21,15 @@ input resolution, stage and block index, macro. ``check(ctx)`` rejects a config 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ..cost_types import Cost
 from ..layout import Layout
+from ..registry import MIXERS, SYMBOLS, RegistryError, Symbol, register_symbol
+from ..registry import register_mixer as _register_mixer
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
@@ -87,16 +89,31 @@ class MixerConfig(BaseModel):
     cost_formula: ClassVar[str] = ""
     """The closed form of ``cost`` in words/symbols for the docs catalogue (N tokens, C channels, ...)."""
     cost_depends_on_block: ClassVar[bool] = False
+    """Set when ``cost`` reads ``ctx.block`` (e.g. a position embedding only in a stage's first block);
+    otherwise plans reuse one block's cost for every equal block."""
+    torchscript: ClassVar[bool] = True
+    """The module compiles with ``torch.jit.script`` (timm's convention; ``composer check-mixer`` tests the claim)."""
+    fx: ClassVar[bool] = True
+    """The module traces with torch.fx (timm's FX feature extraction; leaves registered with
+    ``timm.layers.register_notrace_module`` count as traceable). ``composer check-mixer`` tests the claim."""
+
+    fixed_input_size: ClassVar[str] = ""
+    """Why the module runs only at the input size it was compiled at (a table or filter sized to the map);
+    empty when any size works. A model with such a mixer says ``fixed_input_size=True`` in its timm cfg."""
+
     def buffer_bytes(self, ctx: MixerContext) -> int:
         """Bytes of the non-parameter tensors the module allocates at ``ctx`` (index tables, masks) and the
         largest per-forward table it materialises; composer refuses to build what cannot fit in memory."""
         return 0
 
-    fixed_input_size: ClassVar[str] = ""
-    """Why the module runs only at the input size it was compiled at (a table or filter sized to the map);
-    empty when any size works. A model with such a mixer says ``fixed_input_size=True`` in its timm cfg."""
-    """Set when ``cost`` reads ``ctx.block`` (e.g. a position embedding only in a stage's first block);
-    otherwise plans reuse one block's cost for every equal block."""
+    def latency_key(self, ctx: MixerContext) -> dict:
+        """What of ``ctx`` besides the shape and this config decides the module's speed (composer.latency keys
+        its timings by it): the stage and resolution conventions, and the block index when the cost reads it.
+        A mixer whose module depends on more of ctx (Swin's shift in odd blocks) adds it."""
+        key = {"stage": ctx.stage, "num_stages": ctx.num_stages, "input_size": ctx.input_size}
+        if self.cost_depends_on_block:
+            key["block"] = ctx.block
+        return key
 
     def check(self, ctx: MixerContext) -> None:
         """Raise :class:`MixerCheckError` if this config cannot be used at ``ctx``."""
@@ -129,35 +146,16 @@ class AttentionHeads:
                                   "num_heads")
 
 
-MIXERS: dict[str, type[MixerConfig]] = {}
-
-
 def register_mixer(cls: type[MixerConfig]) -> type[MixerConfig]:
-    type_name = cls.model_fields["type"].default
-    if not isinstance(type_name, str):
-        raise TypeError(f"{cls.__name__}.type needs a string default (the discriminator value)")
-    if type_name in MIXERS and MIXERS[type_name] is not cls:
-        raise ValueError(f"mixer type {type_name!r} registered twice")
-    MIXERS[type_name] = cls
-    return cls
-
-
-@dataclass(frozen=True)
-class Symbol:
-    """A layout symbol: shorthand for a mixer type plus default parameters, possibly per macro."""
-
-    name: str
-    type: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    macro: str | None = None  # None: every macro without a macro-specific entry
-    doc: str = ""
-
-
-SYMBOLS: dict[str, dict[str | None, Symbol]] = {}
-
-
-def register_symbol(name: str, type_name: str, *, macro: str | None = None, doc: str = "", **defaults) -> None:
-    SYMBOLS.setdefault(name, {})[macro] = Symbol(name, type_name, defaults, macro, doc)
+    """Class decorator: register a mixer config under its ``type`` (:data:`composer.registry.MIXERS`). The
+    config must subclass :class:`MixerConfig` and define ``cost`` and ``build``."""
+    if not (isinstance(cls, type) and issubclass(cls, MixerConfig)):
+        raise RegistryError(f"register_mixer takes a MixerConfig subclass, got {cls!r}")
+    missing = [m for m in ("cost", "build") if getattr(cls, m) is getattr(MixerConfig, m)]
+    if missing:
+        raise RegistryError(f"{cls.__name__} must define {' and '.join(f'{m}(ctx)' for m in missing)}: the "
+                            "exact params / MACs at ctx, and the nn.Module")
+    return _register_mixer(cls)
 
 
 def resolve_symbol(name: str, macro: str) -> Symbol | None:
@@ -169,3 +167,7 @@ def resolve_symbol(name: str, macro: str) -> Symbol | None:
 
 def symbol_names(macro: str | None = None) -> list[str]:
     return sorted(n for n, e in SYMBOLS.items() if macro is None or macro in e or None in e)
+
+
+__all__ = ["MIXERS", "SYMBOLS", "AttentionHeads", "MixerCheckError", "MixerConfig", "MixerContext", "Symbol",
+           "register_mixer", "register_symbol", "resolve_symbol", "symbol_names"]

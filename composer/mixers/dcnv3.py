@@ -38,12 +38,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..cost_types import Cost, conv_cost, linear_cost
+from ..facts import Init
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
-
-Init = Literal["internimage", "stm"]
 
 
 @register_mixer

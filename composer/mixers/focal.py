@@ -25,8 +25,6 @@ from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, re
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
 
-POST_NORM_EPS = 1e-5  # nn.LayerNorm's default in the official code; timm's FocalNet passes eps=1e-5 too
-
 
 def focal_kernel_sizes(focal_level: int, focal_window: int, focal_factor: int) -> list[int]:
     """The depthwise kernel of every focal level: focal_window, focal_window + factor, ..."""

@@ -25,17 +25,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PositiveInt
 
 from ..cost_types import Cost, conv_cost, fft_cost, linear_cost
+from ..facts import GF_LOCAL_KERNEL, gnconv_dims
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
-
-GF_LOCAL_KERNEL = 3
-
-
-def gnconv_dims(dim: int, order: int) -> list[int]:
-    """The widths d_0..d_{n-1} of the recursive gating, ascending (the official ``dims``)."""
-    return [dim // 2 ** (order - 1 - k) for k in range(order)]
 
 
 @register_mixer

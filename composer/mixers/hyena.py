@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import PositiveInt
 
 from ..cost_types import Cost, conv_cost, fft_cost, linear_cost
+from ..facts import fft_conv1d_size
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
@@ -32,13 +33,8 @@ if TYPE_CHECKING:  # annotations only: importing this module must not import tor
 FilterSize = PositiveInt | Literal["auto"] | None
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # FFT long convolutions
-
-
-def fft_conv1d_size(seq_len: int) -> int:
-    return 2 * seq_len
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,15 +18,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..cost_types import Cost, conv_cost
+from ..facts import branch_channels
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
-
-
-def branch_channels(dim: int, branch_ratio: float) -> int:
-    """Channels of each conv branch, rounded down as the reference does."""
-    return int(dim * branch_ratio)
 
 
 @register_mixer

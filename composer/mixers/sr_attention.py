@@ -35,8 +35,6 @@ from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, re
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
 
-SR_NORM_EPS = 1e-5  # nn.LayerNorm's default, what PVT and STM-Evaluation use on the reduced tokens
-
 
 @register_mixer
 class SRAttentionConfig(AttentionHeads, MixerConfig):

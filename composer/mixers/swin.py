@@ -38,8 +38,6 @@ from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, re
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
 
-SHIFT_MASK_VALUE = -100.0  # the official additive mask between tokens of different regions (not -inf)
-
 
 def _padded(size: int, window: int) -> int:
     return -(-size // window) * window
@@ -72,6 +70,9 @@ class WindowAttentionConfig(AttentionHeads, MixerConfig):
         if min(ctx.height, ctx.width) <= self.window_size or ctx.block % 2 == 0:
             return 0
         return self.window_size // 2 if self.shift_size is None else self.shift_size
+
+    def latency_key(self, ctx: MixerContext) -> dict:
+        return {**super().latency_key(ctx), "shift": self.shift(ctx)}  # odd blocks roll the map and mask
 
     def check(self, ctx: MixerContext) -> None:
         self.check_heads(ctx)

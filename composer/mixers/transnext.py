@@ -39,53 +39,17 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PositiveInt
 
 from ..cost_types import Cost, linear_cost
+from ..facts import CPB_HIDDEN, axis_offsets
 from ..fields import Probability
 from .base import AttentionHeads, MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
-    import numpy as np
     from torch import nn
-
-CPB_HIDDEN = 512
-TEMPERATURE_INIT = 1 / 0.24  # softplus(temperature) at init
-
-
-def _pool_centres(n: int, p: int) -> np.ndarray:
-    """Twice the centre of each cell of a 1-D adaptive average pool of 0..n-1 to p cells (integers)."""
-    import numpy as np  # the tables only; importing the config stays light
-
-    starts = np.array([(i * n) // p for i in range(p)])
-    ends = np.array([-((-(i + 1) * n) // p) for i in range(p)])
-    return starts + ends - 1
-
-
-def _axis_offsets(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique doubled offsets (query - pooled key) along one axis, and each (query, key) pair's index."""
-    import numpy as np  # the tables only; importing the config stays light
-
-    doubled = 2 * np.arange(n)[:, None] - _pool_centres(n, p)[None, :]
-    unique, inverse = np.unique(doubled, return_inverse=True)
-    return unique, inverse.reshape(n, p)
 
 
 def cpb_table_size(height: int, width: int, pool_h: int, pool_w: int) -> int:
     """U: the number of distinct (dh, dw) offsets between an H x W query grid and its Hp x Wp pooled grid."""
-    return len(_axis_offsets(height, pool_h)[0]) * len(_axis_offsets(width, pool_w)[0])
-
-
-def _window_tables(height: int, width: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(padding mask (N, k²) bool: True where the window position falls in the padding, valid counts (N,))."""
-    import numpy as np  # the tables only; importing the config stays light
-
-    r = window // 2
-    offsets = np.arange(window) - r
-    rows = np.arange(height)[:, None] + offsets[None, :]  # (H, k)
-    cols = np.arange(width)[:, None] + offsets[None, :]  # (W, k)
-    row_ok = (rows >= 0) & (rows < height)
-    col_ok = (cols >= 0) & (cols < width)
-    valid = row_ok[:, None, :, None] & col_ok[None, :, None, :]  # (H, W, k, k), row-major offsets as unfold
-    valid = valid.reshape(height * width, window * window)
-    return ~valid, valid.sum(-1)
+    return len(axis_offsets(height, pool_h)[0]) * len(axis_offsets(width, pool_w)[0])
 
 
 class _TransNeXtCommon(AttentionHeads, MixerConfig):

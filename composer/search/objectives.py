@@ -8,6 +8,9 @@
 * ``train``: validation accuracy after a short training run (digits from scikit-learn, or an ImageFolder).
 * ``macs``, ``params`` (GMACs and M params from the Plan, minimised), ``latency`` (measured ms per image at
   the proxy resolution on this machine, minimised): partners for a multi-objective (Pareto) search.
+* anything else: ``function(model, spec, reporter) -> float`` (:class:`Reporter`), registered by a plugin
+  (entry-point group ``composer.objectives``), by ``composer.registry.register_objective`` or given as
+  ``--objective module:function``. The names and directions live in ``composer.search.results``.
 """
 
 from __future__ import annotations
@@ -22,25 +25,7 @@ from torch.nn import functional as F
 
 from ..nn.layers import ACTIVATIONS
 
-MAXIMIZE = {"proxy": True, "naswot": True, "gradnorm": True, "train": True, "macs": False, "params": False,
-            "latency": False}
-SCORE_OBJECTIVES = ("proxy", "naswot", "gradnorm")
 _ACT_TYPES = tuple({cls for cls in ACTIVATIONS.values() if isinstance(cls, type)} | {nn.ReLU, nn.GELU, nn.SiLU})
-
-
-def parse_objectives(text: str) -> list[str]:
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not names:
-        raise ValueError("give an objective: proxy, naswot, gradnorm, train, or several joined by commas "
-                         "(e.g. proxy,macs)")
-    for name in names:
-        if name not in MAXIMIZE:
-            raise ValueError(f"unknown objective {name!r}; allowed: {', '.join(MAXIMIZE)} (join several with commas)")
-    if len(set(names)) != len(names):
-        raise ValueError(f"objective {text!r} repeats a name")
-    if "train" in names and any(n in SCORE_OBJECTIVES for n in names):
-        raise ValueError("combine train with macs, params or latency, not with a proxy score")
-    return names
 
 
 def _minibatch(batch: int, size: int, in_chans: int, num_classes: int, seed: int):
@@ -95,6 +80,34 @@ def measure_latency(model: nn.Module, size: int, in_chans: int, repeats: int = 3
             model(x)
             times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
+
+
+class Reporter:
+    """What a user objective gets besides the model and its spec: ``report(value, step)`` records an
+    intermediate value (Optuna's pruner reads it and may stop the trial: :class:`optuna.TrialPruned` is raised
+    out of ``report``; let it propagate), ``set(key, value)`` records a user attribute of the trial."""
+
+    def __init__(self, trial, prune: bool):
+        self.trial = trial
+        self._prune = prune  # Optuna's pruners work on single-objective studies only
+
+    @property
+    def number(self) -> int:
+        """The trial's number in the study."""
+        return self.trial.number
+
+    def report(self, value: float, step: int) -> None:
+        import optuna
+
+        value = float(value)
+        self.trial.set_user_attr(f"value_step{int(step)}", value)
+        if self._prune:
+            self.trial.report(value, int(step))
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
+
+    def set(self, key: str, value) -> None:
+        self.trial.set_user_attr(str(key), value)
 
 
 # -- training ------------------------------------------------------------------------------------------------

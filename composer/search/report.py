@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from ..spec import dump_spec, load_spec
 from ..spec.units import format_count
-from .study import Settings, best_trial, pareto_front, trials_table
+from .results import Settings, best_trial, maximize, pareto_front, trials_table
 
 
 def _write_spec(trial, path: Path, settings: Settings, space) -> Path:
@@ -45,7 +45,7 @@ def plot(study: optuna.Study, settings: Settings, path: Path, front) -> None:
     feasible = [t for t in done if t.user_attrs.get("feasible")]
     if len(settings.objectives) == 1:
         name = settings.objectives[0]
-        sign = 1 if name not in ("macs", "params", "latency") else -1
+        sign = 1 if maximize(name) else -1
         ax.scatter([t.number for t in feasible], [t.value for t in feasible], s=16, label="feasible trial")
         xs, ys, best = [], [], None
         for t in sorted(feasible, key=lambda t: t.number):
@@ -102,6 +102,15 @@ def _keep_earlier(path: Path, rows: int) -> None:
         path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"))
 
 
+def _failed(trials, counts) -> str:
+    """``3 failed``, or ``3 failed (2 in the objective: ValueError: ...)`` when a user objective raised."""
+    raised = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("objective_error")]
+    text = f"{counts[TrialState.FAIL]} failed"
+    if raised:
+        text += f" ({len(raised)} in the objective; trial {raised[0].number}: {raised[0].user_attrs.get('error')})"
+    return text
+
+
 def write_report(study: optuna.Study, settings: Settings, run_dir: Path, space) -> tuple[list[Path], str]:
     run_dir = Path(run_dir)
     _keep_earlier(run_dir / "trials.csv", len(study.get_trials(deepcopy=False)))
@@ -117,7 +126,7 @@ def write_report(study: optuna.Study, settings: Settings, run_dir: Path, space) 
     if len(settings.objectives) == 1:
         best = best_trial(study, settings)
         ranked = sorted((t for t in feasible if t.state == TrialState.COMPLETE), key=lambda t: t.value,
-                        reverse=settings.objectives[0] not in ("macs", "params", "latency"))
+                        reverse=maximize(settings.objectives[0]))
         shown = ranked[:5]
         if best is not None:
             specs.append(_write_spec(best, run_dir / "best.yaml", settings, space))
@@ -135,7 +144,7 @@ def write_report(study: optuna.Study, settings: Settings, run_dir: Path, space) 
         plot(study, settings, run_dir / ("pareto.png" if front else "history.png"), front)
     head = " ".join(f"{n:>10}" for n in settings.objectives)
     lines = [f"study {study.study_name}: {len(finished)} finished trials ({counts[TrialState.COMPLETE]} complete, "
-             f"{counts[TrialState.PRUNED]} pruned), {counts[TrialState.FAIL]} failed, "
+             f"{counts[TrialState.PRUNED]} pruned), {_failed(trials, counts)}, "
              f"{counts[TrialState.RUNNING]} running; {len(feasible)} feasible, {len(built)} models built, "
              f"{len(over)} over-budget models built",
              f"{'trial':>5} {head} {'GMACs':>7} {'Mparams':>8} {'slack':>7}  {'layout':<24} depths"]

@@ -12,10 +12,10 @@ pruned) trials, whichever process finished them.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,38 +29,26 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from ..registry import OBJECTIVES
 from ..spec import SpecError
 from ..spec.errors import Problem
 from ..spec.units import format_count
-from .objectives import MAXIMIZE, SCORE_OBJECTIVES, load_dataset, parse_objectives
+from .objectives import load_dataset
+from .results import (
+    FINISHED,
+    SCORE_OBJECTIVES,
+    Settings,
+    best_trial,
+    callable_name,
+    feasible_trials,
+    is_builtin,
+    maximize,
+    parse_objectives,
+    register_callable,
+)
 from .space import SearchSpace, load_space, optuna_suggest
 
 PENALTY = 1e9          # the value an infeasible or invalid sample gets (-PENALTY when maximising)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-@dataclass
-class Settings:
-    objectives: list[str]
-    budget_macs: int
-    budget_params: int | None
-    trials: int
-    seed: int = 0
-    proxy_size: int = 64
-    proxy_batch: int = 16
-    data: str = "digits"
-    epochs: int = 3
-    dedupe: bool = True
-    train_size: int | None = None
-    """--objective train: the resolution models are compiled and trained at (None: the spec's input_size)."""
-
-    def study_attrs(self) -> dict:
-        attrs = {"objectives": ",".join(self.objectives), "budget_macs": self.budget_macs,
-                 "budget_params": self.budget_params, "proxy_size": self.proxy_size,
-                 "proxy_batch": self.proxy_batch, "data": self.data, "epochs": self.epochs}
-        if "train" in self.objectives:  # only then: proxy studies of earlier versions continue unchanged
-            attrs["train_size"] = self.train_size
-        return attrs
 
 
 @dataclass
@@ -72,9 +60,45 @@ class Counters:
     invalid: int = 0
     built: int = 0
     over_budget_built: int = 0
+    objective_failed: int = 0
     reused: int = 0
     check_seconds: float = 0.0
     build_seconds: list[float] = field(default_factory=list)
+
+
+class ObjectiveFailed(Exception):
+    """A user objective raised: the trial fails (Optuna's FAIL state) and the search goes on."""
+
+
+class _QuietObjectiveFailures(logging.Filter):
+    """Optuna logs a failed trial in two warnings, the first with its traceback; for a user objective's error
+    composer has said it in one line already."""
+
+    def __init__(self):
+        super().__init__()
+        self._quiet: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        number = text.split(" ", 2)[1] if text.startswith("Trial ") else None
+        if "following error: ObjectiveFailed(" in text:
+            self._quiet.add(number)
+            return False
+        if number in self._quiet and "failed with value" in text:
+            self._quiet.discard(number)
+            return False
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietObjectiveFailures())
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at file:line)``: the innermost frame of the traceback, where the user's code raised."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb is not None else ""
 
 
 _SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")   # optuna >= 5: constraints_func is deprecated
@@ -258,7 +282,7 @@ class Searcher:
             if twin is not None:
                 c.reused += 1
                 trial.set_user_attr("reused_from", twin.number)
-                for key in ("naswot", "gradnorm", "latency_ms", "accuracy"):
+                for key in ("naswot", "gradnorm", "latency_ms", "accuracy", "objective_value"):
                     if key in twin.user_attrs:
                         trial.set_user_attr(key, twin.user_attrs[key])
                 return twin.values[0] if len(twin.values) == 1 else list(twin.values)
@@ -278,7 +302,7 @@ class Searcher:
             elif name == "params" and est is not None:
                 values.append(est.params / 1e6)
             else:
-                values.append(-PENALTY if MAXIMIZE[name] else PENALTY)
+                values.append(-PENALTY if maximize(name) else PENALTY)
         return values[0] if len(values) == 1 else values
 
     def _build(self, data: dict, check) -> Any:
@@ -322,6 +346,9 @@ class Searcher:
 
             results["train"] = train_and_validate(model, self.dataset.at_size(size), s.epochs, s.seed, report)
             trial.set_user_attr("accuracy", results["train"])
+        user = [n for n in s.objectives if not is_builtin(n)]
+        if user:
+            results[user[0]] = self._user_objective(trial, user[0], self._build(check.data, check), spec)
         needs_proxy = any(n in SCORE_OBJECTIVES or n == "latency" for n in s.objectives)
         if needs_proxy:
             from .objectives import measure_latency, proxy_scores
@@ -350,6 +377,35 @@ class Searcher:
         values = [results[n] for n in s.objectives]
         return values[0] if len(values) == 1 else values
 
+    def _user_objective(self, trial: optuna.Trial, name: str, model, spec) -> float:
+        """A plugin's or the user's ``function(model, spec, reporter)``. Whatever it raises (but a prune) fails
+        this trial only: the message is recorded (user attribute ``error``) and logged in one line, and the
+        search goes on."""
+        from .objectives import Reporter
+
+        objective = OBJECTIVES[name]
+        reporter = Reporter(trial, prune=len(self.settings.objectives) == 1)
+        try:
+            value = objective.function(model, spec, reporter)
+            value = float(value)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # the user's code: its error is the trial's, not the search's
+            message = f"{type(exc).__name__}: {exc}{_where(exc)}"
+            self._fail(trial, name, message)
+            raise ObjectiveFailed(message) from None
+        if not math.isfinite(value):
+            self._fail(trial, name, f"returned {value!r}, not a finite number")
+            raise ObjectiveFailed(f"returned {value!r}")
+        trial.set_user_attr("objective_value", value)
+        return value
+
+    def _fail(self, trial, name: str, message: str) -> None:
+        self.counters.objective_failed += 1
+        trial.set_user_attr("error", message)
+        trial.set_user_attr("objective_error", True)
+        self.log(f"trial {trial.number} failed in objective {name}: {message}; the search goes on")
+
     def _at_train_size(self, check, spec) -> tuple[dict, int]:
         """The sample compiled at ``--train-size`` (budgets were checked at the spec's own input_size); an
         architecture that does not fit that size (a map too small for its mixers) doubles it until it does."""
@@ -367,13 +423,15 @@ class Searcher:
         out = {state.name: 0 for state in TrialState}
         for t in trials:
             out[t.state.name] += 1
-        out["finished"] = out["COMPLETE"] + out["PRUNED"]
+        # a trial whose objective raised is done too: the same architecture would raise again
+        out["finished"] = out["COMPLETE"] + out["PRUNED"] + sum(
+            1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("objective_error"))
         out["feasible"] = sum(1 for t in trials if t.state in FINISHED and t.user_attrs.get("feasible"))
         return out
 
     def best_text(self) -> str:
         if len(self.settings.objectives) > 1:
-            front = [t for t in _feasible(self.study) if t.state == TrialState.COMPLETE]
+            front = [t for t in feasible_trials(self.study) if t.state == TrialState.COMPLETE]
             return f"{len(front)} feasible"
         best = best_trial(self.study, self.settings)
         return "-" if best is None else f"{best.value:.4g} (#{best.number})"
@@ -421,36 +479,11 @@ class Searcher:
                     optuna.storages.fail_stale_trials(self.study)
                     time.sleep(poll)
                     continue
-                self.study.optimize(self.objective, n_trials=1, callbacks=[update], gc_after_trial=False)
+                self.study.optimize(self.objective, n_trials=1, callbacks=[update], gc_after_trial=False,
+                                    catch=(ObjectiveFailed,))
         finally:
             if bar is not None:
                 bar.close()
-
-
-def _feasible(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible") and t.user_attrs.get("built", "reused_from" in t.user_attrs)]
-
-
-def best_trial(study: optuna.Study, settings: Settings):
-    trials = _feasible(study)
-    if not trials:
-        return None
-    sign = 1 if MAXIMIZE[settings.objectives[0]] else -1
-    return max(trials, key=lambda t: sign * t.value)
-
-
-def pareto_front(study: optuna.Study, settings: Settings) -> list[optuna.trial.FrozenTrial]:
-    trials = _feasible(study)
-    signs = [1 if MAXIMIZE[n] else -1 for n in settings.objectives]
-
-    def dominates(a, b) -> bool:
-        av = [s * v for s, v in zip(signs, a.values)]
-        bv = [s * v for s, v in zip(signs, b.values)]
-        return all(x >= y for x, y in zip(av, bv)) and any(x > y for x, y in zip(av, bv))
-
-    front = [t for t in trials if not any(dominates(o, t) for o in trials)]
-    return sorted(front, key=lambda t: t.values[0], reverse=signs[0] > 0)
 
 
 def _sampler(settings: Settings, seed: int):
@@ -474,7 +507,8 @@ class SearchResult:
 
 
 def _slug(objectives: list[str]) -> str:
-    return "-".join(objectives)
+    """The objectives as a folder / study name: ``my_pkg.evals:accuracy`` -> ``my_pkg.evals_accuracy``."""
+    return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", n) for n in objectives)
 
 
 def run(space, *, budget: str | int | None = None, max_params: str | int | None = None, trials: int = 20,
@@ -482,8 +516,12 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         study_name: str | None = None, workers: int = 1, data: str = "digits", epochs: int = 3,
         proxy_size: int = 64, proxy_batch: int = 16, heartbeat: float = 5.0, progress: bool = True,
         report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None,
-        train_size: int | None = None) -> SearchResult:
-    """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written."""
+        train_size: int | None = None, direction: str | None = None) -> SearchResult:
+    """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written.
+
+    ``objective``: a name (``proxy``, ``train``, a plugin's, ``module:function``; several joined by commas for a
+    Pareto search) or a function ``f(model, spec, reporter) -> float`` (see ``composer.search.objectives.Reporter``),
+    whose direction is ``direction`` or ``f.direction``."""
     t_start = time.perf_counter()
     if not (isinstance(heartbeat, (int, float)) and math.isfinite(heartbeat) and 0.1 <= heartbeat <= 86400):
         raise SpecError(Problem(f"--heartbeat must be a number of seconds between 0.1 and 86400, got {heartbeat!r}",
@@ -492,9 +530,23 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     logging.getLogger("optuna").setLevel(logging.WARNING)
     space = load_space(space)
     try:
-        objectives = parse_objectives(objective or space.objective or "proxy")
+        if callable(objective):
+            name = callable_name(objective)
+            if workers > 1 and ("<" in name or name.startswith("__main__:")):
+                raise ValueError(f"objective {name}: --workers > 1 start processes that import the objective; "
+                                 "give a function defined at the top level of an importable module")
+            register_callable(name, objective, direction)
+            objective = name
+        if objective is not None:
+            objectives = parse_objectives(objective, direction)
+        else:
+            objectives = parse_objectives(space.objective or "proxy", direction, from_file=True)
     except ValueError as exc:
-        raise SpecError(Problem(str(exc), ("objective",))) from None
+        if objective is not None:  # the command line's (or the caller's)
+            flag = "" if str(exc).startswith("--objective") else "--objective: "
+            raise SpecError(Problem(flag + str(exc), ())) from None
+        file, line = space.locations.find(("objective",))
+        raise SpecError(Problem(str(exc), ("objective",), file or space.file, line)) from None
     macs = _count(budget, "--budget") if budget is not None else space.budget_macs
     params = _count(max_params, "--max-params") if max_params is not None else space.budget_params
     if macs is None:
@@ -530,7 +582,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     storage_url = storage or f"sqlite:///{(run_path / 'study.db').resolve()}"
     study_name = study_name or f"{space.name}-{_slug(objectives)}"
     store = open_storage(storage_url, heartbeat)
-    directions = ["maximize" if MAXIMIZE[n] else "minimize" for n in objectives]
+    directions = ["maximize" if maximize(n) else "minimize" for n in objectives]
     study = optuna.create_study(storage=store, study_name=study_name, directions=directions, load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     attrs = settings.study_attrs()
@@ -612,22 +664,3 @@ def _count(value, flag: str) -> int:
         return positive_budget(value, "MAC" if flag == "--budget" else "parameter")
     except ValueError as exc:
         raise SpecError(Problem(f"{flag}: {exc}", ())) from None
-
-
-def trials_table(study: optuna.Study) -> list[dict]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        row = {"number": t.number, "state": t.state.name}
-        if t.values is not None:
-            for i, v in enumerate(t.values):
-                row[f"value_{i}" if len(t.values) > 1 else "value"] = v
-        for key in ("feasible", "macs", "params", "fft_macs", "slack_macs", "slack_params", "naswot", "gradnorm",
-                    "accuracy", "latency_ms", "seconds", "proxy_size", "train_size", "reused_from", "worker", "error"):
-            if key in t.user_attrs:
-                row[key] = t.user_attrs[key]
-        row.update({f"param:{k}": v for k, v in t.params.items()})
-        if "spec" in t.user_attrs:
-            row["layout"] = t.user_attrs["spec"].get("layout")
-            row["depths"] = json.dumps(t.user_attrs["spec"].get("depths"))
-        rows.append(row)
-    return rows

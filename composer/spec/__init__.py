@@ -67,7 +67,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_TAGS = set(MIXERS) | set(CHANNEL_MIXERS)
 _ABSENT = object()  # a place the spec data does not have (unlike an explicit null)
 
 
@@ -75,7 +74,7 @@ def _clean_loc(loc: tuple, data: Any) -> tuple:
     """Drop the discriminator tags pydantic inserts into error locations of tagged unions."""
     path, node = [], data
     for part in loc:
-        if isinstance(node, Mapping) and part not in node and part in _TAGS:
+        if isinstance(node, Mapping) and part not in node and (part in MIXERS or part in CHANNEL_MIXERS):
             continue
         if isinstance(part, str) and node is not _ABSENT and not isinstance(node, Mapping):
             continue  # a union member's label (``str``, ``list[str]``), not a place in the spec

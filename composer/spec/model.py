@@ -4,12 +4,14 @@ place on a YAML line."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     NonNegativeInt,
     PositiveInt,
     PrivateAttr,
@@ -21,6 +23,7 @@ from ..macro import MACROS
 from ..mixers import MIXERS, resolve_symbol, symbol_names
 from ..parts import HeadConfig, NormConfig
 from ..perstage import StageValues, per_stage, per_stage_model, stage_count_problem
+from ..registry import REGISTRIES, load_plugins
 from .errors import Problem
 
 
@@ -37,9 +40,21 @@ MAX_STAGES = 16
 MAX_STAGE_DEPTH = 1000
 StageDepth = Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH)]
 
-MixerOverride = _union([per_stage_model(cls) for cls in MIXERS.values()])
-ChannelMixer = _union(list(CHANNEL_MIXERS.values()))
-MacroName = Literal[tuple(MACROS)]  # type: ignore[valid-type]
+def _from_registry(make: Callable[[], Any], name: str) -> type:
+    """A pydantic type whose schema is made from the registries when the model is built, so a model rebuilt
+    after a registration (:func:`_rebuild`) knows the new mixer types, channel mixers and macros."""
+
+    def schema(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return handler.generate_schema(make())
+
+    return type(name, (), {"__get_pydantic_core_schema__": classmethod(schema)})
+
+
+load_plugins()  # after composer's own registrations, before the schema is made from them
+
+MixerOverride = _from_registry(lambda: _union([per_stage_model(cls) for cls in MIXERS.values()]), "MixerOverride")
+ChannelMixer = _from_registry(lambda: _union(list(CHANNEL_MIXERS.values())), "ChannelMixer")
+MacroName = _from_registry(lambda: Literal[tuple(MACROS)], "MacroName")
 Layout = Union[str, list[Union[str, list[str]]]]
 
 
@@ -123,6 +138,15 @@ class Spec(BaseModel):
             return self.mixers[symbol].type
         known = resolve_symbol(symbol, self.macro)
         return known.type if known else None
+
+
+def _rebuild() -> None:
+    """A registration after the schema was made (a notebook, a script): make it again from the registries."""
+    Spec.model_rebuild(force=True)
+
+
+for _registry in REGISTRIES:
+    _registry.on_change(_rebuild)
 
 
 def parse_layout(layout: Layout) -> list[str | list[str]]:

@@ -7,6 +7,7 @@ found later (by pydantic, by the Plan) can be reported as ``specs/x.yaml:7: layo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -136,12 +137,22 @@ class _Walker:
         return items
 
 
+class SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-5`` / ``3E+2`` as floats: YAML 1.1 (PyYAML) needs a dot in the
+    mantissa and would hand composer the string ``'1e-5'``, while YAML 1.2, JSON and Python read a float."""
+
+
+SpecLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+
+
 def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, Locations]:
     """Parse YAML text into plain data plus the line of every key and list item."""
     locs = Locations(default_file=file)
     loader = None
     try:
-        loader = yaml.SafeLoader(text)  # checks the characters of the whole text: may raise a ReaderError
+        loader = SpecLoader(text)  # checks the characters of the whole text: may raise a ReaderError
         node = loader.get_single_node()
         data = None if node is None else _Walker(loader, file, locs).walk(node, ())
     except yaml.MarkedYAMLError as exc:
@@ -180,22 +191,29 @@ def shipped_folder(kind: str) -> FsPath | None:
     return checkout if checkout.is_dir() else None
 
 
-def _search_path(variable: str, kind: str) -> list[FsPath]:
+def _search_path(variable: str, kind: str, plugins) -> list[FsPath]:
+    from ..registry import load_plugins
+
+    load_plugins()
     dirs = [FsPath(p) for p in os.environ.get(variable, "").split(os.pathsep) if p]
     shipped = shipped_folder(kind)
-    return dirs + ([shipped] if shipped is not None else [])
+    return dirs + ([shipped] if shipped is not None else []) + [FsPath(f) for f in plugins.values()]
 
 
 def spec_search_path() -> list[FsPath]:
-    """Folders searched for preset names: ``$COMPOSER_SPECS_PATH`` (``os.pathsep``-separated), then the presets
-    that ship with composer."""
-    return _search_path("COMPOSER_SPECS_PATH", "specs")
+    """Folders searched for preset names: ``$COMPOSER_SPECS_PATH`` (``os.pathsep``-separated), the presets that
+    ship with composer, then plugins' preset folders (entry-point group ``composer.specs``)."""
+    from ..registry import PRESET_FOLDERS
+
+    return _search_path("COMPOSER_SPECS_PATH", "specs", PRESET_FOLDERS)
 
 
 def space_search_path() -> list[FsPath]:
-    """Folders searched for search-space names: ``$COMPOSER_SEARCH_PATH``, then the spaces that ship with
-    composer."""
-    return _search_path("COMPOSER_SEARCH_PATH", "search")
+    """Folders searched for search-space names: ``$COMPOSER_SEARCH_PATH``, the spaces that ship with composer,
+    then plugins' (entry-point group ``composer.search_spaces``)."""
+    from ..registry import SPACE_FOLDERS
+
+    return _search_path("COMPOSER_SEARCH_PATH", "search", SPACE_FOLDERS)
 
 
 def _names_in(folders: list[FsPath]) -> list[str]:

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ...channel.convglu import DW_KERNEL
+from ...facts import DW_KERNEL
 from ..layers import Layout, make_act, to_layout
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ...mixers.dcnv3 import Init
+from ...facts import Init
 
 
 class _ChannelsFirstLayerNorm(nn.Module):

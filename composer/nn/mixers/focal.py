@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ...mixers.focal import POST_NORM_EPS
+from ...facts import POST_NORM_EPS
 from ..layers import LayerNorm
 
 

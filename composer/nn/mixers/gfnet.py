@@ -1,9 +1,11 @@
 """The torch modules of composer.mixers.gfnet (configs and costs live there)."""
 
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
 
 
+@register_notrace_module  # FX: the compiled-size check is a shape-dependent branch
 class GlobalFilter(nn.Module):
     """FFT-domain global depthwise filter on (B, H, W, C); key ``complex_weight`` as the official one."""
 

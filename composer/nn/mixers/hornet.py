@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_
 from torch import nn
 
-from ...mixers.hornet import GF_LOCAL_KERNEL, gnconv_dims
+from ...facts import GF_LOCAL_KERNEL, gnconv_dims
 from ..layers import LayerNorm
 
 

@@ -6,7 +6,7 @@ import torch
 from timm.layers import register_notrace_module
 from torch import nn
 
-from ...mixers.hyena import fft_conv1d_size
+from ...facts import fft_conv1d_size
 
 _FAST_DECAY, _SLOW_DECAY, _TARGET = 0.3, 1.5, 1e-2  # the filters' decay window (official defaults)
 

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ...mixers.inception import branch_channels
+from ...facts import branch_channels
 
 
 class InceptionDWConv(nn.Module):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ...mixers.sr_attention import SR_NORM_EPS
+from ...facts import SR_NORM_EPS
 from ..layers import fx_tracing
 
 

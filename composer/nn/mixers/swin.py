@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_
 from torch import nn
 
-from ...mixers.swin import SHIFT_MASK_VALUE
+from ...facts import SHIFT_MASK_VALUE
 from ..layers import cached_table
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ...mixers.transnext import CPB_HIDDEN, TEMPERATURE_INIT, _axis_offsets, _window_tables
+from ...facts import CPB_HIDDEN, TEMPERATURE_INIT, axis_offsets, window_tables
 from ..layers import fx_tracing
 
 
@@ -20,8 +20,8 @@ def _default_device() -> torch.device:
 @lru_cache(maxsize=32)
 def _cpb_tables(height: int, width: int, pool_h: int, pool_w: int, pre_h: int, pre_w: int):
     """(index (N, P) int64, coordinates (U, 2) float32) of the log-CPB, ordered as ``torch.unique(dim=0)``."""
-    uh, ih = _axis_offsets(height, pool_h)
-    uw, iw = _axis_offsets(width, pool_w)
+    uh, ih = axis_offsets(height, pool_h)
+    uw, iw = axis_offsets(width, pool_w)
     index = (ih[:, None, :, None] * len(uw) + iw[None, :, None, :]).reshape(height * width, pool_h * pool_w)
     dh = torch.tensor(uh / 2, dtype=torch.float32, device="cpu") / (pre_h - 1) * 8
     dw = torch.tensor(uw / 2, dtype=torch.float32, device="cpu") / (pre_w - 1) * 8
@@ -87,7 +87,7 @@ class AggregatedAttention(_WithCPB):
         self.relative_pos_bias_local = nn.Parameter(torch.zeros(heads, self.local_len))
         self.learnable_tokens = nn.Parameter(torch.zeros(heads, self.head_dim, self.local_len))
         self.learnable_bias = nn.Parameter(torch.zeros(heads, 1, self.local_len))
-        mask, valid = _window_tables(height, width, window)
+        mask, valid = window_tables(height, width, window)
         device = _default_device()
         scale = np.log(valid.astype(np.float64) + self.pool_len).astype(np.float32)[:, None]
         self.register_buffer("padding_mask", torch.from_numpy(mask).to(device), persistent=False)

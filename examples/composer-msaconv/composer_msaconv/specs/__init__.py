@@ -1,0 +1,1 @@
+"""Preset specs of this plugin (a folder composer searches for preset names)."""
