@@ -71,12 +71,15 @@ def _caller_origin() -> str:
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module not in _HELPERS:
+            if module in _PLUGIN_MODULES:  # a plugin's module imported directly, before composer loaded it
+                return _PLUGIN_MODULES[module]
             return COMPOSER if module == "composer" or module.startswith("composer.") else module
         frame = frame.f_back
     return COMPOSER
 
 
 _HELPERS = {__name__, "composer.mixers.base", "composer.channel.mlp"}  # modules whose register_* wrap ours
+_PLUGIN_MODULES: dict[str, str] = {}  # module of an entry point -> its plugin's label
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -369,6 +372,7 @@ def load_plugins() -> list[Plugin]:
                 where = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "an unknown distribution"
                 plugin = Plugin(group, ep.name, ep.value, where)
                 PLUGINS.append(plugin)
+                _PLUGIN_MODULES.setdefault(ep.value.split(":")[0].strip(), plugin.label)
                 _load(plugin, ep.load)
     return PLUGINS
 
