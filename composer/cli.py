@@ -1,4 +1,5 @@
-"""``composer build | validate | list | search | schema | graph | profile``: the command line.
+"""``composer build | validate | list | search | sweep | latency | check-mixer | schema | graph | profile``: the
+command line.
 
 Every problem with user input ends with exit code 2 and a message naming file:line and field; no
 traceback. ``--debug`` shows tracebacks for bug reports. Start-up stays light: a command imports torch, timm,
@@ -122,8 +123,9 @@ def _cmd_search(args) -> int:
         print(f"no search space given: searching the default space {DEFAULT_SPACE} ({space_path(space)}); "
               "`composer list` shows the others", flush=True)
     for flag, value, low in (("--trials", args.trials, 1), ("--epochs", args.epochs, 1),
-                             ("--workers", args.workers, 1), ("--proxy-size", args.proxy_size, 1),
-                             ("--proxy-batch", args.proxy_batch, 1), ("--train-size", args.train_size, 1)):
+                             ("--batch-size", args.batch_size, 1), ("--workers", args.workers, 1),
+                             ("--proxy-size", args.proxy_size, 1), ("--proxy-batch", args.proxy_batch, 1),
+                             ("--train-size", args.train_size, 1)):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
     from .search import run
@@ -134,10 +136,37 @@ def _cmd_search(args) -> int:
                  study_name=args.study_name, workers=args.workers, data=args.data, epochs=args.epochs,
                  proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, heartbeat=args.heartbeat,
                  progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
-                 argv=argv, train_size=args.train_size, direction=args.direction)
+                 argv=argv, train_size=args.train_size, direction=args.direction, max_latency=args.max_latency,
+                 device=args.device, batch_size=args.batch_size, measure_latency=args.measure_latency)
     c = result.counters
     # a search whose objective raised on every trial it ran did not do what was asked
     return 0 if c.over_budget_built == 0 and not (c.objective_failed and c.objective_failed == c.built) else 1
+
+
+def _cmd_latency(args) -> int:
+    from .latency import measure, predictor
+
+    try:
+        p = predictor(args.device, args.batch_size, args.threads)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    prediction = p.predict(args.spec)
+    fp = prediction.fingerprint
+    print(f"{prediction.spec_name}: latency of one forward on {fp.describe()}")
+    rows = prediction.by_stage() if not prediction.members else [
+        (f"member {i} ({m.spec_name})", m.ms) for i, m in enumerate(prediction.members)]
+    total = prediction.ms
+    for label, ms in rows:
+        print(f"  {label:<28} {ms:9.2f} ms  {ms / total:6.1%}")
+    print(f"  {'predicted':<28} {total:9.2f} ms  ({fp.batch_size / total * 1e3:.1f} img/s)")
+    if args.measure:
+        measured = measure(args.spec, args.device, args.batch_size, args.threads)
+        print(f"  {'measured (fastest of 7)':<28} {measured:9.2f} ms  (prediction {total / measured:.2f}x the "
+              "measured)")
+    timed = f"; {prediction.measured_now} parts timed now in {prediction.measure_seconds:.1f} s" \
+        if prediction.measured_now else ""
+    print(f"table: {prediction.table_path} ({len(p.table)} parts{timed})")
+    return 0
 
 
 def _cmd_check_mixer(args) -> int:
@@ -150,6 +179,19 @@ def _cmd_check_mixer(args) -> int:
         raise UsageError(str(exc)) from None
     print(report.table(verbose=args.verbose))
     return 0 if report.ok else 1
+
+
+def _cmd_sweep(args) -> int:
+    from .search.sweep import sweep
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    result, _ = sweep(args.space, objective=args.objective, run_dir=args.run_dir, storage=args.storage,
+                      study_name=args.study_name, seed=args.seed, progress=not args.no_progress,
+                      budget=args.budget, max_params=args.max_params, data=args.data, epochs=args.epochs,
+                      proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, direction=args.direction,
+                      max_latency=args.max_latency, device=args.device, batch_size=args.batch_size)
+    return 0 if result.counters.over_budget_built == 0 else 1
 
 
 def _writable(path: str) -> Path:
@@ -251,6 +293,12 @@ def make_parser() -> argparse.ArgumentParser:
                                             "them; default: metaformer_s18)")
     s.add_argument("--budget", help="hard MAC budget, e.g. 5GFLOPs (a FLOP is a MAC here); default: the space's")
     s.add_argument("--max-params", help="hard parameter budget, e.g. 30M; default: the space's (or none)")
+    s.add_argument("--max-latency", help="hard budget on the latency predicted on this device, e.g. 25ms "
+                                         "(composer latency; default: the space's, or none)")
+    s.add_argument("--device", default="cpu", help="latency: the device predicted / timed (cpu | cuda; default cpu)")
+    s.add_argument("--batch-size", type=int, default=1, help="latency: the batch size predicted / timed (default 1)")
+    s.add_argument("--measure-latency", action="store_true",
+                   help="the latency objective times the built model instead of predicting it")
     s.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
     s.add_argument("--objective", help="proxy | naswot | gradnorm | train | a plugin's objective | module:function "
                                        "(your f(model, spec, reporter) -> float), or several joined by commas with "
@@ -277,6 +325,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-index", type=int, default=0,
                    help="this process's index among processes sharing one study (offsets the sampler seed)")
     s.set_defaults(func=_cmd_search)
+    la = sub.add_parser("latency", help="latency predicted on this device from timed parts (and --measure)")
+    la.add_argument("spec", help="a spec file, a preset name or YAML text")
+    la.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    la.add_argument("--batch-size", type=int, default=1, help="default 1")
+    la.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    la.add_argument("--measure", action="store_true", help="also time the whole built model")
+    la.set_defaults(func=_cmd_latency)
     cm = sub.add_parser("check-mixer", help="the conformance kit: a mixer in every stage of every macro, params, "
                                             "MACs, forward/backward, checks, YAML/schema, state dict, jit/fx")
     cm.add_argument("symbol", help="a layout symbol (Hpx, gnConv, ...) or a mixer type (composer list shows them)")
@@ -284,6 +339,26 @@ def make_parser() -> argparse.ArgumentParser:
     cm.add_argument("--quick", action="store_true", help="one macro (unified, or --macro), no TorchScript / FX")
     cm.add_argument("--verbose", "-v", action="store_true", help="one line per check and place")
     cm.set_defaults(func=_cmd_check_mixer)
+    sw = sub.add_parser("sweep", help="every combination of a space's choices as a table (a paper's ablation)")
+    sw.add_argument("space", help="a search-space YAML file or the name of one (composer list)")
+    sw.add_argument("--objective", help="default macs: nothing is built, the table has params / MACs / FFT MACs; "
+                                        "proxy, train, latency or module:function evaluate every point")
+    sw.add_argument("--direction", choices=("maximize", "minimize"), help="for a module:function objective")
+    sw.add_argument("--budget", help="mark points over this MAC budget (default: the space's, or none)")
+    sw.add_argument("--max-params", help="mark points over this parameter budget")
+    sw.add_argument("--max-latency", help="mark points over this predicted latency (e.g. 25ms)")
+    sw.add_argument("--device", default="cpu", help="latency: cpu | cuda (default cpu)")
+    sw.add_argument("--batch-size", type=int, default=1, help="latency: batch size (default 1)")
+    sw.add_argument("--run-dir", help="output folder (default: runs/SPACE-sweep)")
+    sw.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db)")
+    sw.add_argument("--study-name", help="default: SPACE-sweep")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--data", default="digits", help="train: 'digits' or an ImageFolder path")
+    sw.add_argument("--epochs", type=int, default=3, help="train: epochs per point (default 3)")
+    sw.add_argument("--proxy-size", type=int, default=64)
+    sw.add_argument("--proxy-batch", type=int, default=16)
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_cmd_sweep)
     sc = sub.add_parser("schema", help="JSON Schema of spec files (or search spaces) for editors")
     sc.add_argument("--output", "-o", help="write to FILE instead of printing")
     sc.add_argument("--search-space", action="store_true", help="the schema of search-space files (search/*.yaml)")

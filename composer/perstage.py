@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, Field, PlainValidator, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
 
@@ -30,11 +30,15 @@ def _is_list_type(tp: Any) -> bool:
 def first_message(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("int_type", "float_type") and isinstance(err.get("input"), bool):
+        msg += " (YAML reads yes / no / on / off / true / false as booleans; write the number)"
     return msg[:1].lower() + msg[1:]
 
 
 def per_stage(tp: Any) -> Any:
-    adapter = TypeAdapter(tp)
+    model = isinstance(tp, type) and issubclass(tp, BaseModel)  # a model brings its own (strict) config
+    # strict, as the config models are: a YAML yes / on is no integer, "7" no kernel size
+    adapter = TypeAdapter(tp) if model else TypeAdapter(tp, config=ConfigDict(strict=True))
     list_typed = _is_list_type(tp)
 
     def validate(value: Any) -> Any:

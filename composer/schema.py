@@ -261,10 +261,16 @@ def search_space_schema() -> dict:
             "budget": {"type": "object", "additionalProperties": False,
                        "description": "hard budget, checked from the Plan before anything is built",
                        "properties": {"macs": count_schema("MACs (a FLOP is a MAC here): 5G, 5GFLOPs, 4.1e9"),
-                                      "params": count_schema("parameters: 30M, 800K params")}},
+                                      "params": count_schema("parameters: 30M, 800K params"),
+                                      "latency": {"description": "predicted ms of one forward on --device at "
+                                                                 "--batch-size (composer latency): 25ms, 0.5s",
+                                                  "anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                            {"type": "string",
+                                                             "pattern": r"^\s*[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?"
+                                                                        r"\s*(?:ms|us|µs|s)?\s*$"}]}}},
             "objective": {"type": "string", "examples": ["proxy", "train", "proxy,macs"],
-                          "description": "proxy | naswot | gradnorm | train, or several joined by commas with "
-                                         "macs | params | latency for a Pareto search"},
+                          "description": "proxy | naswot | gradnorm | train | a plugin's objective, or several "
+                                         "joined by commas with macs | params | latency for a Pareto search"},
         },
         "definitions": spec["definitions"],
     }

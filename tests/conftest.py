@@ -1,4 +1,6 @@
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,8 @@ import torch
 
 # Two-core CI machines run much slower (and bimodally) with intra-op threading; pin it.
 torch.set_num_threads(1)
+# latency tables (composer.latency) of the tests go to a folder of their own, not to the user's ~/.cache
+os.environ.setdefault("COMPOSER_CACHE_DIR", tempfile.mkdtemp(prefix="composer-test-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+import composer
+
 from conftest import TINY_SPACE
 
 
@@ -245,3 +247,17 @@ def test_a_huge_name_is_refused_and_not_echoed(run_cli, tmp_path):
     path.write_text("extends: caformer_s18\nname: " + "x" * 500_000 + "\n")
     err = _fails(run_cli, "validate", path, expect=["spec.yaml:2: name: string should have at most 200 characters"])
     assert len(err) < 400
+
+
+@pytest.mark.parametrize("value, message", [
+    ("yes", "input should be a valid integer (YAML reads yes / no / on / off / true / false as booleans; write the "
+            "number), got True"),
+    ('"7"', "input should be a valid integer, got '7'"),
+    ("[3, on, 7, 9]", "stage 1: input should be a valid integer (YAML reads yes"),
+])
+def test_mixer_overrides_are_as_strict_as_the_spec(tmp_path, value, message):
+    path = tmp_path / "lax.yaml"
+    path.write_text(f"extends: caformer_s18\nmixers:\n  Conv: {{kernel_size: {value}}}\n")
+    with pytest.raises(composer.SpecError) as err:
+        composer.load_spec(path)
+    assert f"lax.yaml:3: mixers.Conv.kernel_size: {message}" in str(err.value)

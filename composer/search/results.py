@@ -33,7 +33,8 @@ _BUILTINS = {
     "train": (True, "validation accuracy after --epochs of training on --data"),
     "macs": (False, "GMACs from the Plan"),
     "params": (False, "M parameters from the Plan"),
-    "latency": (False, "measured ms per image at the proxy resolution"),
+    "latency": (False, "ms of one forward at --batch-size on --device, predicted from the latency table "
+                       "(--measure-latency: timed on the built model)"),
 }
 for _name, (_maximize, _doc) in _BUILTINS.items():
     if _name not in OBJECTIVES:
@@ -131,6 +132,16 @@ class Settings:
     dedupe: bool = True
     train_size: int | None = None
     """--objective train: the resolution models are compiled and trained at (None: the spec's input_size)."""
+    budget_latency_ms: float | None = None
+    """--max-latency: predicted ms of one forward at ``latency_batch`` on ``latency_device`` (composer.latency)."""
+    latency_device: str = "cpu"
+    latency_batch: int = 1
+    measure_latency: bool = False
+    """--measure-latency: the latency objective times the built model instead of predicting it."""
+
+    @property
+    def predicts_latency(self) -> bool:
+        return self.budget_latency_ms is not None or ("latency" in self.objectives and not self.measure_latency)
 
     def study_attrs(self) -> dict:
         attrs = {"objectives": ",".join(self.objectives), "budget_macs": self.budget_macs,
@@ -138,12 +149,16 @@ class Settings:
                  "proxy_batch": self.proxy_batch, "data": self.data, "epochs": self.epochs}
         if "train" in self.objectives:  # only then: proxy studies of earlier versions continue unchanged
             attrs["train_size"] = self.train_size
+        if self.budget_latency_ms is not None or "latency" in self.objectives:  # likewise
+            attrs.update(budget_latency_ms=self.budget_latency_ms, latency_device=self.latency_device,
+                         latency_batch=self.latency_batch, measure_latency=self.measure_latency)
         return attrs
 
 
 def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible") and t.user_attrs.get("built", "reused_from" in t.user_attrs)]
+            if t.user_attrs.get("feasible") and (t.user_attrs.get("built") or t.user_attrs.get("evaluated")
+                                                 or "reused_from" in t.user_attrs)]
 
 
 def best_trial(study: optuna.Study, settings: Settings):
@@ -174,7 +189,8 @@ def trials_table(study: optuna.Study) -> list[dict]:
         if t.values is not None:
             for i, v in enumerate(t.values):
                 row[f"value_{i}" if len(t.values) > 1 else "value"] = v
-        for key in ("feasible", "macs", "params", "fft_macs", "slack_macs", "slack_params", "naswot", "gradnorm",
+        for key in ("feasible", "macs", "params", "fft_macs", "slack_macs", "slack_params", "latency_ms_predicted",
+                    "naswot", "gradnorm",
                     "accuracy", "objective_value", "latency_ms", "seconds", "proxy_size", "train_size",
                     "reused_from", "worker", "error"):
             if key in t.user_attrs:

@@ -8,7 +8,7 @@ choices:                        # dotted spec paths -> options
   depths: [[2, 3], [2, 3], [6, 9, 12], [2, 3]]
   mixers.Conv.kernel_size: [3, 5, 7, 9]     # sampled only in stages whose chosen mixer is Conv
   mixers.gnConv.order: [[1, 2, 3], [2, 3, 4], [3, 4, 5], [3, 4, 5]]
-budget: {macs: 5G, params: 40M}              # optional; the CLI's --budget / --max-params override it
+budget: {macs: 5G, params: 40M, latency: 25ms}  # optional; --budget / --max-params / --max-latency override it
 objective: proxy                             # optional default objective
 ```
 
@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..latency import parse_latency
 from ..mixers import MIXERS, resolve_symbol
 from ..perstage import first_message, pick
 from ..plan import Estimate, estimate, walk
@@ -88,6 +89,7 @@ class Choice:
     path: tuple                   # ("mixers", "Conv", "kernel_size")
     per_stage: bool
     domains: list[Domain]         # one per stage (per_stage) or a single one
+    whole_layouts: bool = False   # layout: [A-A-A-M, A-A-M-M, ...]: one categorical over whole layouts
 
     @property
     def mixer(self) -> tuple[str, str] | None:
@@ -112,6 +114,7 @@ class SearchSpace:
     choices: list[Choice]
     budget_macs: int | None = None
     budget_params: int | None = None
+    budget_latency_ms: float | None = None
     objective: str | None = None
     file: str | None = None
     locations: Locations = field(default_factory=Locations)
@@ -141,7 +144,11 @@ class SearchSpace:
         for choice in self.choices:
             if choice.mixer is not None:
                 continue
-            if choice.path == ("layout",):
+            if choice.whole_layouts:
+                value = draw("layout", choice.domains[0])
+                data["layout"] = value
+                stage_symbols = [{s} if isinstance(s, str) else set(s) for s in parse_layout(value)]
+            elif choice.path == ("layout",):
                 layout = parse_layout(self.base.layout)
                 for i in range(n):
                     symbol = draw(f"layout[{i}]", choice.domains[i])
@@ -419,6 +426,17 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
         elif path[0] in PER_STAGE_FIELDS and len(path) > 1:
             problems.add(where, f"{path[0]} is chosen per stage as a whole; write {path[0]}: [...]")
             continue
+        if path == ("layout",) and isinstance(value, list) and value and all(isinstance(v, str) and "-" in v
+                                                                             for v in value):
+            # whole layouts (as TransNeXt's Table 9 lists them): one option per network, not per stage
+            for j, option in enumerate(value):
+                try:
+                    validate_data({**copy.deepcopy(base_data), "layout": option}, Locations())
+                except SpecError as exc:
+                    msg = exc.problems[0].message if exc.problems else str(exc)
+                    problems.add(where + (j,), f"layout {option!r}: {msg}")
+            choices.append(Choice(str(key), path, False, [Domain(options=list(value))], whole_layouts=True))
+            continue
         per_stage = path[0] in PER_STAGE_FIELDS or path[0] == "mixers"
         per_stage_form = isinstance(value, list) and any(isinstance(v, (list, Mapping)) for v in value) \
             and per_stage
@@ -442,20 +460,29 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
     layout_choice = next((c for c in choices if c.path == ("layout",)), None)
     symbols = [set(s) for s in base.stage_symbols()]
     if layout_choice is not None:
-        symbols = [set(d.values()) for d in layout_choice.domains]
+        if layout_choice.whole_layouts:  # the symbols any of the layouts puts in each stage
+            options = [parse_layout(v) for v in layout_choice.domains[0].options]
+            symbols = [{o[i] for o in options if i < len(o)} for i in range(len(symbols))]
+        else:
+            symbols = [set(d.values()) for d in layout_choice.domains]
     for choice in choices:
         if choice.mixer and not any(choice.mixer[0] in s for s in symbols):
             problems.add(("choices", choice.key), f"mixer {choice.mixer[0]} is not used in any stage of the base "
                                                   f"and not among the layout choices; add it to choices.layout")
     budget = data.get("budget") or {}
-    macs = params = None
+    macs = params = latency = None
     if not isinstance(budget, Mapping):
-        problems.add(("budget",), f"expected {{macs: 5G, params: 30M}}, got {budget!r}")
+        problems.add(("budget",), f"expected {{macs: 5G, params: 30M, latency: 25ms}}, got {budget!r}")
     else:
         for key in budget:
-            if key not in ("macs", "params"):
-                problems.add(("budget", key), f"unknown budget {key!r}{_near(key, ['macs', 'params'])} allowed: "
-                                              "macs, params")
+            if key not in ("macs", "params", "latency"):
+                problems.add(("budget", key), f"unknown budget {key!r}{_near(key, ['macs', 'params', 'latency'])} "
+                                              "allowed: macs, params, latency")
+        try:
+            if budget.get("latency") is not None:
+                latency = parse_latency(budget["latency"], "latency")
+        except ValueError as exc:
+            problems.add(("budget", "latency"), str(exc).removeprefix("latency: "))
         try:
             macs = positive_budget(budget["macs"], "MAC") if budget.get("macs") is not None else None
         except ValueError as exc:
@@ -472,7 +499,7 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
         problems.add(("name",), f"expected a name, got {name!r}")
     problems.raise_if_any()
     order = sorted(choices, key=lambda c: (c.path != ("layout",), c.mixer is not None))
-    return SearchSpace(name, base, base_data, order, macs, params, objective, file, locs)
+    return SearchSpace(name, base, base_data, order, macs, params, latency, objective, file, locs)
 
 
 def positive_budget(value, what: str) -> int:

@@ -105,7 +105,7 @@ _SET_CONSTRAINT = hasattr(optuna.trial.Trial, "set_constraint")   # optuna >= 5:
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return trial.user_attrs.get("constraints", [1.0, 1.0])
+    return trial.user_attrs.get("constraints", [1.0, 1.0, 1.0])
 
 
 def _constrain(trial: optuna.Trial, values: list[float]) -> None:
@@ -116,6 +116,8 @@ def _constrain(trial: optuna.Trial, values: list[float]) -> None:
             warnings.simplefilter("ignore")   # a retried trial inherits its constraints
             trial.set_constraint("macs", values[0])
             trial.set_constraint("params", values[1])
+            if len(values) > 2:
+                trial.set_constraint("latency", values[2])
 
 
 def database_url(url: str) -> str:
@@ -243,11 +245,18 @@ class Searcher:
         if "train" in settings.objectives:
             self.dataset = load_dataset(settings.data, settings.train_size or space.base.input_size,
                                         space.base.in_chans, settings.seed)
+        self.predictor = None
+        self.latency_ms: dict[int, float] = {}   # trial number -> predicted ms (this process's trials)
+        if settings.predicts_latency:
+            from ..latency import predictor
+
+            self.predictor = predictor(settings.latency_device, settings.latency_batch)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- one trial ------------------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial):
         s, c = self.settings, self.counters
+        self._trial, self._trial_number = trial, trial.number
         t0 = time.perf_counter()
         data, drawn = self.space.sample(optuna_suggest(trial))
         data["name"] = f"{self.space.name}_t{trial.number}"
@@ -256,11 +265,12 @@ class Searcher:
         c.check_seconds += time.perf_counter() - t0
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("spec", data)
+        latency_budget = s.budget_latency_ms is not None
         if check.error is not None:
             c.invalid += 1
             trial.set_user_attr("feasible", False)
             trial.set_user_attr("error", check.error)
-            _constrain(trial, [1.0, 1.0])
+            _constrain(trial, [1.0, 1.0, 1.0] if latency_budget else [1.0, 1.0])
             return self._penalty(None)
         est = check.estimate
         over_macs = est.macs / s.budget_macs - 1.0
@@ -272,7 +282,20 @@ class Searcher:
         trial.set_user_attr("slack_macs", s.budget_macs - est.macs)
         if s.budget_params:
             trial.set_user_attr("slack_params", s.budget_params - est.params)
-        _constrain(trial, [over_macs, over_params])
+        constraints = [over_macs, over_params]
+        if self.predictor is not None and feasible:
+            # only now: predicting may time a part the table lacks (that part alone is built, not the model)
+            predicted = self.predictor.predict(check.spec).ms
+            trial.set_user_attr("latency_ms_predicted", predicted)
+            self.latency_ms[trial.number] = predicted
+            if latency_budget:
+                over_latency = predicted / s.budget_latency_ms - 1.0
+                trial.set_user_attr("slack_latency_ms", s.budget_latency_ms - predicted)
+                constraints.append(over_latency)
+                feasible = over_latency <= 0
+        elif latency_budget:
+            constraints.append(max(over_macs, over_params))  # not predicted: as far over as the other budgets
+        _constrain(trial, constraints)
         trial.set_user_attr("feasible", feasible)
         if not feasible:
             c.infeasible += 1
@@ -311,10 +334,13 @@ class Searcher:
 
         s, c = self.settings, self.counters
         est = check.estimate
-        if est.macs > s.budget_macs or (s.budget_params and est.params > s.budget_params):
+        predicted = self.latency_ms.get(getattr(self, "_trial_number", -1))
+        over_latency = s.budget_latency_ms is not None and (predicted is None or predicted > s.budget_latency_ms)
+        if est.macs > s.budget_macs or (s.budget_params and est.params > s.budget_params) or over_latency:
             c.over_budget_built += 1   # cannot happen: infeasible samples return before this
         t0 = time.perf_counter()
         model = compose(data)
+        self._trial.set_user_attr("built", True)
         c.built += 1
         c.build_seconds.append(time.perf_counter() - t0)
         return model
@@ -327,7 +353,6 @@ class Searcher:
         t0 = time.perf_counter()
         torch.manual_seed(s.seed)
         results: dict[str, float] = {}
-        trial.set_user_attr("built", True)
         if "train" in s.objectives:
             from .objectives import train_and_validate
 
@@ -349,9 +374,17 @@ class Searcher:
         user = [n for n in s.objectives if not is_builtin(n)]
         if user:
             results[user[0]] = self._user_objective(trial, user[0], self._build(check.data, check), spec)
-        needs_proxy = any(n in SCORE_OBJECTIVES or n == "latency" for n in s.objectives)
+        if "latency" in s.objectives:
+            if s.measure_latency:
+                from ..latency import measure
+
+                results["latency"] = measure(check.data, s.latency_device, s.latency_batch)
+                trial.set_user_attr("latency_ms", results["latency"])
+            else:
+                results["latency"] = self.latency_ms[trial.number]
+        needs_proxy = any(n in SCORE_OBJECTIVES for n in s.objectives)
         if needs_proxy:
-            from .objectives import measure_latency, proxy_scores
+            from .objectives import proxy_scores
 
             data = dict(check.data, drop_path_rate=0.0)
             size = min(s.proxy_size, spec.input_size)
@@ -368,12 +401,10 @@ class Searcher:
                 trial.set_user_attr("naswot", scores["naswot"])
                 trial.set_user_attr("gradnorm", scores["gradnorm"])
                 results.update(proxy=scores["naswot"], naswot=scores["naswot"], gradnorm=scores["gradnorm"])
-            if "latency" in s.objectives:
-                results["latency"] = measure_latency(model, size, spec.in_chans)
-                trial.set_user_attr("latency_ms", results["latency"])
         results["macs"] = check.estimate.macs / 1e9
         results["params"] = check.estimate.params / 1e6
         trial.set_user_attr("seconds", time.perf_counter() - t0)
+        trial.set_user_attr("evaluated", True)  # also when nothing had to be built (macs, params, predicted latency)
         values = [results[n] for n in s.objectives]
         return values[0] if len(values) == 1 else values
 
@@ -516,12 +547,15 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         study_name: str | None = None, workers: int = 1, data: str = "digits", epochs: int = 3,
         proxy_size: int = 64, proxy_batch: int = 16, heartbeat: float = 5.0, progress: bool = True,
         report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None,
-        train_size: int | None = None, direction: str | None = None) -> SearchResult:
+        train_size: int | None = None, direction: str | None = None, max_latency: str | float | None = None,
+        device: str = "cpu", batch_size: int = 1, measure_latency: bool = False,
+        enqueue: list[dict] | None = None) -> SearchResult:
     """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written.
 
     ``objective``: a name (``proxy``, ``train``, a plugin's, ``module:function``; several joined by commas for a
     Pareto search) or a function ``f(model, spec, reporter) -> float`` (see ``composer.search.objectives.Reporter``),
-    whose direction is ``direction`` or ``f.direction``."""
+    whose direction is ``direction`` or ``f.direction``. ``max_latency`` (``"25ms"``): a hard budget on the latency
+    predicted for ``device`` at ``batch_size`` (composer.latency), checked before anything is built."""
     t_start = time.perf_counter()
     if not (isinstance(heartbeat, (int, float)) and math.isfinite(heartbeat) and 0.1 <= heartbeat <= 86400):
         raise SpecError(Problem(f"--heartbeat must be a number of seconds between 0.1 and 86400, got {heartbeat!r}",
@@ -555,6 +589,17 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     if trials < 1:
         raise SpecError(Problem(f"--trials must be at least 1, got {trials}", ()))
     settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, data, epochs)
+    try:
+        from ..latency import fingerprint, parse_latency
+
+        settings.budget_latency_ms = parse_latency(max_latency) if max_latency is not None else \
+            space.budget_latency_ms
+        settings.latency_device, settings.latency_batch = device, batch_size
+        settings.measure_latency = measure_latency
+        if settings.predicts_latency or measure_latency:
+            fingerprint(device, batch_size)  # an unknown device or a bad batch size: refused before any trial
+    except ValueError as exc:
+        raise SpecError(Problem(str(exc), ())) from None
     if "train" in objectives:
         try:
             settings.train_size = _train_size(train_size, data, space)
@@ -598,12 +643,16 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         study.set_user_attr("space", space.file or space.name)
     already = len(study.get_trials(deepcopy=False))
     study.sampler = _sampler(settings, seed + 7919 * worker_index + already)
+    for params in enqueue or ():  # composer sweep: every point of the grid, once (a rerun skips the queued ones)
+        study.enqueue_trial(params, skip_if_exists=True)
     if report:   # every machine's main process says what it joined; --workers children (no report) do not
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
         what = f"continuing study {study_name!r} ({done} of {trials} trials finished)" if already else \
             f"new study {study_name!r}"
+        latency = (f", {settings.budget_latency_ms:g} ms predicted on {device} at batch {batch_size}"
+                   if settings.budget_latency_ms is not None else "")
         log(f"{what}: objective {','.join(objectives)}, budget {format_count(macs)} MACs"
-            f"{f', {format_count(params)} params' if params else ''}; storage {shown_url(storage_url)}; "
+            f"{f', {format_count(params)} params' if params else ''}{latency}; storage {shown_url(storage_url)}; "
             f"run dir {run_path}")
     children = []
     if workers > 1 and argv is not None:

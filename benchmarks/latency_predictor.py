@@ -1,0 +1,138 @@
+"""How well the per-part latency table predicts whole models, on this machine.
+
+    python benchmarks/latency_predictor.py [--samples 30] [--batch-sizes 1,8] [--threads 2] [--presets]
+
+For every shipped search space, ``--samples`` seeded random valid samples (Optuna's RandomSampler, seed 0) are
+predicted from a table built from empty in a temporary folder (composer.latency) and measured end to end
+(``composer.latency.measure``: the whole built model timed as the parts are, the fastest of 5 runs at batch 1 and
+of 3 at batch 8, in 2-5 sessions until two agree) at each batch size. It
+prints, per space and batch size: the share of samples predicted within ±10% of the measurement, the median and
+the 90th percentile of |error|, the time the table took to build from empty (and its rows), and Kendall's tau of
+the measured latency against the Plan's MACs and against the prediction (how well each ranks the samples:
+the reason a latency budget is worth having). ``--presets`` prints a markdown table of every preset at batch 1:
+MACs, predicted and measured latency, img/s (docs/latency.md).
+
+Machines here are noisy: the figures are only as good as the load allows; the script prints the load average
+at its start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b (ties counted in neither direction)."""
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = ((concordant + discordant + ties_a) * (concordant + discordant + ties_b)) ** 0.5
+    return (concordant - discordant) / denominator if denominator else 0.0
+
+
+def samples(space_name: str, n: int, seed: int = 0) -> list[dict]:
+    import optuna
+
+    from composer.search.space import load_space, optuna_suggest
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out: list[dict] = []
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        trial = study.ask()
+        data, _ = space.sample(optuna_suggest(trial))
+        check = space.check(data)
+        study.tell(trial, 0.0)
+        if check.error is None:
+            data["name"] = f"{space.name}_{len(out)}"
+            out.append(check.data)
+    return out
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--spaces", default="metaformer_s18,transnext_micro")
+    ap.add_argument("--presets", action="store_true", help="also the table of presets at batch 1")
+    args = ap.parse_args()
+
+    from composer.latency import Predictor, measure
+    from composer.plan import estimate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads; load average at start: {load()}")
+    folder = Path(tempfile.mkdtemp(prefix="composer-latency-"))
+    for space in args.spaces.split(","):
+        specs = samples(space, args.samples)
+        macs = [estimate(s).macs for s in specs]
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            repeats = 5 if batch == 1 else 3  # a batch-8 forward of an S18 model takes over a second on one core
+            predictor = Predictor(batch_size=batch, threads=threads, folder=folder, repeats=repeats)
+            t0 = time.perf_counter()
+            predicted = [predictor.predict(s).ms for s in specs]
+            build_seconds = time.perf_counter() - t0
+            measured = [measure(s, batch_size=batch, threads=threads, repeats=repeats) for s in specs]
+            errors = [p / m - 1 for p, m in zip(predicted, measured)]
+            within = sum(abs(e) <= 0.10 for e in errors) / len(errors)
+            absolute = sorted(abs(e) for e in errors)
+            print(f"\n{space}, batch {batch}: {len(specs)} samples, measured {min(measured):.1f}-"
+                  f"{max(measured):.1f} ms")
+            print(f"  within ±10%: {within:.0%}; median |error| {statistics.median(absolute):.1%}, "
+                  f"90th percentile {absolute[int(0.9 * (len(absolute) - 1))]:.1%}; mean error "
+                  f"{statistics.mean(errors):+.1%}")
+            print(f"  table from empty: {build_seconds:.1f} s, {len(predictor.table)} parts "
+                  f"({predictor.measured} timed for this space)")
+            print(f"  Kendall tau of measured latency: vs MACs {kendall_tau(measured, macs):.3f}, "
+                  f"vs prediction {kendall_tau(measured, predicted):.3f}")
+    if args.presets:
+        from composer.spec.source import preset_names
+
+        predictor = Predictor(batch_size=1, threads=threads, folder=folder)
+        print("\n| preset | GMACs | predicted ms | measured ms | predicted / measured | img/s (measured) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name in preset_names():
+            if name.startswith("ensemble"):
+                continue
+            est = estimate(name)
+            p = predictor.predict(name).ms
+            m = measure(name, threads=threads)
+            print(f"| {name} | {est.macs / 1e9:.2f} | {p:.1f} | {m:.1f} | {p / m:.2f} | {1e3 / m:.1f} |", flush=True)
+    print(f"\nload average at the end: {load()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+"""Latency on the user's own device, predicted from a table of per-part timings (``composer latency``, the search's
+``--max-latency``).
+
+MACs do not say how fast a model runs (a depthwise 7x7 conv has few MACs and many memory accesses; gnConv's
+order 5 costs 1.07x the MACs of order 2 and 1.5x the time). composer knows every part of every candidate from its
+Plan (stem, each downsampling, each block with its mixer config and context, stage norms, head), so it times
+each *distinct* part once on this device, alone, at the batch size asked for, and predicts a whole network as
+the sum of its parts. A part is keyed by what determines its module and its input (kind, macro, shape, mixer
+config, channel mixer, norm, scales, the mixer's own ``latency_key``) and by whether its input arrives as a
+permuted view (a block whose layout differs from the previous block's gets ``x.permute(...)``, as in the model),
+which is how layout changes enter the prediction. Timings live in a table on disk, one per device fingerprint
+(CPU model or GPU name, threads, torch version, dtype, batch size, memory format): later runs, other spaces and
+other search workers on the machine reuse it, and a spec with one new part times only that part.
+
+Timing: ``torch.inference_mode``, eval mode, >= 100 ms of warm-up calls, then ``repeats`` timed runs (each of
+enough calls to last >= 2 ms), the fastest of them; a part is timed in 2-5 sessions with freshly built modules,
+until the two fastest agree within 5%, and the fastest counts. ``measure`` times a whole model the same way.
+On CUDA, CUDA events around the calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TABLE_VERSION = 1
+MIN_RUN_MS = 2.0   # a timed run repeats the call until it lasts this long (short parts, timer resolution)
+WARMUP_MS = 100.0  # untimed calls first, at least this long (FFT plans, allocator, caches)
+SESSIONS = (2, 5)  # a part is timed in 2 to 5 sessions, each with a freshly built module, until its two fastest
+AGREE = 0.05       # sessions agree within 5%; the fastest counts
+
+
+# -- device fingerprint and the table on disk ------------------------------------------------------------------
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a timing depends on beyond the part itself: a table is valid only for an equal fingerprint."""
+
+    device: str          # cpu | cuda
+    name: str            # CPU model or GPU name
+    threads: int
+    torch: str
+    dtype: str
+    batch_size: int
+    memory_format: str   # contiguous | channels_last
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha1(f"{TABLE_VERSION}:{text}".encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        where = f"{self.name}, {self.threads} threads" if self.device == "cpu" else self.name
+        return (f"{self.device} ({where}), batch {self.batch_size}, {self.dtype}, {self.memory_format}, "
+                f"torch {self.torch}")
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
+def fingerprint(device: str = "cpu", batch_size: int = 1, threads: int | None = None, dtype: str = "float32",
+                memory_format: str = "contiguous") -> Fingerprint:
+    import torch
+
+    from .profile import resolve_device
+
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        threads = threads or torch.get_num_threads()
+    else:
+        name = _cpu_name()
+        threads = threads or torch.get_num_threads()
+    return Fingerprint(dev.type if dev.index is None else str(dev), name, threads, torch.__version__, dtype,
+                       batch_size, memory_format)
+
+
+def cache_dir() -> Path:
+    """``$COMPOSER_CACHE_DIR``, else ``$XDG_CACHE_HOME/composer``, else ``~/.cache/composer``."""
+    if os.environ.get("COMPOSER_CACHE_DIR"):
+        return Path(os.environ["COMPOSER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "composer"
+
+
+class LatencyTable:
+    """Milliseconds per part key for one fingerprint, in ``cache_dir()/latency/<fingerprint key>.jsonl``: a
+    header line, then one line per timed part, appended under a file lock (search workers share it). The first
+    timing of a key wins, so a prediction never changes once its parts are in the table."""
+
+    def __init__(self, fp: Fingerprint, folder: Path | None = None):
+        self.fingerprint = fp
+        self.path = (folder or cache_dir() / "latency") / f"{fp.key}.jsonl"
+        self.rows: dict[str, float] = {}
+        self.what: dict[str, str] = {}
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ValueError(f"cannot read the latency table {self.path}: {exc.strerror or exc}") from None
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+                key, ms = row["key"], float(row["ms"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a killed writer: that part is timed again
+            if key not in self.rows and math.isfinite(ms) and ms >= 0:
+                self.rows[key] = ms
+                self.what[key] = row.get("what", "")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, key: str) -> float | None:
+        return self.rows.get(key)
+
+    def add(self, key: str, ms: float, what: str) -> float:
+        """Record a timing (unless another process recorded this key first: then that one is returned)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path.with_suffix(".lock")):
+            self.rows.clear()
+            self._read()  # what other workers added meanwhile
+            if key in self.rows:
+                return self.rows[key]
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            with open(self.path, "a") as handle:
+                if new:
+                    handle.write(json.dumps({"fingerprint": asdict(self.fingerprint), "version": TABLE_VERSION})
+                                 + "\n")
+                handle.write(json.dumps({"key": key, "ms": ms, "what": what}) + "\n")
+        self.rows[key], self.what[key] = ms, what
+        return ms
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: appends of one short line are still whole in practice
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- the parts of a spec ---------------------------------------------------------------------------------------
+
+@dataclass
+class PartLatency:
+    name: str            # module path: stem, stages.2.blocks.0, head
+    stage: int | None
+    what: str
+    key: str
+    ms: float = 0.0
+    measured_now: bool = False
+
+
+@dataclass
+class _PartToTime:
+    name: str
+    stage: int | None
+    what: str
+    description: dict
+    part: Any
+    layout: str          # the layout the part takes
+    permuted: bool       # its input arrives as a permuted view of the other layout
+
+
+def _dump(config) -> Any:
+    return None if config is None else config.model_dump(mode="json")
+
+
+def _parts(spec) -> list[_PartToTime]:
+    from .mixers.base import MixerContext
+    from .perstage import pick
+    from .plan import walk
+
+    w = walk(spec, costs_only=True)
+    out: list[_PartToTime] = []
+    conventions = {"stem_norm": _dump(spec.stem_norm), "downsample_norm": _dump(spec.downsample_norm),
+                   "norm": _dump(spec.norm), "in_chans": spec.in_chans}
+    out.append(_PartToTime("stem", None, "stem", {"kind": "stem", "macro": spec.macro,
+                                                    "in": w.stem.in_shape, "out": w.stem.out_shape, **conventions},
+                           w.stem, "channels_first", False))
+    # ``stored``: the layout the tensor between parts is contiguous in. Every part returns a tensor contiguous in
+    # its own layout; the stage's to_layout between blocks only permutes the view, so a part whose layout differs
+    # from ``stored`` gets a permuted view, as it does inside the model.
+    stored = "channels_first"
+    for stage in w.stages:
+        i = stage.index
+        for name, part, extra in stage.members:
+            if part.kind == "block":
+                mixer = part.info["mixer"]
+                j = int(name.rsplit(".", 1)[1])
+                ctx = MixerContext.at(spec, i, j, part.in_shape)
+                layout, permuted = mixer.layout, stored != mixer.layout
+                description = {"kind": "block", "macro": spec.macro, "shape": part.in_shape, "layout": layout,
+                               "permuted": permuted, "mixer": _dump(mixer), "mixer_at": mixer.latency_key(ctx),
+                               "channel": _dump(spec.channel_mixer.at_stage(i)), "norm": _dump(spec.norm),
+                               "layer_scale": pick(spec.layer_scale, i), "res_scale": pick(spec.res_scale, i)}
+                what = f"{extra.get('symbol', mixer.type)} ({mixer.type}) at {'x'.join(map(str, part.in_shape))}"
+            else:  # downsample or stage norm: channels-first
+                layout, permuted = "channels_first", stored != "channels_first"
+                description = {"kind": part.kind, "macro": spec.macro, "stage": i, "in": part.in_shape,
+                               "out": part.out_shape, "permuted": permuted, **conventions}
+                what = f"{part.kind} {'x'.join(map(str, part.in_shape))}"
+            out.append(_PartToTime(name, i, what, description, part, layout, permuted))
+            stored = layout
+    head = w.head
+    out.append(_PartToTime("head", None, "head", {"kind": "head", "macro": spec.macro, "in": head.in_shape,
+                                                    "num_classes": spec.num_classes, "head": _dump(spec.head),
+                                                    "permuted": stored != "channels_first"},
+                           head, "channels_first", stored != "channels_first"))
+    return out
+
+
+def _key(description: dict) -> str:
+    return hashlib.sha1(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -- timing ----------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_ms(fn, x, device, repeats: int) -> float:
+    """The fastest of ``repeats`` timed runs of ``fn(x)`` (each run repeats the call until it lasts MIN_RUN_MS), in
+    ms per call, after warming up for >= 3 calls and >= WARMUP_MS. The fastest, not the median: on a shared
+    machine noise only ever adds time, and the minimum is the figure that repeats (the median of a 20 ms FFT
+    block varies by 50% from one minute to the next here, its minimum by a few %)."""
+    import torch
+
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode():
+        start, calls = time.perf_counter(), 0
+        while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
+            fn(x)
+            calls += 1
+            sync()
+        once = (time.perf_counter() - start) * 1e3 / calls
+        number = max(1, min(1000, math.ceil(MIN_RUN_MS / max(once, 1e-3))))
+        times = []
+        for _ in range(repeats):
+            if cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                for _ in range(number):
+                    fn(x)
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end) / number)
+            else:
+                begin = time.perf_counter()
+                for _ in range(number):
+                    fn(x)
+                times.append((time.perf_counter() - begin) * 1e3 / number)
+    return min(times)
+
+
+def _fastest(session) -> float:
+    """``session(i)`` (ms) for i = 0, 1, ... until the two fastest agree within AGREE (at most SESSIONS[1]); the
+    fastest. On this project's machines one freshly built FFT block in two runs 1.5x slower than the others
+    (where its buffers land), so one session may be slow; two that agree are not both an accident."""
+    timings: list[float] = []
+    while len(timings) < SESSIONS[1]:
+        timings.append(session(len(timings)))
+        if len(timings) >= SESSIONS[0]:
+            first, second = sorted(timings)[:2]
+            if second <= first * (1 + AGREE):
+                break
+    return min(timings)
+
+
+def _prepare(module, fp: Fingerprint, device):
+    import torch
+
+    module = module.eval().to(device=device, dtype=getattr(torch, fp.dtype))
+    if fp.memory_format == "channels_last":
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def _input(shape, layout: str, permuted: bool, fp: Fingerprint, device, generator=None):
+    """A (B, C, H, W) or (B, H, W, C) input as the model hands it to the part: contiguous in its own layout, or a
+    permuted view of the other layout's contiguous tensor."""
+    import torch
+
+    c, h, w = shape
+    dtype = getattr(torch, fp.dtype)
+    b = fp.batch_size
+    own_first = layout == "channels_first"
+    stored_first = own_first != permuted
+    base = torch.randn((b, c, h, w) if stored_first else (b, h, w, c), dtype=dtype, device=device)
+    if stored_first != own_first:
+        base = base.permute(0, 2, 3, 1) if not own_first else base.permute(0, 3, 1, 2)
+    elif own_first and fp.memory_format == "channels_last":
+        base = base.contiguous(memory_format=torch.channels_last)
+    return base
+
+
+# -- prediction ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    spec_name: str
+    fingerprint: Fingerprint
+    parts: list[PartLatency]
+    table_path: Path
+    measured_now: int = 0
+    measure_seconds: float = 0.0
+    members: list[Prediction] = field(default_factory=list)
+
+    @property
+    def ms(self) -> float:
+        if self.members:
+            return sum(m.ms for m in self.members)
+        return sum(p.ms for p in self.parts)
+
+    def by_stage(self) -> list[tuple[str, float]]:
+        """(stem | stage i | head, ms) in order."""
+        rows: dict[str, float] = {}
+        for p in self.parts:
+            label = p.name if p.stage is None else f"stage {p.stage}"
+            rows[label] = rows.get(label, 0.0) + p.ms
+        return list(rows.items())
+
+
+class Predictor:
+    """Predicts latency on one device fingerprint; times the parts its table lacks (``measure_missing``)."""
+
+    def __init__(self, device: str = "cpu", batch_size: int = 1, threads: int | None = None, dtype: str = "float32",
+                 memory_format: str = "contiguous", repeats: int = 5, folder: Path | None = None):
+        self.fingerprint = fingerprint(device, batch_size, threads, dtype, memory_format)
+        self.threads = self.fingerprint.threads
+        self.repeats = repeats
+        self.table = LatencyTable(self.fingerprint, folder)
+        self.measured = 0
+        self.measure_seconds = 0.0
+
+    def predict(self, source, measure_missing: bool = True) -> Prediction:
+        from .spec import EnsembleSpec, load_spec
+
+        spec = load_spec(source)
+        if isinstance(spec, EnsembleSpec):
+            members = [self.predict(m, measure_missing) for m in spec.members]
+            return Prediction(spec.name or "ensemble", self.fingerprint, [], self.table.path,
+                              sum(m.measured_now for m in members), sum(m.measure_seconds for m in members),
+                              members)
+        before, t0 = self.measured, time.perf_counter()
+        parts = []
+        for item in _parts(spec):
+            key = _key(item.description)
+            ms = self.table.get(key)
+            now = False
+            if ms is None:
+                if not measure_missing:
+                    raise KeyError(f"{item.name} ({item.what}) is not in the latency table {self.table.path}")
+                ms = self.table.add(key, self._time_part(item), item.what)
+                self.measured += 1
+                now = True
+            parts.append(PartLatency(item.name, item.stage, item.what, key, ms, now))
+        return Prediction(spec.name or "spec", self.fingerprint, parts, self.table.path, self.measured - before,
+                          time.perf_counter() - t0 if self.measured > before else 0.0)
+
+    def _time_part(self, item: _PartToTime) -> float:
+        import torch
+
+        from .profile import resolve_device
+
+        device = resolve_device(self.fingerprint.device)
+        t0 = time.perf_counter()
+        def session(i: int) -> float:
+            torch.manual_seed(i)
+            module = _prepare(item.part.build(), self.fingerprint, device)
+            x = _input(item.part.in_shape, item.layout, item.permuted, self.fingerprint, device)
+            return _time_ms(module, x, device, self.repeats)
+
+        with _threads(self.threads):
+            ms = _fastest(session)
+        self.measure_seconds += time.perf_counter() - t0
+        return ms
+
+
+_PREDICTORS: dict[tuple, Predictor] = {}
+
+
+def predictor(device: str = "cpu", batch_size: int = 1, threads: int | None = None, dtype: str = "float32",
+              memory_format: str = "contiguous") -> Predictor:
+    """A shared Predictor per settings (its table read once per process)."""
+    fp = fingerprint(device, batch_size, threads, dtype, memory_format)
+    key = (fp, str(cache_dir()))
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = Predictor(device, batch_size, threads, dtype, memory_format)
+    return _PREDICTORS[key]
+
+
+def predict(spec, device: str = "cpu", batch_size: int = 1, threads: int | None = None) -> float:
+    """Predicted ms of one forward of ``spec``'s model (any SpecLike) at ``batch_size`` on ``device``, from this
+    device's latency table (parts it lacks are timed now and added)."""
+    return predictor(device, batch_size, threads).predict(spec).ms
+
+
+def measure(spec, device: str = "cpu", batch_size: int = 1, threads: int | None = None, repeats: int = 7,
+            dtype: str = "float32", memory_format: str = "contiguous") -> float:
+    """Measured ms of one forward of the whole built model, timed as the parts are: the fastest of ``repeats`` runs
+    after >= 100 ms of warm-up, in 2-5 sessions with freshly built models until two agree."""
+    import torch
+
+    from .composed import compose
+    from .profile import resolve_device
+    from .spec import load_spec
+
+    fp = fingerprint(device, batch_size, threads, dtype, memory_format)
+    dev = resolve_device(device)
+    spec = load_spec(spec)
+    def session(i: int) -> float:  # like the parts: freshly built each time
+        torch.manual_seed(i)
+        model = _prepare(compose(spec), fp, dev)
+        x = _input((spec.in_chans, spec.input_size, spec.input_size), "channels_first", False, fp, dev)
+        return _time_ms(model, x, dev, repeats)
+
+    with _threads(fp.threads):
+        return _fastest(session)
+
+
+def parse_latency(value, flag: str = "--max-latency") -> float:
+    """``25ms``, ``25 ms``, ``0.025s``, ``25`` (ms) -> milliseconds (positive, finite)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{flag}: expected a latency such as 25ms, got {value!r}")
+    if isinstance(value, (int, float)):
+        ms = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        scale = 1.0
+        for suffix, factor in (("ms", 1.0), ("us", 1e-3), ("µs", 1e-3), ("s", 1e3)):
+            if text.endswith(suffix):
+                text, scale = text[: -len(suffix)], factor
+                break
+        try:
+            ms = float(text) * scale
+        except ValueError:
+            raise ValueError(f"{flag}: expected a latency such as 25ms, 0.5s or 800us, got {value!r}") from None
+    if not math.isfinite(ms) or ms <= 0:
+        raise ValueError(f"{flag}: a latency budget must be a positive, finite time, got {value!r}")
+    return ms
+
+
+__all__ = ["Fingerprint", "LatencyTable", "PartLatency", "Prediction", "Predictor", "cache_dir", "fingerprint",
+           "measure", "parse_latency", "predict", "predictor"]

@@ -1,0 +1,195 @@
+"""composer.latency: the per-part table (reused across processes, a miss adds a row, a fingerprint change starts
+another table), deterministic predictions given the table, the layout of each part's input, and the hard latency
+budget of the search (an over-budget candidate is never built). Timings themselves are not asserted (machines
+are noisy): benchmarks/latency_predictor.py measures the predictor's error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import composer
+from composer.latency import LatencyTable, Predictor, _parts, fingerprint, parse_latency
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"name": "tiny", "macro": "metaformer", "input_size": 32, "num_classes": 10, "widths": [8, 16, 24, 32],
+        "depths": [1, 1, 2, 1], "layout": "Conv-Conv-A-A", "mixers": {"A": {"head_dim": 8}}}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPOSER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_table_is_reused_across_processes(cache, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(composer.dump_spec(composer.load_spec(TINY)))
+    env = {**os.environ, "COMPOSER_CACHE_DIR": str(cache)}
+
+    def run():
+        out = subprocess.run([sys.executable, "-m", "composer.cli", "latency", "tiny.yaml", "--threads", "1"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    first, second = run(), run()
+    assert "parts timed now" in first and "parts timed now" not in second
+    total = [line for line in first.splitlines() if "predicted" in line]
+    assert total and total == [line for line in second.splitlines() if "predicted" in line]
+    tables = list((cache / "latency").glob("*.jsonl"))
+    assert len(tables) == 1 and len(tables[0].read_text().splitlines()) == 1 + len(_parts(composer.load_spec(TINY)))
+
+
+def test_a_miss_times_only_the_new_part_and_adds_one_row(cache):
+    p = Predictor(threads=1, repeats=1)
+    first = p.predict(TINY)
+    rows = len(p.table)
+    assert first.measured_now == rows == len({part.key for part in first.parts})
+    other = {**TINY, "mixers": {**TINY["mixers"], "Conv": {"kernel_size": [7, 5, 7, 7]}}}  # stage 1's block only
+    second = p.predict(other)
+    assert second.measured_now == 1 and len(p.table) == rows + 1
+    assert [q.name for q in second.parts if q.measured_now] == ["stages.1.blocks.0"]
+    assert len(p.table.path.read_text().splitlines()) == 1 + rows + 1
+
+
+def test_prediction_is_deterministic_given_the_table(cache):
+    p = Predictor(threads=1, repeats=1)
+    ms = p.predict(TINY).ms
+    again = Predictor(threads=1, repeats=1)  # a new process would read the same file
+    assert again.predict(TINY, measure_missing=False).ms == ms == p.predict(TINY).ms
+    assert again.measured == 0
+    ensemble = {"ensemble": [TINY, {**TINY, "name": "tiny2"}]}
+    assert again.predict(ensemble, measure_missing=False).ms == 2 * ms
+    with pytest.raises(KeyError, match="is not in the latency table"):
+        again.predict({**TINY, "widths": [8, 16, 24, 40]}, measure_missing=False)
+
+
+def test_a_fingerprint_change_starts_another_table(cache, monkeypatch):
+    base = Predictor(threads=1, repeats=1)
+    base.predict(TINY)
+    for other in (Predictor(threads=1, repeats=1, batch_size=2), Predictor(threads=2, repeats=1)):
+        assert other.table.path != base.table.path and len(other.table) == 0
+    import torch
+
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    changed = Predictor(threads=1, repeats=1)
+    assert changed.table.path != base.table.path and len(changed.table) == 0
+    assert fingerprint(threads=1).torch == "0.0.0-other"
+
+
+def test_a_damaged_row_is_timed_again_and_the_first_timing_wins(cache):
+    p = Predictor(threads=1, repeats=1)
+    p.predict(TINY)
+    with open(p.table.path, "a") as handle:
+        handle.write('{"key": "cut sho')  # a writer killed mid-line
+    table = LatencyTable(p.fingerprint, p.table.path.parent)
+    assert table.rows == p.table.rows
+    key = next(iter(table.rows))
+    assert table.add(key, 1e6, "a later timing") == p.table.rows[key]
+
+
+def test_each_part_gets_its_input_in_the_layout_the_model_hands_it():
+    parts = {p.name: p for p in _parts(composer.load_spec({**TINY, "layout": [["Conv"], ["Conv"], ["A", "Conv"],
+                                                                            ["A"]]}))}
+    # metaformer: Conv (SepConv) takes channels-first tensors, attention channels-last ones
+    assert parts["stages.2.blocks.0"].layout == "channels_last" and parts["stages.2.blocks.0"].permuted
+    assert parts["stages.2.blocks.1"].layout == "channels_first" and parts["stages.2.blocks.1"].permuted
+    assert not parts["stages.3.downsample"].permuted  # after a channels-first block
+    assert parts["stages.3.blocks.0"].permuted and parts["head"].permuted  # the last stage ends channels-last
+    assert not parts["stages.1.blocks.0"].permuted and not parts["stem"].permuted
+
+
+@pytest.mark.parametrize("text, ms", [("25ms", 25.0), ("25 ms", 25.0), ("0.5s", 500.0), ("800us", 0.8), (12, 12.0)])
+def test_latency_units(text, ms):
+    assert parse_latency(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["0", "-3ms", "fast", "nan", "inf ms", True])
+def test_bad_latencies_are_refused(text):
+    with pytest.raises(ValueError, match="--max-latency"):
+        parse_latency(text)
+
+
+# -- the hard budget in the search -----------------------------------------------------------------------------
+
+SPACE = """\
+base:
+  name: tiny
+  macro: metaformer
+  input_size: 32
+  num_classes: 10
+  widths: [8, 16, 24, 32]
+  depths: [1, 1, 1, 1]
+  layout: Conv-Conv-A-A
+  mixers: {A: {head_dim: 8}}
+choices:
+  widths: [[8, 64], [16, 128], [24, 192], [32, 256]]
+budget: {macs: 10G}
+"""
+
+
+def _search(tmp_path, *args):
+    from composer.cli import main
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return main(["search", str(tmp_path / "space.yaml"), "--no-progress", "--run-dir", str(tmp_path / "run"), *args])
+
+
+def test_the_latency_budget_never_builds_an_over_budget_candidate(cache, tmp_path, monkeypatch, capsys):
+    import optuna
+
+    from composer.search import study as study_module
+
+    built = []
+    original = study_module.Searcher._build
+
+    def spy(self, data, check):
+        built.append(self.latency_ms[self._trial_number])
+        return original(self, data, check)
+
+    monkeypatch.setattr(study_module.Searcher, "_build", spy)
+    # a budget between the smallest and the largest sample: both kinds occur in 12 trials
+    small = Predictor().predict({**TINY, "depths": [1, 1, 1, 1]}).ms
+    big = Predictor().predict({**TINY, "depths": [1, 1, 1, 1], "widths": [64, 128, 192, 256]}).ms
+    budget = (small * big) ** 0.5
+    assert _search(tmp_path, "--trials", "12", "--max-latency", f"{budget}ms") == 0
+    out = capsys.readouterr().out
+    assert f"{budget:g} ms predicted on cpu at batch 1" in out and "0 over-budget models built" in out
+    study = optuna.load_study(study_name="space-proxy", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    trials = study.trials
+    assert all("latency_ms_predicted" in t.user_attrs for t in trials)
+    over = [t for t in trials if t.user_attrs["latency_ms_predicted"] > budget]
+    under = [t for t in trials if t.user_attrs["latency_ms_predicted"] <= budget]
+    assert over and under, [t.user_attrs["latency_ms_predicted"] for t in trials]
+    assert all(not t.user_attrs["feasible"] and not t.user_attrs.get("built") for t in over)
+    assert built and max(built) <= budget
+    assert "latency_ms_predicted" in (tmp_path / "run" / "trials.csv").read_text().splitlines()[0]
+
+
+def test_latency_budget_problems_are_usage_errors(cache, tmp_path, capsys):
+    assert _search(tmp_path, "--trials", "1", "--max-latency", "0ms") == 2
+    assert "--max-latency: a latency budget must be a positive, finite time, got '0ms'" in capsys.readouterr().err
+    assert _search(tmp_path, "--trials", "1", "--batch-size", "0") == 2
+    (tmp_path / "bad.yaml").write_text(SPACE.replace("budget: {macs: 10G}", "budget: {macs: 10G, latency: fast}"))
+    from composer.cli import main
+
+    assert main(["search", str(tmp_path / "bad.yaml"), "--trials", "1", "--no-progress"]) == 2
+    assert "bad.yaml:12: budget.latency: expected a latency such as 25ms" in capsys.readouterr().err
+
+
+def test_the_latency_objective_is_the_prediction_unless_measured(cache, tmp_path):
+    import optuna
+
+    assert _search(tmp_path, "--trials", "3", "--objective", "proxy,latency") == 0
+    study = optuna.load_study(study_name="space-proxy-latency", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert done and all(t.values[1] == t.user_attrs["latency_ms_predicted"] for t in done)
+    assert _search(tmp_path, "--trials", "2", "--objective", "latency", "--measure-latency",
+                   "--run-dir", str(tmp_path / "measured")) == 0
+    measured = optuna.load_study(study_name="space-latency", storage=f"sqlite:///{tmp_path / 'measured' / 'study.db'}")
+    assert all(t.value == t.user_attrs["latency_ms"] and "latency_ms_predicted" not in t.user_attrs
+               for t in measured.trials)
