@@ -76,8 +76,7 @@ def throughput_check(device, batch: int, size: int) -> None:
 
     for name in ("caformer_s18", "convformer_s18"):
         ours = composer.compose({"extends": name, "input_size": size}).eval().to(device)
-        theirs = timm.create_model(name, img_size=size).eval().to(device) if "caformer" not in name else \
-            timm.create_model(name).eval().to(device)
+        theirs = timm.create_model(name).eval().to(device)  # MetaFormers take any input size
         x = torch.randn(batch, 3, size, size, device=device)
         for label, amp in (("fp32", False), ("amp bf16 + channels_last", True)):
             row = []
