@@ -115,13 +115,16 @@ def _cell(symbol: str, mixer_type: str, macro: str, stage: int, widths=WIDTHS, i
 
 
 def _first_line(exc: BaseException) -> str:
+    """What went wrong in one line: a failed check's own message, or an exception's type and first line."""
+    if isinstance(exc, _Failed):
+        return exc.args[0]
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:160]
 
 
 class _Kit:
-    def __init__(self, symbol: str, mixer_type: str, bound: set[str | None], quick: bool, log: Callable | None):
-        self.symbol, self.mixer_type, self.bound, self.quick, self.log = symbol, mixer_type, bound, quick, log
+    def __init__(self, symbol: str, mixer_type: str, bound: set[str | None], log: Callable | None):
+        self.symbol, self.mixer_type, self.bound, self.log = symbol, mixer_type, bound, log
         self.results: list[Result] = []
 
     def add(self, check: str, where: str, status: str, detail: str = "") -> None:
@@ -213,7 +216,7 @@ class _Kit:
             if missing:
                 raise _Failed(f"no finite gradient for {', '.join(missing[:4])}")
         except Exception as exc:  # noqa: BLE001
-            self.add("forward/backward", where, "FAIL", exc.args[0] if isinstance(exc, _Failed) else _first_line(exc))
+            self.add("forward/backward", where, "FAIL", _first_line(exc))
             return
         self.add("forward/backward", where, "ok", "finite output and gradients")
 
@@ -249,7 +252,7 @@ class _Kit:
                     if built != p.estimate().params:
                         raise _Failed(f"built {built:,} != estimated {p.estimate().params:,} params")
                 except Exception as exc:  # noqa: BLE001
-                    detail = exc.args[0] if isinstance(exc, _Failed) else _first_line(exc)
+                    detail = _first_line(exc)
                     self.add("impossible context", where, "FAIL", f"passed the check, then: {detail}")
                     continue
                 self.add("impossible context", where, "ok", "works here")
@@ -278,7 +281,7 @@ class _Kit:
                     exclude_unset=True):
                 raise _Failed("the mixer's fields change through YAML")
         except Exception as exc:  # noqa: BLE001
-            self.add("yaml round trip", where, "FAIL", exc.args[0] if isinstance(exc, _Failed) else _first_line(exc))
+            self.add("yaml round trip", where, "FAIL", _first_line(exc))
         else:
             self.add("yaml round trip", where, "ok", f"{len(written)} fields written out")
         try:
@@ -288,7 +291,7 @@ class _Kit:
             if errors:
                 raise _Failed(f"{'.'.join(map(str, errors[0].path))}: {errors[0].message[:140]}")
         except Exception as exc:  # noqa: BLE001
-            self.add("json schema", where, "FAIL", exc.args[0] if isinstance(exc, _Failed) else _first_line(exc))
+            self.add("json schema", where, "FAIL", _first_line(exc))
         else:
             self.add("json schema", where, "ok", "the written-out config validates")
 
@@ -312,7 +315,7 @@ class _Kit:
             with torch.no_grad():
                 torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
         except Exception as exc:  # noqa: BLE001
-            self.add("state dict", where, "FAIL", exc.args[0] if isinstance(exc, _Failed) else _first_line(exc))
+            self.add("state dict", where, "FAIL", _first_line(exc))
             return
         keys = [k for k in sa if k.startswith(f"stages.{stage}.blocks.0.")]
         self.add("state dict", where, "ok", f"{len(sa)} keys ({len(keys)} in the block) load strictly, equal outputs")
@@ -393,7 +396,7 @@ def check_mixer(name: str, macros: list[str] | None = None, quick: bool = False,
 
     t0 = time.perf_counter()
     symbol, mixer_type, bound = resolve(name)
-    kit = _Kit(symbol, mixer_type, bound, quick, log)
+    kit = _Kit(symbol, mixer_type, bound, log)
     if macros is None:
         macros = ["unified"] if quick else list(MACROS)
     for macro in macros:

@@ -279,18 +279,15 @@ def _time_ms(fn, x, device, repeats: int) -> float:
     block varies by 50% from one minute to the next here, its minimum by a few %)."""
     import torch
 
+    from .profile import _sync
+
     cuda = device.type == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
     with torch.inference_mode():
         start, calls = time.perf_counter(), 0
         while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
             fn(x)
             calls += 1
-            sync()
+            _sync(device)
         once = (time.perf_counter() - start) * 1e3 / calls
         number = max(1, min(1000, math.ceil(MIN_RUN_MS / max(once, 1e-3))))
         times = []
@@ -334,7 +331,7 @@ def _prepare(module, fp: Fingerprint, device):
     return module
 
 
-def _input(shape, layout: str, permuted: bool, fp: Fingerprint, device, generator=None):
+def _input(shape, layout: str, permuted: bool, fp: Fingerprint, device):
     """A (B, C, H, W) or (B, H, W, C) input as the model hands it to the part: contiguous in its own layout, or a
     permuted view of the other layout's contiguous tensor."""
     import torch
@@ -345,7 +342,7 @@ def _input(shape, layout: str, permuted: bool, fp: Fingerprint, device, generato
     own_first = layout == "channels_first"
     stored_first = own_first != permuted
     base = torch.randn((b, c, h, w) if stored_first else (b, h, w, c), dtype=dtype, device=device)
-    if stored_first != own_first:
+    if permuted:
         base = base.permute(0, 2, 3, 1) if not own_first else base.permute(0, 3, 1, 2)
     elif own_first and fp.memory_format == "channels_last":
         base = base.contiguous(memory_format=torch.channels_last)

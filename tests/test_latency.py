@@ -148,7 +148,7 @@ def test_the_latency_budget_never_builds_an_over_budget_candidate(cache, tmp_pat
     original = study_module.Searcher._build
 
     def spy(self, data, check):
-        built.append(self.latency_ms[self._trial_number])
+        built.append(self.latency_ms[self._trial.number])
         return original(self, data, check)
 
     monkeypatch.setattr(study_module.Searcher, "_build", spy)

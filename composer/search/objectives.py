@@ -68,20 +68,6 @@ def proxy_scores(model: nn.Module, size: int, batch: int, in_chans: int, num_cla
             "score_seconds": time.perf_counter() - t0, "activation_layers": len(handles)}
 
 
-def measure_latency(model: nn.Module, size: int, in_chans: int, repeats: int = 3) -> float:
-    """Median ms of a batch-1 forward at ``size`` (after one warm-up), in eval mode without gradients."""
-    model.eval()
-    x = torch.randn(1, in_chans, size, size)
-    times = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
 class Reporter:
     """What a user objective gets besides the model and its spec: ``report(value, step)`` records an
     intermediate value (Optuna's pruner reads it and may stop the trial: :class:`optuna.TrialPruned` is raised

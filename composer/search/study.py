@@ -256,7 +256,7 @@ class Searcher:
     # -- one trial ------------------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial):
         s, c = self.settings, self.counters
-        self._trial, self._trial_number = trial, trial.number
+        self._trial = trial  # the trial being evaluated (_build records on it)
         t0 = time.perf_counter()
         data, drawn = self.space.sample(optuna_suggest(trial))
         data["name"] = f"{self.space.name}_t{trial.number}"
@@ -334,7 +334,7 @@ class Searcher:
 
         s, c = self.settings, self.counters
         est = check.estimate
-        predicted = self.latency_ms.get(getattr(self, "_trial_number", -1))
+        predicted = self.latency_ms.get(self._trial.number)
         over_latency = s.budget_latency_ms is not None and (predicted is None or predicted > s.budget_latency_ms)
         if est.macs > s.budget_macs or (s.budget_params and est.params > s.budget_params) or over_latency:
             c.over_budget_built += 1   # cannot happen: infeasible samples return before this

@@ -23,7 +23,7 @@ from ..macro import MACROS
 from ..mixers import MIXERS, resolve_symbol, symbol_names
 from ..parts import HeadConfig, NormConfig
 from ..perstage import StageValues, per_stage, per_stage_model, stage_count_problem
-from ..registry import REGISTRIES, load_plugins
+from ..registry import load_plugins
 from .errors import Problem
 
 
@@ -145,8 +145,8 @@ def _rebuild() -> None:
     Spec.model_rebuild(force=True)
 
 
-for _registry in REGISTRIES:
-    _registry.on_change(_rebuild)
+for _registry in (MIXERS, CHANNEL_MIXERS, MACROS):  # what the model's fields are made from (symbols, objectives,
+    _registry.on_change(_rebuild)                    # weight sources and folders are read when used)
 
 
 def parse_layout(layout: Layout) -> list[str | list[str]]:
