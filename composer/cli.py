@@ -1,5 +1,5 @@
-"""``composer build | validate | list | search | sweep | latency | check-mixer | schema | graph | profile``: the
-command line.
+"""``composer build | validate | list | search | sweep | proxy-check | latency | check-mixer | schema | graph |
+profile``: the command line.
 
 Every problem with user input ends with exit code 2 and a message naming file:line and field; no
 traceback. ``--debug`` shows tracebacks for bug reports. Start-up stays light: a command imports torch, timm,
@@ -137,7 +137,8 @@ def _cmd_search(args) -> int:
                  proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, heartbeat=args.heartbeat,
                  progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
                  argv=argv, train_size=args.train_size, direction=args.direction, max_latency=args.max_latency,
-                 device=args.device, batch_size=args.batch_size, measure_latency=args.measure_latency)
+                 device=args.device, batch_size=args.batch_size, measure_latency=args.measure_latency,
+                 pruner=args.pruner, keep_checkpoints=args.keep_checkpoints, warm_start=args.warm_start)
     c = result.counters
     # a search whose objective raised on every trial it ran did not do what was asked
     return 0 if c.over_budget_built == 0 and not (c.objective_failed and c.objective_failed == c.built) else 1
@@ -192,6 +193,15 @@ def _cmd_sweep(args) -> int:
                       proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, direction=args.direction,
                       max_latency=args.max_latency, device=args.device, batch_size=args.batch_size)
     return 0 if result.counters.over_budget_built == 0 else 1
+
+
+def _cmd_proxy_check(args) -> int:
+    from .search.proxy_check import proxy_check
+
+    proxy_check(args.space, data=args.data, samples=args.samples, epochs=args.epochs, seed=args.seed,
+                train_size=args.train_size, proxy_size=args.proxy_size, proxy_batch=args.proxy_batch,
+                budget=args.budget, max_params=args.max_params, latency=args.latency, run_dir=args.run_dir)
+    return 0
 
 
 def _writable(path: str) -> Path:
@@ -316,6 +326,12 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-size", type=int, help="train: the resolution models are compiled and trained at "
                                                   "(default: the data's own size rounded up to a multiple of the "
                                                   "network's stride, 32 for digits); budgets stay at the spec's")
+    s.add_argument("--pruner", default="median", choices=("median", "hyperband", "successive-halving", "none"),
+                   help="train (and reporting objectives): Optuna's pruner, epochs as the resource (default median)")
+    s.add_argument("--keep-checkpoints", action="store_true",
+                   help="train: keep finished trials' checkpoints in RUN_DIR/checkpoints (default: removed)")
+    s.add_argument("--warm-start", help="presets or spec paths, comma-separated, tried first (they must lie in the "
+                                        "space; default: the space's warm_start)")
     s.add_argument("--proxy-size", type=int, default=64, help="proxy: input resolution for scoring (default 64)")
     s.add_argument("--proxy-batch", type=int, default=16, help="proxy: minibatch size (default 16)")
     s.add_argument("--heartbeat", type=float, default=5.0,
@@ -359,6 +375,23 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--proxy-batch", type=int, default=16)
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.set_defaults(func=_cmd_sweep)
+    pc = sub.add_parser("proxy-check", help="train random samples of a space briefly: how well each training-free "
+                                            "proxy ranks them (Kendall tau, Spearman rho, plot, CSV)")
+    pc.add_argument("space", help="a search-space YAML file or the name of one (composer list)")
+    pc.add_argument("--data", default="digits", help="'digits' (scikit-learn) or an ImageFolder path")
+    pc.add_argument("--samples", type=int, default=20, help="random architectures trained (default 20)")
+    pc.add_argument("--epochs", type=int, default=3, help="epochs each (default 3)")
+    pc.add_argument("--train-size", type=int, help="training resolution (default: the data's, rounded up to the "
+                                                   "network's stride)")
+    pc.add_argument("--seed", type=int, default=0)
+    pc.add_argument("--proxy-size", type=int, default=64, help="the proxies' input resolution, as in composer "
+                                                               "search (default 64)")
+    pc.add_argument("--proxy-batch", type=int, default=16, help="the proxies' minibatch (default 16)")
+    pc.add_argument("--budget", help="draw samples within this MAC budget (default: the space's, or none)")
+    pc.add_argument("--max-params", help="draw samples within this parameter budget")
+    pc.add_argument("--latency", action="store_true", help="also the latency predicted on this CPU (batch 1)")
+    pc.add_argument("--run-dir", help="output folder (default: runs/SPACE-proxy-check)")
+    pc.set_defaults(func=_cmd_proxy_check)
     sc = sub.add_parser("schema", help="JSON Schema of spec files (or search spaces) for editors")
     sc.add_argument("--output", "-o", help="write to FILE instead of printing")
     sc.add_argument("--search-space", action="store_true", help="the schema of search-space files (search/*.yaml)")

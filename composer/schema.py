@@ -239,6 +239,11 @@ def search_space_schema() -> dict:
                         "log": {"type": "boolean", "default": False}}},
         option]}
     per_stage = {"type": "array", "items": domain, "description": "one option list per stage"}
+    whole = {"type": "object", "required": ["whole"], "additionalProperties": False,
+             "description": "whole values: each option is the field's complete value (all stages at once), as a "
+                            "paper's ablation lists them",
+             "properties": {"whole": {"type": "array", "minItems": 1, "items": {"anyOf": [
+                 option, {"type": "array", "minItems": 1, "items": option}]}}}}
     return {
         "$schema": DRAFT,
         "$id": SPACE_SCHEMA_ID,
@@ -257,7 +262,10 @@ def search_space_schema() -> dict:
                 "type": "object", "minProperties": 1,
                 "description": "dotted spec paths (layout, depths, mixers.SYMBOL.param, ...) -> options",
                 "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.]+)*$"},
-                "additionalProperties": {"anyOf": [domain, per_stage]}},
+                "additionalProperties": {"anyOf": [domain, per_stage, whole]}},
+            "warm_start": {"type": "array", "items": {"type": "string", "minLength": 1},
+                           "description": "presets or spec paths (relative to this file) tried first; each must "
+                                          "lie inside the space"},
             "budget": {"type": "object", "additionalProperties": False,
                        "description": "hard budget, checked from the Plan before anything is built",
                        "properties": {"macs": count_schema("MACs (a FLOP is a MAC here): 5G, 5GFLOPs, 4.1e9"),
@@ -269,7 +277,7 @@ def search_space_schema() -> dict:
                                                              "pattern": r"^\s*[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?"
                                                                         r"\s*(?:ms|us|µs|s)?\s*$"}]}}},
             "objective": {"type": "string", "examples": ["proxy", "train", "proxy,macs"],
-                          "description": "proxy | naswot | gradnorm | train | a plugin's objective, or several "
+                          "description": "proxy | naswot | gradnorm | zico | train | a plugin's objective, or several "
                                          "joined by commas with macs | params | latency for a Pareto search"},
         },
         "definitions": spec["definitions"],

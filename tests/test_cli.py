@@ -48,8 +48,9 @@ def test_list_shows_the_search_spaces_one_line_each(run_cli):
     code, out, _ = run_cli("list")
     assert code == 0
     spaces = out[out.index("search spaces"):].splitlines()[1:]
-    assert [line.split()[0] for line in spaces] == ["metaformer_s18", "transnext_micro", "transnext_table9"]
-    assert "base caformer_s18, budget 5.00G MACs" in spaces[0] and "default of `composer search`" in spaces[0]
+    assert [line.split()[0] for line in spaces] == ["hornet_orders", "hyenapixel_stages", "metaformer_s18",
+                                                   "transnext_micro", "transnext_table9"]
+    assert "base caformer_s18, budget 5.00G MACs" in spaces[2] and "default of `composer search`" in spaces[2]
 
 
 def test_version(run_cli, capsys):

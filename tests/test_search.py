@@ -56,9 +56,11 @@ def test_shipped_spaces_load_and_sample():
             check = space.check(data)
             assert check.error is None or "stage" in check.error
             for name in drawn:
-                if name.startswith("mixers."):   # a mixer parameter is drawn only where that mixer was chosen
+                if name.startswith("mixers.") and "[" in name:   # drawn only where that mixer was chosen
                     symbol, stage = name.split(".")[1], int(name.split("[")[1].rstrip("]"))
                     assert drawn.get(f"layout[{stage}]", symbol) == symbol
+                elif name.startswith("mixers."):   # a whole value ({whole: ...}): drawn when a stage uses it
+                    assert name.split(".")[1] in str(data["layout"])
 
 
 @pytest.mark.parametrize("text, where, what", [

@@ -5,6 +5,9 @@
 * ``gradnorm``: the sum over parameters of the L2 norm of the cross-entropy gradient at initialisation on the
   same minibatch (Abdelfattah et al., 2021, "Zero-cost proxies"). Training-free.
   Both come from one forward + one backward pass; a proxy trial records both.
+* ``zico``: ZiCo (Li et al., ICLR 2023): for every conv and linear layer, the sum over its weights of the mean
+  absolute gradient divided by the gradient's standard deviation across minibatches, log-summed over layers
+  (the paper's Eq. 7, on two minibatches; one more forward + backward than naswot). Training-free.
 * ``train``: validation accuracy after a short training run (digits from scikit-learn, or an ImageFolder).
 * ``macs``, ``params`` (GMACs and M params from the Plan, minimised), ``latency`` (measured ms per image at
   the proxy resolution on this machine, minimised): partners for a multi-objective (Pareto) search.
@@ -35,8 +38,40 @@ def _minibatch(batch: int, size: int, in_chans: int, num_classes: int, seed: int
     return x, y
 
 
-def proxy_scores(model: nn.Module, size: int, batch: int, in_chans: int, num_classes: int, seed: int) -> dict:
-    """NASWOT and grad-norm of ``model`` on one random minibatch (same for every trial of a run)."""
+def _loss(out: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.cross_entropy(out, y) if num_classes > 0 else out.pow(2).mean()
+
+
+def _zico_layers(model: nn.Module) -> list[nn.Parameter]:
+    """The weights ZiCo reads: those of every convolution and linear layer (as the official code does)."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m.weight, nn.Parameter)
+            and m.weight.requires_grad]
+
+
+def zico_score(grads: list[list[torch.Tensor]]) -> float:
+    """ZiCo from per-minibatch gradients (``grads[layer][batch]``, each the gradient of one minibatch alone):
+    sum over layers of log(sum over weights of mean|g| / std(g)), weights whose gradient does not vary across
+    the minibatches left out, layers whose sum is 0 too (the paper's Eq. 7 and its official code's rule).
+
+    The official code (SLDGroup/ZiCo, compute_zico.py) does not zero the gradients between minibatches, so its
+    second "gradient" is the sum of the first two; here every minibatch's gradient is its own, as the
+    paper's definition (statistics over minibatches) reads."""
+    score = 0.0
+    for per_batch in grads:
+        g = torch.stack([t.reshape(-1).to(torch.float64) for t in per_batch])
+        std = g.std(dim=0, unbiased=False)   # numpy's np.std, as the official code
+        varying = std > 0
+        total = float((g.abs().mean(dim=0)[varying] / std[varying]).sum())
+        if total > 0 and math.isfinite(total):
+            score += math.log(total)
+    return score
+
+
+def proxy_scores(model: nn.Module, size: int, batch: int, in_chans: int, num_classes: int, seed: int,
+                 zico: bool = False) -> dict:
+    """NASWOT and grad-norm of ``model`` on one random minibatch (same for every trial of a run); with ``zico``,
+    also ZiCo from that minibatch's gradient and a second one's."""
     x, y = _minibatch(batch, size, in_chans, num_classes, seed)
     kernel = torch.zeros(batch, batch, dtype=torch.float64)
 
@@ -53,19 +88,26 @@ def proxy_scores(model: nn.Module, size: int, batch: int, in_chans: int, num_cla
     finally:
         for h in handles:
             h.remove()
-    if num_classes > 0:
-        loss = F.cross_entropy(out, y)
-    else:
-        loss = out.pow(2).mean()
-    loss.backward()
+    _loss(out, y, num_classes).backward()
     grad_norm = sum(float(p.grad.norm()) for p in model.parameters() if p.grad is not None)
     if handles:
         sign, logdet = torch.linalg.slogdet(kernel)
         naswot = float(logdet) if float(sign) > 0 else -1e3
     else:
         naswot = 0.0
-    return {"naswot": naswot, "gradnorm": grad_norm if math.isfinite(grad_norm) else 0.0,
-            "score_seconds": time.perf_counter() - t0, "activation_layers": len(handles)}
+    scores = {"naswot": naswot, "gradnorm": grad_norm if math.isfinite(grad_norm) else 0.0}
+    if zico:
+        layers = _zico_layers(model)
+        grads = [[torch.zeros_like(w) if w.grad is None else w.grad.detach().clone()] for w in layers]
+        x2, y2 = _minibatch(batch, size, in_chans, num_classes, seed + 1)
+        model.zero_grad(set_to_none=True)
+        _loss(model(x2), y2, num_classes).backward()
+        for per_batch, w in zip(grads, layers):
+            per_batch.append(torch.zeros_like(w) if w.grad is None else w.grad.detach().clone())
+        scores["zico"] = zico_score(grads)
+    model.zero_grad(set_to_none=True)
+    scores.update(score_seconds=time.perf_counter() - t0, activation_layers=len(handles))
+    return scores
 
 
 class Reporter:
@@ -192,14 +234,28 @@ def load_dataset(source: str, size: int, in_chans: int, seed: int = 0, val_fract
 
 
 def train_and_validate(model: nn.Module, data: Dataset, epochs: int, seed: int, report=None,
-                       batch_size: int = 64, lr: float = 2e-3) -> float:
-    """Train ``epochs`` epochs (AdamW, cosine); ``report(epoch, accuracy)`` after each (it may raise to prune)."""
+                       batch_size: int = 64, lr: float = 2e-3, checkpoint=None) -> float:
+    """Train ``epochs`` epochs (AdamW, one-cycle cosine); ``report(epoch, accuracy)`` after each (it may raise
+    to prune).
+
+    ``checkpoint`` (composer.search.checkpoints.TrialCheckpoint): its ``load()`` state, if any, is resumed
+    from (model, optimizer, scheduler, RNG, epochs done, accuracies so far), and ``save(state)`` is called
+    after every epoch's ``report``: a run killed after epoch k and resumed trains the remaining epochs to the
+    same weights and accuracy as one that was never stopped."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(data.train_y) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
-    acc = 0.0
-    for epoch in range(epochs):
+    history: list[float] = []
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+    acc = history[-1] if history else 0.0
+    for epoch in range(len(history), epochs):
         model.train()
         perm = torch.randperm(len(data.train_y))
         for i in range(0, len(perm), batch_size):
@@ -210,8 +266,13 @@ def train_and_validate(model: nn.Module, data: Dataset, epochs: int, seed: int, 
             opt.step()
             sched.step()
         acc = evaluate(model, data)
-        if report is not None:
+        history.append(acc)
+        if report is not None:   # first: the trial records the epoch it trained (a prune ends it here)
             report(epoch, acc)
+        if checkpoint is not None:
+            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                             "history": history, "epochs": epochs})
     return acc
 
 

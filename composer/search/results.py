@@ -21,8 +21,10 @@ from optuna.trial import TrialState
 from ..registry import OBJECTIVES, Objective, RegistryError, load_plugins, objective_direction
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SCORE_OBJECTIVES = ("proxy", "naswot", "gradnorm")
-"""Training-free scores of one forward + backward pass (one pass gives all three)."""
+SCORE_OBJECTIVES = ("proxy", "naswot", "gradnorm", "zico")
+"""Training-free scores of one forward + backward pass (one pass gives the first three; zico takes a second)."""
+PRUNERS = ("median", "hyperband", "successive-halving", "none")
+"""--pruner: Optuna's pruners with epochs as the resource (train and reporting objectives)."""
 COST_OBJECTIVES = ("macs", "params", "latency")
 """Partners for a Pareto search: from the Plan (macs, params) or timed on the built model (latency)."""
 
@@ -30,6 +32,7 @@ _BUILTINS = {
     "proxy": (True, "NASWOT log|K| on one random minibatch (= naswot)"),
     "naswot": (True, "NASWOT (Mellor et al., 2021): log|K| of the activation patterns' Hamming kernel"),
     "gradnorm": (True, "sum of gradient L2 norms at initialisation (Abdelfattah et al., 2021)"),
+    "zico": (True, "ZiCo (Li et al., 2023): log-summed inverse coefficient of variation of the gradients"),
     "train": (True, "validation accuracy after --epochs of training on --data"),
     "macs": (False, "GMACs from the Plan"),
     "params": (False, "M parameters from the Plan"),
@@ -138,6 +141,10 @@ class Settings:
     latency_batch: int = 1
     measure_latency: bool = False
     """--measure-latency: the latency objective times the built model instead of predicting it."""
+    pruner: str = "median"
+    """--pruner: median | hyperband | successive-halving | none (epochs, or a reporter's steps, as resource)."""
+    keep_checkpoints: bool = False
+    """--keep-checkpoints: keep a finished training trial's checkpoint (RUN_DIR/checkpoints)."""
 
     @property
     def predicts_latency(self) -> bool:
@@ -149,6 +156,8 @@ class Settings:
                  "proxy_batch": self.proxy_batch, "data": self.data, "epochs": self.epochs}
         if "train" in self.objectives:  # only then: proxy studies of earlier versions continue unchanged
             attrs["train_size"] = self.train_size
+        if self.pruner != "median":  # likewise: studies run before --pruner existed used the median pruner
+            attrs["pruner"] = self.pruner
         if self.budget_latency_ms is not None or "latency" in self.objectives:  # likewise
             attrs.update(budget_latency_ms=self.budget_latency_ms, latency_device=self.latency_device,
                          latency_batch=self.latency_batch, measure_latency=self.measure_latency)
@@ -190,8 +199,8 @@ def trials_table(study: optuna.Study) -> list[dict]:
             for i, v in enumerate(t.values):
                 row[f"value_{i}" if len(t.values) > 1 else "value"] = v
         for key in ("feasible", "macs", "params", "fft_macs", "slack_macs", "slack_params", "latency_ms_predicted",
-                    "naswot", "gradnorm",
-                    "accuracy", "objective_value", "latency_ms", "seconds", "proxy_size", "train_size",
+                    "naswot", "gradnorm", "zico", "accuracy", "epochs_trained", "resumed_at_epoch",
+                    "objective_value", "latency_ms", "seconds", "proxy_size", "train_size",
                     "reused_from", "worker", "error"):
             if key in t.user_attrs:
                 row[key] = t.user_attrs[key]

@@ -10,12 +10,16 @@ choices:                        # dotted spec paths -> options
   mixers.gnConv.order: [[1, 2, 3], [2, 3, 4], [3, 4, 5], [3, 4, 5]]
 budget: {macs: 5G, params: 40M, latency: 25ms}  # optional; --budget / --max-params / --max-latency override it
 objective: proxy                             # optional default objective
+warm_start: [caformer_s18]                   # optional: published designs tried first (must lie in the space)
 ```
 
 Per-stage fields (``layout``, ``depths``, ``widths``, ``res_scale``, ``layer_scale`` and every
 ``mixers.SYMBOL.param``) take either one option list for every stage or one option list per stage (a scalar
 entry fixes that stage). Other fields (``drop_path_rate``, ``channel_mixer.ratio``, ...) take one option list.
-An option list may also be a range ``{low: 2, high: 12, step: 1}`` (``log: true`` allowed).
+An option list may also be a range ``{low: 2, high: 12, step: 1}`` (``log: true`` allowed). ``{whole: [...]}``
+lists whole values instead, each the field's complete value for all stages at once, as a paper's ablation lists
+them: ``mixers.gnConv.order: {whole: [[2, 2, 2, 2], [2, 3, 4, 5]]}`` gives two networks, not 2^4 (Optuna sees
+the labels ``2-2-2-2`` and ``2-3-4-5``). ``layout: [A-A-A-M, A-A-M-M]`` (whole layouts) is the same for layouts.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from ..spec.source import (
 from ..spec.units import parse_count
 
 PER_STAGE_FIELDS = ("layout", "depths", "widths", "res_scale", "layer_scale")
-SPACE_FIELDS = ("name", "description", "base", "choices", "budget", "objective")
+SPACE_FIELDS = ("name", "description", "base", "choices", "budget", "objective", "warm_start")
 Suggest = Callable[[str, "Domain"], Any]
 
 
@@ -90,6 +94,7 @@ class Choice:
     per_stage: bool
     domains: list[Domain]         # one per stage (per_stage) or a single one
     whole_layouts: bool = False   # layout: [A-A-A-M, A-A-M-M, ...]: one categorical over whole layouts
+    whole: dict | None = None     # {whole: [...]}: label (what Optuna draws) -> the field's whole value
 
     @property
     def mixer(self) -> tuple[str, str] | None:
@@ -118,6 +123,8 @@ class SearchSpace:
     objective: str | None = None
     file: str | None = None
     locations: Locations = field(default_factory=Locations)
+    warm_start: list[tuple[str, dict]] = field(default_factory=list)
+    """``warm_start:``: (preset or path, the drawn parameters that give it), enqueued as a search's first trials."""
 
     @property
     def num_stages(self) -> int:
@@ -144,7 +151,13 @@ class SearchSpace:
         for choice in self.choices:
             if choice.mixer is not None:
                 continue
-            if choice.whole_layouts:
+            if choice.whole is not None:
+                value = choice.whole[draw(choice.key, choice.domains[0])]
+                if choice.per_stage:
+                    data[choice.path[0]] = value
+                else:
+                    _set(data, choice.path, value)
+            elif choice.whole_layouts:
                 value = draw("layout", choice.domains[0])
                 data["layout"] = value
                 stage_symbols = [{s} if isinstance(s, str) else set(s) for s in parse_layout(value)]
@@ -173,11 +186,14 @@ class SearchSpace:
             override = self.base.mixers.get(symbol)
             base_value = getattr(override, param) if override is not None and param in override.model_fields_set \
                 else None
+            mixers = data["mixers"] = dict(data.get("mixers") or {})
+            entry = mixers[symbol] = dict(mixers.get(symbol) or {})
+            if choice.whole is not None:   # one value for the whole network
+                entry[param] = choice.whole[draw(choice.key, choice.domains[0])]
+                continue
             values = [pick(base_value, i) if base_value is not None else choice.domains[i].first for i in range(n)]
             for i in used:
                 values[i] = draw(f"{choice.key}[{i}]", choice.domains[i])
-            mixers = data["mixers"] = dict(data.get("mixers") or {})
-            entry = mixers[symbol] = dict(mixers.get(symbol) or {})
             entry[param] = values[0] if all(v == values[0] for v in values) else values
         return data, drawn
 
@@ -206,6 +222,19 @@ class SearchSpace:
                          else estimate(spec))
         except SpecError as exc:
             return Check(data, error=str(exc.problems[0]) if exc.problems else str(exc))
+
+
+    def at_size(self, data: dict, size: int) -> tuple[dict, int]:
+        """``data`` compiled at ``size`` px (a training or scoring resolution below the spec's, at which budgets
+        are not checked); an architecture that does not fit that size (a map too small for its mixers)
+        doubles it until it does, up to the spec's own input size. Returns the data and the size used."""
+        top = data.get("input_size", self.base.input_size)
+        while size < top:
+            small = self.check(dict(data, input_size=size))
+            if small.error is None:
+                return small.data, size
+            size *= 2
+        return data, top
 
 
 def optuna_suggest(trial) -> Suggest:
@@ -384,6 +413,71 @@ def _check_options(space_base: Spec, base_data: dict, choice: Choice, problems: 
                 return
 
 
+def whole_label(value: Any) -> Any:
+    """What Optuna draws for a whole value: ``[2, 3, 4, 5]`` -> ``"2-3-4-5"``; a scalar is itself."""
+    return "-".join(str(v) for v in value) if isinstance(value, list) else value
+
+
+def _whole_choice(key: str, path: tuple, value: Mapping, base: Spec, base_data: dict, where: tuple,
+                  problems: _Problems) -> Choice | None:
+    """``{whole: [v1, v2, ...]}``: one categorical over whole values of the field, each validated in the base."""
+    if set(value) != {"whole"} or not isinstance(value["whole"], list) or not value["whole"]:
+        problems.add(where, "write whole values as {whole: [value, value, ...]}, each the field's complete value "
+                            f"(a list of one value per stage for a per-stage field), got {dict(value)!r}")
+        return None
+    options = value["whole"]
+    n = base.num_stages
+    per_stage = path[0] in PER_STAGE_FIELDS or path[0] == "mixers"
+    labels: dict = {}
+    for j, option in enumerate(options):
+        here = where + ("whole", j)
+        items = option if isinstance(option, list) else [option]
+        if not items or not all(v is None or isinstance(v, (bool, int, float, str)) for v in items):
+            problems.add(here, f"a whole value is a number, string, boolean or null, or a list of them (one per "
+                               f"stage), got {option!r}")
+            return None
+        if isinstance(option, list) and not per_stage:
+            problems.add(here, f"{key} is not a per-stage field: its whole values are single values, got {option!r}")
+            return None
+        if isinstance(option, list) and len(option) != n:
+            problems.add(here, f"{len(option)} values but the base has {n} stages; give one per stage")
+            return None
+        label = whole_label(option)
+        if label in labels:
+            problems.add(here, f"whole value {option!r} repeats {labels[label]!r}; list each once")
+            return None
+        labels[label] = option
+        data = copy.deepcopy(base_data)
+        if path == ("layout",):
+            data["layout"] = option
+        elif path[0] == "mixers":
+            symbol, param = path[1], path[2]
+            type_name = _mixer_type(base, symbol)
+            if param not in MIXERS[type_name].model_fields or param == "type":
+                allowed = [f for f in MIXERS[type_name].model_fields if f != "type"]
+                problems.add(where, f"mixer {symbol} ({type_name}) has no parameter {param!r}"
+                                    f"{_near(param, allowed)} allowed: {', '.join(allowed)}")
+                return None
+            mixers = data.setdefault("mixers", {}) or {}
+            data["mixers"] = mixers
+            entry = mixers.get(symbol) or {}
+            mixers[symbol] = {"type": entry} if isinstance(entry, str) else dict(entry)
+            mixers[symbol][param] = option
+        elif per_stage:
+            data[path[0]] = option
+        else:
+            _set(data, path, option)
+        try:
+            validate_data(data, Locations())
+        except SpecError as exc:
+            msg = exc.problems[0].message if exc.problems else str(exc)
+            problems.add(here, f"whole value {option!r}: {msg}")
+            return None
+    if path == ("layout",):   # whole layouts, as the layout: [A-A-A-M, ...] form gives them
+        return Choice(key, path, False, [Domain(options=[str(label) for label in labels])], whole_layouts=True)
+    return Choice(key, path, per_stage, [Domain(options=list(labels))], whole=labels)
+
+
 def _is_per_stage_form(choice: Choice) -> bool:
     return getattr(choice, "_per_stage_form", False)
 
@@ -425,6 +519,11 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
                 continue
         elif path[0] in PER_STAGE_FIELDS and len(path) > 1:
             problems.add(where, f"{path[0]} is chosen per stage as a whole; write {path[0]}: [...]")
+            continue
+        if isinstance(value, Mapping) and "whole" in value:
+            choice = _whole_choice(str(key), path, value, base, base_data, where, problems)
+            if choice is not None:
+                choices.append(choice)
             continue
         if path == ("layout",) and isinstance(value, list) and value and all(isinstance(v, str) and "-" in v
                                                                              for v in value):
@@ -499,7 +598,146 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
         problems.add(("name",), f"expected a name, got {name!r}")
     problems.raise_if_any()
     order = sorted(choices, key=lambda c: (c.path != ("layout",), c.mixer is not None))
-    return SearchSpace(name, base, base_data, order, macs, params, latency, objective, file, locs)
+    space = SearchSpace(name, base, base_data, order, macs, params, latency, objective, file, locs)
+    starts = data.get("warm_start")
+    if starts is not None:
+        if not isinstance(starts, list) or not all(isinstance(v, str) and v for v in starts):
+            problems.add(("warm_start",), f"expected a list of presets or spec paths, e.g. [caformer_s18], got "
+                                          f"{starts!r}")
+        else:
+            for j, start in enumerate(starts):
+                try:
+                    space.warm_start.append((start, warm_start_params(space, start, space_dir)))
+                except ValueError as exc:
+                    problems.add(("warm_start", j), f"{start}: {exc}")
+    problems.raise_if_any()
+    return space
+
+
+def _canonical(spec: Spec) -> dict:
+    """What the built network depends on: the spec's fields with every stage's mixers resolved to their configs
+    (so ``kernel_size: 7`` written out equals the default 7 left out), without its name, class count and
+    drop-path rate."""
+    from ..plan import resolve_mixer
+
+    data = spec_to_data(spec)
+    # the classes follow the search's data; the drop-path rate is training's, not the architecture's
+    for key in ("name", "mixers", "layout", "num_classes", "drop_path_rate"):
+        data.pop(key, None)
+    data["stage_mixers"] = [[(symbol, resolve_mixer(spec, symbol, i).model_dump()) for symbol in symbols]
+                            for i, symbols in enumerate(spec.stage_symbols())]
+    data["depths"] = list(spec.depths)
+    return data
+
+
+def _in_domain(value: Any, domain: Domain) -> bool:
+    if domain.options is not None:
+        return any(value == o and isinstance(value, bool) == isinstance(o, bool) for o in domain.options)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not domain.low <= value <= domain.high:
+        return False
+    return not domain.step or abs((value - domain.low) / domain.step - round((value - domain.low) / domain.step)) \
+        < 1e-9
+
+
+def _shown(domain: Domain) -> str:
+    if domain.options is not None:
+        return ", ".join(str(o) for o in domain.options)
+    return f"{domain.low}..{domain.high}" + (f" step {domain.step}" if domain.step else "")
+
+
+def warm_start_params(space: SearchSpace, source: str, space_dir: Path | None = None) -> dict:
+    """The parameters a trial must draw for ``space`` to give the network of ``source`` (a preset or a spec
+    path, relative to ``space_dir``): what ``study.enqueue_trial`` needs to try a published design first. A
+    ValueError says where the design leaves the space: a drawn value that is not among the choice's options, or
+    a field the space does not vary that differs from its base."""
+    path = (space_dir or Path.cwd()) / source
+    try:
+        target = load_spec(str(path) if looks_like_path(source) else source)
+    except SpecError as exc:
+        raise ValueError(str(exc.problems[0].message if exc.problems else exc)) from None
+    if not isinstance(target, Spec):
+        raise ValueError("an ensemble; a warm start is one network of the space")
+    if target.num_stages != space.num_stages:
+        raise ValueError(f"has {target.num_stages} stages, the space's base {space.num_stages}")
+    stage_symbols = target.stage_symbols()
+    target_data = spec_to_data(target)
+    by_key = {c.key: c for c in space.choices}
+
+    def wanted(name: str, domain: Domain) -> Any:
+        from ..plan import resolve_mixer
+
+        key, _, index = name.partition("[")
+        i = int(index.rstrip("]")) if index else None
+        choice = by_key.get(key) or by_key.get("layout")
+        if choice.whole_layouts:
+            layout = "-".join("+".join(s) if len(s) > 1 else s[0] for s in stage_symbols)
+            match = [o for o in domain.options if parse_layout(o) == parse_layout(target.layout)]
+            if not match:
+                raise ValueError(f"layout {layout} is not among the space's layouts ({_shown(domain)})")
+            return match[0]
+        if choice.path == ("layout",):
+            symbols = list(dict.fromkeys(stage_symbols[i]))
+            value = symbols[0] if len(symbols) == 1 else None
+            if value is None or not _in_domain(value, domain):
+                raise ValueError(f"stage {i} uses {'+'.join(symbols)}, not among the space's layout options "
+                                 f"({_shown(domain)})")
+            return value
+        if choice.mixer is not None:
+            symbol, param = choice.mixer
+            used = [j for j in range(space.num_stages) if symbol in stage_symbols[j]]
+            values = [getattr(resolve_mixer(target, symbol, j), param) for j in range(space.num_stages)]
+            if choice.whole is not None:
+                for label, option in choice.whole.items():
+                    if all(_stage(option, j) == values[j] for j in used):
+                        return label
+                raise ValueError(f"mixers.{symbol}.{param} is {[values[j] for j in used]} in the stages using "
+                                 f"{symbol}, not among the space's whole values ({_shown(domain)})")
+            value = values[i]
+        elif choice.whole is not None:
+            value = target_data.get(choice.path[0]) if choice.per_stage else _at(target_data, choice.path)
+            for label, option in choice.whole.items():
+                if option == value:
+                    return label
+            raise ValueError(f"{key} is {value!r}, not among the space's whole values ({_shown(domain)})")
+        elif choice.per_stage:
+            value = _stage(getattr(target, choice.path[0]), i)
+        else:
+            value = _at(target_data, choice.path)
+        if not _in_domain(value, domain):
+            where = f"{key}[{i}]" if i is not None else key
+            raise ValueError(f"{where} is {value!r}, not among the space's options ({_shown(domain)})")
+        return value
+
+    data, drawn = space.sample(wanted)
+    check = space.check(data)
+    if check.error is not None:
+        raise ValueError(f"the space's network with its choices does not validate: {check.error}")
+    mine, theirs = _canonical(check.spec), _canonical(target)
+    differ = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    differ.sort(key=lambda k: k == "stage_mixers")
+    if differ:
+        k = differ[0]
+        if k == "stage_mixers":
+            stage = next(j for j, (a, b) in enumerate(zip(mine[k], theirs[k])) if a != b)
+            raise ValueError(f"stage {stage}'s mixers differ from the space's ({theirs[k][stage]} here, "
+                             f"{mine[k][stage]} in the space; the space does not vary what differs)")
+        more = ", ".join("mixers" if d == "stage_mixers" else d for d in differ[1:])
+        raise ValueError(f"{k} is {theirs.get(k)!r}, the space's base has {mine.get(k)!r} and does not vary it"
+                         f"{f' (also differs: {more})' if more else ''}")
+    return drawn
+
+
+def _stage(value: Any, i: int) -> Any:
+    return value[i] if isinstance(value, (list, tuple)) else value
+
+
+def _at(data: Mapping, path: tuple) -> Any:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def positive_budget(value, what: str) -> int:

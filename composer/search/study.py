@@ -6,7 +6,9 @@ with a penalty value and positive constraint values, so the sampler (TPE or NSGA
 ``constraints_func``) learns the feasible region. The study lives in a storage (default: SQLite in the run
 directory) with heartbeats: a trial left RUNNING by a killed process goes stale, is failed and re-queued
 (``RetryFailedTrialCallback``), and the loop runs until the study holds ``trials`` finished (complete or
-pruned) trials, whichever process finished them.
+pruned) trials, whichever process finished them. A training trial's retry resumes from the killed trial's
+last epoch (composer.search.checkpoints); ``--pruner`` prunes with epochs as the resource; ``warm_start``
+designs are enqueued before the first trial.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..spec.units import format_count
 from .objectives import load_dataset
 from .results import (
     FINISHED,
+    PRUNERS,
     SCORE_OBJECTIVES,
     Settings,
     best_trial,
@@ -238,8 +241,10 @@ def open_storage(url: str, heartbeat: float):
 class Searcher:
     """One worker process's view of a study."""
 
-    def __init__(self, space: SearchSpace, settings: Settings, study: optuna.Study, log=print):
+    def __init__(self, space: SearchSpace, settings: Settings, study: optuna.Study, log=print,
+                 run_dir: Path | None = None):
         self.space, self.settings, self.study, self.log = space, settings, study, log
+        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / space.name
         self.counters = Counters()
         self.dataset = None
         if "train" in settings.objectives:
@@ -305,7 +310,7 @@ class Searcher:
             if twin is not None:
                 c.reused += 1
                 trial.set_user_attr("reused_from", twin.number)
-                for key in ("naswot", "gradnorm", "latency_ms", "accuracy", "objective_value"):
+                for key in ("naswot", "gradnorm", "zico", "latency_ms", "accuracy", "objective_value"):
                     if key in twin.user_attrs:
                         trial.set_user_attr(key, twin.user_attrs[key])
                 return twin.values[0] if len(twin.values) == 1 else list(twin.values)
@@ -354,23 +359,7 @@ class Searcher:
         torch.manual_seed(s.seed)
         results: dict[str, float] = {}
         if "train" in s.objectives:
-            from .objectives import train_and_validate
-
-            data, size = self._at_train_size(check, spec)
-            trial.set_user_attr("train_size", size)
-            model = self._build(data, check)
-            single = len(s.objectives) == 1
-
-            def report(epoch: int, acc: float) -> None:
-                trial.set_user_attr(f"accuracy_epoch{epoch}", acc)
-                if single:
-                    trial.report(acc, epoch)
-                    if trial.should_prune():
-                        trial.set_user_attr("accuracy", acc)
-                        raise optuna.TrialPruned(f"pruned after epoch {epoch} at accuracy {acc:.3f}")
-
-            results["train"] = train_and_validate(model, self.dataset.at_size(size), s.epochs, s.seed, report)
-            trial.set_user_attr("accuracy", results["train"])
+            results["train"] = self._train(trial, check, spec)
         user = [n for n in s.objectives if not is_builtin(n)]
         if user:
             results[user[0]] = self._user_objective(trial, user[0], self._build(check.data, check), spec)
@@ -386,27 +375,66 @@ class Searcher:
         if needs_proxy:
             from .objectives import proxy_scores
 
-            data = dict(check.data, drop_path_rate=0.0)
-            size = min(s.proxy_size, spec.input_size)
-            if size != spec.input_size:
-                small = self.space.check(dict(data, input_size=size))
-                if small.error is not None:   # the architecture does not fit the small input: score at full size
-                    size = spec.input_size
-                else:
-                    data = small.data
+            # at --proxy-size, or larger where the architecture needs a larger map (as proxy-check scores it)
+            data, size = self.space.at_size(dict(check.data, drop_path_rate=0.0), min(s.proxy_size, spec.input_size))
             model = self._build(data, check)
             trial.set_user_attr("proxy_size", size)
-            if any(n in SCORE_OBJECTIVES for n in s.objectives):
-                scores = proxy_scores(model, size, s.proxy_batch, spec.in_chans, spec.num_classes, s.seed)
-                trial.set_user_attr("naswot", scores["naswot"])
-                trial.set_user_attr("gradnorm", scores["gradnorm"])
-                results.update(proxy=scores["naswot"], naswot=scores["naswot"], gradnorm=scores["gradnorm"])
+            scores = proxy_scores(model, size, s.proxy_batch, spec.in_chans, spec.num_classes, s.seed,
+                                  zico="zico" in s.objectives)
+            for key in ("naswot", "gradnorm", "zico"):
+                if key in scores:
+                    trial.set_user_attr(key, scores[key])
+                    results[key] = scores[key]
+            results["proxy"] = scores["naswot"]
         results["macs"] = check.estimate.macs / 1e9
         results["params"] = check.estimate.params / 1e6
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("evaluated", True)  # also when nothing had to be built (macs, params, predicted latency)
         values = [results[n] for n in s.objectives]
         return values[0] if len(values) == 1 else values
+
+    def _train(self, trial: optuna.Trial, check, spec) -> float:
+        """Validation accuracy after ``--epochs`` of training, checkpointed after every epoch; a retry of a
+        killed trial resumes from its checkpoint (composer.search.checkpoints)."""
+        from .checkpoints import trial_checkpoint
+        from .objectives import train_and_validate
+
+        s = self.settings
+        data, size = self._at_train_size(check, spec)
+        trial.set_user_attr("train_size", size)
+        model = self._build(data, check)
+        single = len(s.objectives) == 1
+        checkpoint = trial_checkpoint(self.run_dir / "checkpoints", self.study, trial, data)
+        state = checkpoint.load()   # a retry of a killed trial: its state (train_and_validate resumes from it)
+        if state is not None:
+            done = checkpoint.resumed_at_epoch
+            trial.set_user_attr("resumed_at_epoch", done)
+            self.log(f"trial {trial.number}: resuming the training of trial {checkpoint.source.stem[5:]} at epoch "
+                     f"{done} of {s.epochs} ({checkpoint.path})")
+            for e, value in enumerate(state["history"]):   # the killed attempt's epochs: the pruner sees a whole curve
+                trial.set_user_attr(f"accuracy_epoch{e}", value)
+                if single:
+                    trial.report(value, e + 1)
+        trained = 0
+
+        def report(epoch: int, acc: float) -> None:
+            nonlocal trained
+            trained += 1
+            trial.set_user_attr("epochs_trained", trained)
+            trial.set_user_attr(f"accuracy_epoch{epoch}", acc)
+            if single:
+                trial.report(acc, epoch + 1)   # the resource: epochs trained (Hyperband's min_resource is 1)
+                if trial.should_prune():   # before this epoch's checkpoint is saved: none is left behind
+                    trial.set_user_attr("accuracy", acc)
+                    checkpoint.finish(s.keep_checkpoints)
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch} at accuracy {acc:.3f}")
+
+        accuracy = train_and_validate(model, self.dataset.at_size(size), s.epochs, s.seed, report,
+                                      checkpoint=checkpoint)
+        trial.set_user_attr("epochs_trained", trained)   # 0 when the checkpoint held every epoch already
+        checkpoint.finish(s.keep_checkpoints)
+        trial.set_user_attr("accuracy", accuracy)
+        return accuracy
 
     def _user_objective(self, trial: optuna.Trial, name: str, model, spec) -> float:
         """A plugin's or the user's ``function(model, spec, reporter)``. Whatever it raises (but a prune) fails
@@ -438,15 +466,8 @@ class Searcher:
         self.log(f"trial {trial.number} failed in objective {name}: {message}; the search goes on")
 
     def _at_train_size(self, check, spec) -> tuple[dict, int]:
-        """The sample compiled at ``--train-size`` (budgets were checked at the spec's own input_size); an
-        architecture that does not fit that size (a map too small for its mixers) doubles it until it does."""
-        size = self.settings.train_size or spec.input_size
-        while size < spec.input_size:
-            small = self.space.check(dict(check.data, input_size=size))
-            if small.error is None:
-                return small.data, size
-            size *= 2
-        return check.data, spec.input_size
+        """The sample compiled at ``--train-size`` (budgets were checked at the spec's own input_size)."""
+        return self.space.at_size(check.data, self.settings.train_size or spec.input_size)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -549,13 +570,17 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None,
         train_size: int | None = None, direction: str | None = None, max_latency: str | float | None = None,
         device: str = "cpu", batch_size: int = 1, measure_latency: bool = False,
-        enqueue: list[dict] | None = None) -> SearchResult:
+        enqueue: list[dict] | None = None, pruner: str = "median", keep_checkpoints: bool = False,
+        warm_start: list[str] | str | None = None) -> SearchResult:
     """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written.
 
     ``objective``: a name (``proxy``, ``train``, a plugin's, ``module:function``; several joined by commas for a
     Pareto search) or a function ``f(model, spec, reporter) -> float`` (see ``composer.search.objectives.Reporter``),
     whose direction is ``direction`` or ``f.direction``. ``max_latency`` (``"25ms"``): a hard budget on the latency
-    predicted for ``device`` at ``batch_size`` (composer.latency), checked before anything is built."""
+    predicted for ``device`` at ``batch_size`` (composer.latency), checked before anything is built.
+    ``pruner``: median | hyperband | successive-halving | none, with epochs (or a reporter's steps) as the
+    resource. ``warm_start``: presets or spec paths enqueued as the first trials (they must lie in the space);
+    default: the space's ``warm_start:``."""
     t_start = time.perf_counter()
     if not (isinstance(heartbeat, (int, float)) and math.isfinite(heartbeat) and 0.1 <= heartbeat <= 86400):
         raise SpecError(Problem(f"--heartbeat must be a number of seconds between 0.1 and 86400, got {heartbeat!r}",
@@ -589,6 +614,12 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     if trials < 1:
         raise SpecError(Problem(f"--trials must be at least 1, got {trials}", ()))
     settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, data, epochs)
+    if pruner not in PRUNERS:
+        raise SpecError(Problem(f"--pruner {pruner!r}: not a pruner; use one of {', '.join(PRUNERS)}", ()))
+    if pruner not in ("median", "none") and len(objectives) > 1:
+        raise SpecError(Problem(f"--pruner {pruner}: Optuna prunes single-objective studies only; the objective "
+                                f"{','.join(objectives)} has {len(objectives)} (use --pruner none)", ()))
+    settings.pruner, settings.keep_checkpoints = pruner, keep_checkpoints
     try:
         from ..latency import fingerprint, parse_latency
 
@@ -629,7 +660,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     store = open_storage(storage_url, heartbeat)
     directions = ["maximize" if maximize(n) else "minimize" for n in objectives]
     study = optuna.create_study(storage=store, study_name=study_name, directions=directions, load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+                                pruner=_pruner(settings))
     attrs = settings.study_attrs()
     existing = study.user_attrs
     if existing.get("settings") and existing["settings"] != attrs:
@@ -643,8 +674,10 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         study.set_user_attr("space", space.file or space.name)
     already = len(study.get_trials(deepcopy=False))
     study.sampler = _sampler(settings, seed + 7919 * worker_index + already)
-    for params in enqueue or ():  # composer sweep: every point of the grid, once (a rerun skips the queued ones)
-        study.enqueue_trial(params, skip_if_exists=True)
+    starts = _warm_starts(space, warm_start)
+    for point in [*starts, *(enqueue or ())]:
+        # warm starts, then (composer sweep) every point of the grid: each once (a rerun skips the queued ones)
+        study.enqueue_trial(point, skip_if_exists=True)
     if report:   # every machine's main process says what it joined; --workers children (no report) do not
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
         what = f"continuing study {study_name!r} ({done} of {trials} trials finished)" if already else \
@@ -663,7 +696,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
                    "--study-name", study_name, "--worker-index", str(worker_index + i), "--workers", "1",
                    "--no-report", "--no-progress"]
             children.append(subprocess.Popen(cmd))
-    searcher = Searcher(space, settings, study, log)
+    searcher = Searcher(space, settings, study, log, run_path)
     interrupted = False
     try:
         searcher.loop(progress=progress)
@@ -677,6 +710,8 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
                 child.terminate()
                 interrupted = True
     c = searcher.counters
+    if "train" in objectives and report:
+        log(_epochs_line(study, settings))
     log(f"this process: {c.sampled} samples checked ({c.check_seconds / max(c.sampled, 1) * 1e3:.1f} ms each), "
         f"{c.infeasible} over budget, {c.invalid} invalid, {c.reused} repeats reused, {c.built} models built, "
         f"{c.over_budget_built} over-budget models built")
@@ -691,6 +726,50 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         log("interrupted: the study is saved; rerun the same command to continue it")
         raise KeyboardInterrupt
     return SearchResult(study, run_path, settings, c, best_specs, time.perf_counter() - t_start, summary)
+
+
+def _pruner(settings: Settings):
+    """Epochs are the resource: a trial reports its accuracy after epoch e as step e + 1."""
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs, reduction_factor=3)
+    if settings.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def _epochs_line(study: optuna.Study, settings: Settings) -> str:
+    """How much training the study cost against running every trial to the end: the pruner's saving."""
+    trials = study.get_trials(deepcopy=False)
+    trained = sum(int(t.user_attrs.get("epochs_trained", 0)) for t in trials)
+    ran = [t for t in trials if t.user_attrs.get("built") and "train_size" in t.user_attrs
+           and t.state in FINISHED]
+    resumed = sum(1 for t in trials if t.user_attrs.get("resumed_at_epoch"))
+    pruned = sum(1 for t in ran if t.state == TrialState.PRUNED)
+    full = len(ran) * settings.epochs
+    share = f" ({trained / full:.0%})" if full else ""
+    return (f"epochs trained: {trained} in all, against {len(ran)} trained trials x {settings.epochs} epochs = "
+            f"{full}{share}; pruner {settings.pruner}, {pruned} pruned"
+            f"{f', {resumed} resumed from checkpoints' if resumed else ''}")
+
+
+def _warm_starts(space: SearchSpace, given) -> list[dict]:
+    """The parameters of the published designs to try first (``--warm-start`` or the space's ``warm_start``)."""
+    from .space import warm_start_params
+
+    if given is None:
+        return [params for _, params in space.warm_start]
+    names = [n.strip() for n in given.split(",")] if isinstance(given, str) else list(given)
+    out = []
+    for name in names:
+        if not name:
+            continue
+        try:
+            out.append(warm_start_params(space, name))
+        except ValueError as exc:
+            raise SpecError(Problem(f"--warm-start {name}: {exc}", ())) from None
+    return out
 
 
 def _train_size(given: int | None, data: str, space: SearchSpace) -> int:

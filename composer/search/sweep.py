@@ -147,6 +147,7 @@ def sweep(space, *, objective: str | None = None, run_dir: str | None = None, st
     run_dir = run_dir or str(Path("runs") / f"{space.name}-sweep")
     log(f"sweep {space.name}: {len(points)} points ({', '.join(c.key for c in space.choices)})")
     budget = search.pop("budget", None) or space.budget_macs or NO_BUDGET
+    search.setdefault("pruner", "none")   # a table has every point trained to the end
     result = run(space, budget=budget, trials=len(points), objective=objective, seed=seed, storage=storage,
                  run_dir=run_dir, study_name=study_name or f"{space.name}-sweep", progress=progress, log=log,
                  enqueue=points, report=False, **search)
