@@ -183,19 +183,40 @@ class ComposedEnsemble(nn.Module):
     (no softmax, no weights), as the HyenaPixel paper's ensembles. Member ``i`` is ``members.i`` (load
     each member's checkpoint into it).
 
-    Of timm's interface it has what the mean of members means: ``num_classes``, ``get_classifier`` (the
-    members' classifiers), ``reset_classifier`` (every member's), ``set_grad_checkpointing``,
-    ``no_weight_decay``, ``group_matcher`` (member by member) and ``forward_head``-free ``forward``. It has no
-    ``forward_features`` / ``forward_intermediates`` / ``features_only``: members' maps differ in width and are
-    not averaged."""
+    Its feature map is the members' maps side by side: ``forward_features(x)`` concatenates their final maps
+    along channels (``num_features`` = the sum of theirs), ``forward_intermediates`` the stage maps likewise,
+    ``forward_head`` splits the channels back and averages the members' logits (``pre_logits=True``, and
+    ``num_classes=0``, concatenate their pooled features: ``head_hidden_size`` is the sum). That needs members
+    whose stages have one count and one reduction each (the shipped ensembles do); for others the feature
+    methods raise and ``feature_info`` is empty, while ``forward`` still averages logits. Besides:
+    ``get_classifier`` (the members' classifiers), ``reset_classifier`` (every member's),
+    ``set_grad_checkpointing``, ``no_weight_decay``, ``group_matcher`` and ``prune_intermediate_layers``
+    (member by member)."""
 
     def __init__(self, plan: EnsemblePlan):
         super().__init__()
         self.name = plan.spec.name
         self.num_classes = plan.spec.num_classes
+        self.in_chans = plan.spec.members[0].in_chans
         self.members = nn.ModuleList(ComposedModel(p) for p in plan.members)
-        self.num_features = self.head_hidden_size = 0  # no shared feature map (see the class docstring)
-        self.feature_info: list[dict] = []
+        self.global_pool = "avg"
+        self.feature_info = self._shared_feature_info()
+        self.num_features = sum(m.num_features for m in self.members)
+        self.head_hidden_size = sum(m.head_hidden_size for m in self.members)
+
+    def _shared_feature_info(self) -> list[dict]:
+        infos = [m.feature_info for m in self.members]
+        if len({len(i) for i in infos}) > 1 or any(len({i[s]["reduction"] for i in infos}) > 1
+                                                   for s in range(len(infos[0]))):
+            return []   # no shared feature map: stage counts or reductions differ
+        return [{"num_chs": sum(i[s]["num_chs"] for i in infos), "reduction": infos[0][s]["reduction"],
+                 "module": f"stages.{s}"} for s in range(len(infos[0]))]
+
+    def _require_shared_features(self) -> None:
+        if not self.feature_info:
+            raise NotImplementedError(
+                f"{self.name}: the members' stages differ in count or reduction, so their maps cannot be put "
+                "side by side; use a member's features (model.members[i])")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -208,12 +229,11 @@ class ComposedEnsemble(nn.Module):
 
     @torch.jit.ignore
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, device=None, dtype=None) -> None:
-        if num_classes == 0 and len({m.head_hidden_size for m in self.members}) > 1:
-            raise ValueError("a headless ensemble averages pooled features, which needs members of one width; "
-                             f"these have {sorted({m.head_hidden_size for m in self.members})}")
         for member in self.members:
             member.reset_classifier(num_classes, global_pool, device, dtype)
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -224,8 +244,46 @@ class ComposedEnsemble(nn.Module):
         return {"stem": r"^members\.(\d+)\.stem",
                 "blocks": [(r"^members\.(\d+)\.stages\.(\d+)" + ("" if coarse else r"\.blocks\.(\d+)"), None)]}
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._require_shared_features()
+        return torch.cat([member.forward_features(x) for member in self.members], dim=1)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Every member's ``forward_intermediates``, stage by stage concatenated along channels."""
+        self._require_shared_features()
+        outs = [m.forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only=False)
+                for m in self.members]
+        intermediates = [torch.cat(maps, dim=1) for maps in zip(*(o[1] for o in outs))]
+        if intermediates_only:
+            return intermediates
+        return torch.cat([o[0] for o in outs], dim=1), intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        self._require_shared_features()
+        taken = [m.prune_intermediate_layers(indices, prune_norm, prune_head) for m in self.members][0]
+        self.feature_info = self._shared_feature_info()
+        self.num_features = sum(m.num_features for m in self.members)
+        self.head_hidden_size = sum(m.head_hidden_size for m in self.members)
+        self.num_classes = self.members[0].num_classes
+        self.global_pool = self.members[0].global_pool
+        return taken
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        parts = torch.split(x, [m.num_features for m in self.members], dim=1)
+        outs = [m.forward_head(part, pre_logits) for m, part in zip(self.members, parts)]
+        if pre_logits or self.num_classes == 0:   # features side by side, as forward_features
+            return torch.cat(outs, dim=1)
+        return torch.stack(outs).mean(0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(x) for member in self.members]).mean(0)
+        outs = [member(x) for member in self.members]   # also for members without a shared feature map
+        if self.num_classes == 0:   # headless: the members' pooled features (or maps) side by side
+            return torch.cat(outs, dim=1)
+        return torch.stack(outs).mean(0)
 
 
 def refuse_oversized(p: Plan | EnsemblePlan) -> None:

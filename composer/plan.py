@@ -231,7 +231,8 @@ def memory_problem(est: Estimate) -> str | None:
     free = available_memory()
     if free is None or est.memory_bytes <= free:
         return None
-    tables = f" and {format_count(est.buffer_bytes)}B of position tables" if est.buffer_bytes else ""
+    tables = (f" and {format_count(est.buffer_bytes)}B of tables its mixers hold (position tables, attention "
+              "weights)") if est.buffer_bytes else ""
     return (f"needs at least {format_count(est.memory_bytes)}B ({format_count(est.params)} parameters and "
             f"{format_count(est.activations)} activations at batch 1, float32{tables}) but this machine has "
             f"{format_count(free)}B available")

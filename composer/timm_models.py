@@ -88,12 +88,30 @@ def _compose(preset: str, global_pool: str = "avg", **kwargs: Any):
     # composer.resolution.at_input_size(..., filters="resize") does
     spec = load_spec(data) if set(data) - {"extends", "name"} else base
     model = compose(spec)
+    frozen_parameters_as_buffers(model)
     if global_pool != "avg":
         model.reset_classifier(model.num_classes, global_pool)
     model._composer_cfg = pretrained_cfg(preset, spec)  # what this model is, whatever the registry's default
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model
+
+
+def frozen_parameters_as_buffers(model) -> int:
+    """timm's convention for tensors that are never trained: buffers, not ``nn.Parameter(requires_grad=False)``
+    (timm's tests and training scripts expect a gradient for every parameter). HyenaPixel's ``distance_map``
+    and RandFormer's ``random_matrix`` are frozen parameters in the official code, and composer.compose keeps
+    them so (its parameter counts are the official ones); the timm entry points turn them into persistent
+    buffers: the state dict keeps the same keys and values, so the official checkpoints still load strictly.
+    Returns the number of elements moved."""
+    moved = 0
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if not param.requires_grad:
+                del module._parameters[name]
+                module.register_buffer(name, param.detach(), persistent=True)
+                moved += param.numel()
+    return moved
 
 
 def create(preset: str, pretrained: bool = False, **kwargs: Any):
@@ -110,9 +128,6 @@ def create(preset: str, pretrained: bool = False, **kwargs: Any):
             raise ValueError(f"{PREFIX}{preset}: {key} is not supported (composer registers no pretrained weights)")
         kwargs.pop(key, None)
     base = load_spec(preset)
-    if kwargs.get("features_only") and isinstance(base, EnsembleSpec):
-        raise ValueError(f"{PREFIX}{preset} is an ensemble: its members' feature maps are not averaged, so there "
-                         "are no ensemble features; create a member preset with features_only=True")
     stages = len(base.members[0].widths) if isinstance(base, EnsembleSpec) else base.num_stages
     if PREFIX + preset not in default_cfgs:  # registered before its cfg could be computed, or a new preset
         default_cfgs[PREFIX + preset] = pretrained_cfg(preset, base)
@@ -145,6 +160,8 @@ def pretrained_cfg(preset: str, spec) -> dict[str, Any]:
         cfg["first_conv"] = tuple(f"members.{i}.{m['first_conv']}" for i, m in enumerate(members))
         cfg["classifier"] = tuple(f"members.{i}.{m['classifier']}" for i, m in enumerate(members))
         cfg["fixed_input_size"] = any(m["fixed_input_size"] for m in members)
+        if len({m["pool_size"] for m in members}) == 1:   # the shared (side by side) final map
+            cfg["pool_size"] = members[0]["pool_size"]
         return cfg
     from .plan import walk
 

@@ -223,15 +223,44 @@ def test_an_ensemble_base_in_a_search_space(run_cli, tmp_path):
     _fails(run_cli, "search", path, expect=["space.yaml:1: base: the base 'ensemble_hpx_conv_s18' is an ensemble"])
 
 
-def test_a_headless_ensemble_of_different_widths(run_cli, tmp_path):
+def test_a_read_only_run_dir_is_refused(run_cli, tmp_path, tiny):
+    """As a user: a folder without write permission (root writes anywhere, hence /proc in the test above)."""
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        _fails(run_cli, "search", tiny, "--run-dir", folder / "run", expect=[f"--run-dir {folder / 'run'}: cannot"])
+        _fails(run_cli, "search", tiny, "--run-dir", folder, expect=[f"--run-dir {folder}: cannot write there"])
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_headless_ensemble_of_different_widths_gives_their_features_side_by_side(run_cli, tmp_path):
+    """Once refused (the mean of pooled features of two widths failed in the forward): a headless ensemble now
+    gives the members' pooled features side by side, whatever their widths."""
     path = tmp_path / "ens.yaml"
-    path.write_text("ensemble: [caformer_s18, u_dwconv_micro]\nnum_classes: 0\n")
-    _fails(run_cli, "validate", path, expect=["ens.yaml:2: num_classes: a headless ensemble", "512", "384"])
+    path.write_text("ensemble: [caformer_s18, u_dwconv_micro]\nnum_classes: 0\ninput_size: 64\n")
+    code, out, err = run_cli("validate", str(path))
+    assert code == 0, err
+    import torch
+
+    import composer
+
+    model = composer.compose(str(path)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, model.members[0].head_hidden_size
+                                                         + model.members[1].head_hidden_size)
 
 
 @pytest.mark.parametrize("body, field", [
     ("extends: caformer_s18\nwidths: [1000000, 128, 320, 512]\n", "widths"),
     ("extends: transnext_micro\ninput_size: 8192\n", "input_size"),
+    # SDPA holds no N x N weights, but with attention dropout its math path does: 100 GB at 2048 px
+    ("extends: caformer_s18\ninput_size: 2048\nmixers: {A: {attn_drop: 0.1}}\n", "input_size"),
 ])
 def test_models_whose_memory_cannot_exist_are_refused_before_allocating(run_cli, tmp_path, body, field):
     path = tmp_path / "huge.yaml"

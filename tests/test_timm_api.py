@@ -205,5 +205,60 @@ def test_ensemble_has_what_an_average_of_logits_means():
     ens.reset_classifier(3)
     assert ens.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     assert len(ens.get_classifier()) == 2
-    with pytest.raises(ValueError, match="ensemble"):
-        timm.create_model("composer_ensemble_hpx_conv_s18", features_only=True)
+
+
+def test_ensemble_features_are_the_members_maps_side_by_side():
+    x = torch.randn(2, 3, 64, 64)
+    ens = timm.create_model("composer_ensemble_hpx_conv_s18", num_classes=7, img_size=64).eval()
+    a, b = ens.members
+    with torch.no_grad():
+        feats = ens.forward_features(x)
+        assert torch.equal(feats, torch.cat([a.forward_features(x), b.forward_features(x)], 1))
+        assert feats.shape[1] == ens.num_features == 1024
+        # the head splits the channels back: the logits are the mean of the members', as forward gives them
+        assert torch.allclose(ens.forward_head(feats), (a(x) + b(x)) / 2, atol=1e-6)
+        assert torch.allclose(ens(x), (a(x) + b(x)) / 2, atol=1e-6)
+        pre = ens.forward_head(feats, pre_logits=True)
+        assert pre.shape == (2, ens.head_hidden_size)
+        assert ens.head_hidden_size == a.head_hidden_size + b.head_hidden_size
+        last, maps = ens.forward_intermediates(x, indices=(1, 3))
+        assert torch.equal(last, feats) and [m.shape[1] for m in maps] == [256, 1024]
+    features = timm.create_model("composer_ensemble_hpx_conv_s18", features_only=True, out_indices=(1, 2, 3),
+                                 img_size=64)
+    assert features.feature_info.channels() == [256, 640, 1024] and features.feature_info.reduction() == [8, 16, 32]
+    headless = timm.create_model("composer_ensemble_hpx_conv_s18", num_classes=0, img_size=64).eval()
+    assert headless(x).shape == (2, headless.head_hidden_size)
+
+
+def test_an_ensemble_of_unlike_members_has_logits_but_no_shared_features():
+    like = composer.compose({"ensemble": ["caformer_s18", "u_dwconv_micro"], "input_size": 64})
+    assert [f["num_chs"] for f in like.feature_info] == [64 + 32, 128 + 64, 320 + 128, 512 + 256]  # same strides
+    three = {"extends": "caformer_s18", "widths": [64, 128, 320], "depths": [1, 1, 1], "layout": "Conv-Conv-A",
+             "res_scale": None}
+    ens = composer.compose({"ensemble": ["caformer_s18", three], "input_size": 64}).eval()
+    assert ens.feature_info == []
+    assert ens(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(NotImplementedError, match="cannot be put side by side"):
+        ens.forward_features(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("preset", ["hpxformer_s18", "randformer_s12"])
+def test_timm_models_hold_frozen_tables_as_buffers_with_the_same_state_dict(preset):
+    """timm expects a gradient for every parameter: the official code's frozen parameters (distance maps, the
+    random mixing matrix) are buffers in timm-created models; the state dict and the outputs are unchanged."""
+    kwargs = {"img_size": 64} if preset == "hpxformer_s18" else {}
+    model = timm.create_model(f"composer_{preset}", **kwargs)
+    reference = composer.compose(composer.load_spec({"extends": preset, **({"input_size": 64} if kwargs else {})}))
+    frozen = sum(p.numel() for p in reference.parameters() if not p.requires_grad)
+    assert frozen > 0 and all(p.requires_grad for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) - frozen
+    assert set(model.state_dict()) == set(reference.state_dict())
+    model.load_state_dict(reference.state_dict(), strict=True)
+    size = 64 if kwargs else 224
+    x = torch.randn(2, 3, size, size)
+    model.train()
+    model(x).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))

@@ -39,6 +39,11 @@ class AttentionConfig(AttentionHeads, MixerConfig):
         return (linear_cost(ctx.dim, 3 * inner, n, self.qkv_bias) + Cost(macs=attention_products)
                 + linear_cost(inner, ctx.dim, n, self.proj_bias))
 
+    def buffer_bytes(self, ctx: MixerContext) -> int:
+        # SDPA's fused kernels never hold the N x N weights; with attention dropout (training) PyTorch takes its
+        # math path, which does: at least one float32 (heads, N, N) tensor per forward
+        return 4 * self.heads(ctx.dim) * ctx.tokens * ctx.tokens if self.attn_drop > 0 else 0
+
     def build(self, ctx: MixerContext) -> nn.Module:
         from ..nn.mixers.attention import Attention
         return Attention(ctx.dim, self.heads(ctx.dim), self.head_dim, self.qkv_bias, self.proj_bias,

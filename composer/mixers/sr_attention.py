@@ -90,6 +90,11 @@ class SRAttentionConfig(AttentionHeads, MixerConfig):
             cost += Cost(c * n)
         return cost
 
+    def buffer_bytes(self, ctx: MixerContext) -> int:
+        # as attention's: with attention dropout SDPA's math path holds the (heads, N, N / R²) weights
+        keys = ctx.tokens // self.ratio(ctx) ** 2
+        return 4 * self.heads(ctx.dim) * ctx.tokens * keys if self.attn_drop > 0 else 0
+
     def build(self, ctx: MixerContext) -> nn.Module:
         from ..nn.mixers.sr_attention import SpatialReductionAttention
         return SpatialReductionAttention(ctx.dim, self.heads(ctx.dim), self.ratio(ctx), self.qkv_bias,

@@ -276,13 +276,6 @@ def resolve_ensemble(ensemble: EnsembleSpec) -> EnsembleSpec:
                 raise SpecError(locate([Problem(
                     f"member {i} ({member.name}) has {key} {getattr(member, key)} but member 0 ({first.name}) "
                     f"has {getattr(first, key)}; the members must agree{hint}", path)], locs))
-    if first.num_classes == 0:  # headless: the mean of pooled features needs one width
-        widths = [m.head.pooled_dim(m.widths[-1]) for m in members]
-        if len(set(widths)) > 1:
-            raise SpecError(locate([Problem(
-                f"a headless ensemble (num_classes 0) averages its members' pooled features, but their widths "
-                f"differ ({', '.join(f'{m.name}: {w}' for m, w in zip(members, widths))}); give num_classes > 0 "
-                "or members of one final width", ("num_classes",))], locs))
     ensemble._members = members
     written = set(ensemble.model_fields_set)
     ensemble.input_size = first.input_size  # the ensemble's own values (what its input / output are) ...
