@@ -428,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (composer list | head): stop quietly, as Unix tools do on SIGPIPE; stdout goes to
+        # /dev/null so that Python's flush at exit does not raise again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a bug in composer, not in the user's spec
         if args.debug:
             raise

@@ -28,6 +28,7 @@ class NormConfig(BaseModel):
     type: Literal["layernorm", "groupnorm1", "batchnorm"] = "layernorm"
     bias: bool = True
     eps: PositiveFloat = 1e-6
+    """1e-6 for the layer norms (timm's MetaFormer); a batchnorm without eps gets PyTorch's 1e-5."""
 
     @model_validator(mode="before")
     @classmethod
@@ -38,6 +39,8 @@ class NormConfig(BaseModel):
                                  "or {type: ..., bias: ..., eps: ...}")
             kind, bias = _NORM_SHORTHANDS[data]
             return {"type": kind, "bias": bias, "eps": 1e-5 if kind == "batchnorm" else 1e-6}
+        if isinstance(data, dict) and data.get("type") == "batchnorm" and "eps" not in data:
+            return {**data, "eps": 1e-5}   # PyTorch's (and timm's) BatchNorm eps, as the shorthand gives it
         return data
 
     def cost(self, dim: int) -> Cost:

@@ -40,6 +40,15 @@ def _sail_sg_to_timm(key: str) -> str:
 
 
 def _timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if any(k.startswith("head.fc1.") for k in state):
+        # timm's MlpClassifierHead (InceptionNeXt): head.fc1 / head.norm / head.fc2 are composer's MLP head,
+        # head.fc (the classifier, as in timm's MetaFormer)
+        return {re.sub(r"^head\.(fc1|norm|fc2)\.", r"head.fc.\1.", k): v for k, v in state.items()}
+    if any(k.startswith("layers.0.") for k in state) and any(k.startswith("stem.proj.") for k in state):
+        # timm's FocalNet: layers.i are composer's stages.i, its final map norm is the last stage's norm
+        last = max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
+        return {re.sub(r"^norm\.", f"stages.{last}.norm.", re.sub(r"^layers\.", "stages.", k)): v
+                for k, v in state.items()}
     if any(k.startswith("stem.") for k in state):
         return dict(state)
     return {_sail_sg_to_timm(k): v for k, v in state.items()}

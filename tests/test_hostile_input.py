@@ -290,3 +290,17 @@ def test_mixer_overrides_are_as_strict_as_the_spec(tmp_path, value, message):
     with pytest.raises(composer.SpecError) as err:
         composer.load_spec(path)
     assert f"lax.yaml:3: mixers.Conv.kernel_size: {message}" in str(err.value)
+
+
+def test_a_reader_that_goes_away_is_no_internal_error():
+    """composer list | head: the pipe closes before composer has written; it stops quietly (exit 141, SIGPIPE's)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "composer.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()   # before anything was read: every write fails
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141, err
+    assert "internal error" not in err and "Traceback" not in err

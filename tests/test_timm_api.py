@@ -18,6 +18,8 @@ MACROS = {
     "hornet": ("hornet_tiny_gf", {"depths": [1, 1, 2, 1], "img_size": 64}, 64),
     "pvt": ("transnext_micro", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
     "unified": ("u_swin_micro", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
+    "metanext": ("inception_next_atto", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
+    "focalnet": ("focalnet_tiny_srf", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
 }
 
 

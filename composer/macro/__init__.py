@@ -3,12 +3,14 @@
 
 from ..registry import MACROS, register_macro
 from .base import Macro, Part
+from .focalnet import FocalNetMacro
 from .hornet import HorNetMacro
 from .metaformer import MetaFormerMacro
+from .metanext import MetaNeXtMacro
 from .pvt import PvtMacro
 from .unified import UnifiedMacro
 
-for _macro in (MetaFormerMacro, HorNetMacro, PvtMacro, UnifiedMacro):
+for _macro in (MetaFormerMacro, HorNetMacro, PvtMacro, UnifiedMacro, MetaNeXtMacro, FocalNetMacro):
     register_macro(_macro)
 
 __all__ = ["MACROS", "Macro", "Part", "register_macro"]

@@ -99,9 +99,19 @@ class BatchNorm(nn.BatchNorm2d):
         self.channels_first = layout == "channels_first"
 
     def forward(self, x):
-        if self.channels_first:
-            return super().forward(x)
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # nn.BatchNorm2d's forward written out (running statistics with momentum), as TorchScript takes no
+        # super().forward
+        if not self.channels_first:
+            x = x.permute(0, 3, 1, 2)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:   # a cumulative average, as PyTorch's
+                factor = 1.0 / float(self.num_batches_tracked)
+        y = F.batch_norm(x, self.running_mean if not self.training or self.track_running_stats else None,
+                         self.running_var if not self.training or self.track_running_stats else None,
+                         self.weight, self.bias, self.training or self.running_mean is None, factor, self.eps)
+        return y if self.channels_first else y.permute(0, 2, 3, 1)
 
 
 NORMS = {"layernorm": LayerNorm, "groupnorm1": GroupNorm1, "batchnorm": BatchNorm}
