@@ -40,9 +40,10 @@ def _sail_sg_to_timm(key: str) -> str:
 
 
 def _timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if any(k.startswith("head.fc1.") for k in state):
-        # timm's MlpClassifierHead (InceptionNeXt): head.fc1 / head.norm / head.fc2 are composer's MLP head,
-        # head.fc (the classifier, as in timm's MetaFormer)
+    if any(k.startswith("head.fc1.") for k in state) and any(k.startswith("stem.") for k in state):
+        # timm's layout (stem.*) with its MlpClassifierHead (InceptionNeXt): head.fc1 / head.norm / head.fc2 are
+        # composer's MLP head, head.fc (the classifier, as in timm's MetaFormer); sail-sg's layout also has
+        # head.fc1 but no stem.*
         return {re.sub(r"^head\.(fc1|norm|fc2)\.", r"head.fc.\1.", k): v for k, v in state.items()}
     if any(k.startswith("layers.0.") for k in state) and any(k.startswith("stem.proj.") for k in state):
         # timm's FocalNet: layers.i are composer's stages.i, its final map norm is the last stage's norm

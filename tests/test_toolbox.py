@@ -252,7 +252,9 @@ def test_timm_kwargs_map_to_spec_fields():
     model = timm.create_model("composer_chpxformer_s18", num_classes=10, img_size=64, drop_path_rate=0.3,
                               drop_rate=0.25, in_chans=1)
     expected = estimate({"extends": "chpxformer_s18", "num_classes": 10, "input_size": 64, "in_chans": 1})
-    assert sum(t.numel() for t in model.parameters()) == expected.params
+    frozen = sum(b.numel() for name, b in model.named_buffers() if name.endswith("distance_map"))
+    assert frozen > 0   # timm's convention: the official code's frozen distance maps are buffers here
+    assert sum(t.numel() for t in model.parameters()) + frozen == expected.params
     assert model.pretrained_cfg["input_size"] == (1, 64, 64) and model.num_classes == 10
     assert model.stages[3].blocks[2].drop_path1.drop_prob == pytest.approx(0.3)
     model.eval()
