@@ -15,11 +15,12 @@ layout is channels-last gets its input permuted, and the block runs channels-fir
 
 from __future__ import annotations
 
-from ..cost_types import Cost, conv_cost, conv_out
+from ..cost_types import Cost
 from ..mixers.base import MixerConfig, MixerContext
 from ..parts import NormConfig
 from ..perstage import pick
 from .base import Macro, Part, Shape, memo_mixer_cost
+from .hornet import HorNetMacro
 
 BN = NormConfig(type="batchnorm")
 
@@ -43,39 +44,10 @@ class MetaNeXtMacro(Macro):
                      "hidden_norm": {"type": "layernorm", "eps": 1e-6}},
         }
 
-    def stem(self, spec) -> Part:
-        size = conv_out(spec.input_size, 4, 4, 0)
-        dim = spec.widths[0]
-        cost = conv_cost(spec.in_chans, dim, 4, (size, size))
-        if spec.stem_norm:
-            cost += spec.stem_norm.cost(dim)
-
-        def build():
-            from torch import nn
-
-            return nn.Sequential(nn.Conv2d(spec.in_chans, dim, 4, stride=4),
-                                 spec.stem_norm.build(dim, "channels_first") if spec.stem_norm else nn.Identity())
-
-        return Part("stem", cost, (spec.in_chans, spec.input_size, spec.input_size), (dim, size, size), build)
-
-    def downsample(self, spec, stage: int, in_shape: Shape) -> Part | None:
-        if stage == 0:
-            return None
-        cin, h, w = in_shape
-        cout = spec.widths[stage]
-        ho, wo = conv_out(h, 2, 2, 0), conv_out(w, 2, 2, 0)
-        cost = conv_cost(cin, cout, 2, (ho, wo))
-        norm = spec.downsample_norm
-        if norm:
-            cost += norm.cost(cin)
-
-        def build():
-            from torch import nn
-
-            return nn.Sequential(norm.build(cin, "channels_first") if norm else nn.Identity(),
-                                 nn.Conv2d(cin, cout, 2, stride=2))
-
-        return Part("downsample", cost, in_shape, (cout, ho, wo), build)
+    # the stem (4x4/4 conv + norm) and the downsampling (norm + 2x2/2 conv) are HorNet's, with BatchNorm
+    stem_kernel, down_kernel = 4, 2
+    stem = HorNetMacro.stem
+    downsample = HorNetMacro.downsample
 
     def block(self, spec, stage: int, index: int, shape: Shape, mixer: MixerConfig, drop_path: float) -> Part:
         dim, h, w = shape
