@@ -75,7 +75,7 @@ MOVES = {
 EXCLUDED = {
     "native_layer_norm", "native_group_norm", "native_batch_norm", "_native_batch_norm_legit",
     "_native_batch_norm_legit_no_training", "var_mean", "var", "std", "_softmax", "_safe_softmax",
-    "_log_softmax", "gelu", "relu", "relu_", "silu", "sigmoid", "tanh", "hardswish", "erf", "leaky_relu",
+    "_log_softmax", "gelu", "relu", "relu_", "silu", "sigmoid", "tanh", "hardswish", "hardtanh", "erf", "leaky_relu",
     "mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "pow", "sqrt", "rsqrt", "square", "addcmul",
     "neg", "abs", "exp", "log", "log2", "clamp", "clamp_min", "clamp_max", "where", "mean", "sum", "amax",
     "amin", "max", "min", "avg_pool2d", "_adaptive_avg_pool2d", "max_pool2d_with_indices",

@@ -240,6 +240,8 @@ def _parts(spec) -> list[_PartToTime]:
                 layout, permuted = "channels_first", stored != "channels_first"
                 description = {"kind": part.kind, "macro": spec.macro, "stage": i, "in": part.in_shape,
                                "out": part.out_shape, "permuted": permuted, **conventions}
+                if spec.downsample_ratio is not None:  # only then: the other macros' table keys stay as they were
+                    description["downsample_ratio"] = pick(spec.downsample_ratio, i)
                 what = f"{part.kind} {'x'.join(map(str, part.in_shape))}"
             out.append(_PartToTime(name, i, what, description, part, layout, permuted))
             stored = layout

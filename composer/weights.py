@@ -40,6 +40,8 @@ def _sail_sg_to_timm(key: str) -> str:
 
 
 def _timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if "stem.0.conv.weight" in state and any(".local.main." in k for k in state):
+        return lowformer_state_dict(state)  # timm's LowFormer
     if any(k.startswith("head.fc1.") for k in state) and any(k.startswith("stem.") for k in state):
         # timm's layout (stem.*) with its MlpClassifierHead (InceptionNeXt): head.fc1 / head.norm / head.fc2 are
         # composer's MLP head, head.fc (the classifier, as in timm's MetaFormer); sail-sg's layout also has
@@ -88,6 +90,83 @@ def transnext_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 register_weight_source("transnext", transnext_state_dict)
+
+
+# -- LowFormer: the official checkpoints (altair199797/LowFormer, lowformer_model.py) and timm's lowformer.py ---
+# official:  backbone.input_stem.op_list.{0: ConvLayer, j: ResidualBlock(main)}, backbone.stages.i.op_list.j
+#            (j = 0: the stride-2 block, no residual; then ResidualBlock(main) or LowFormerBlock.total =
+#            [[attention residual (main = [GroupNorm, ConvAttention]), MLP residual], local residual]),
+#            head.op_list.{0: ConvLayer, 2: LinearLayer(linear, norm), 3: LinearLayer(linear)}
+# timm:      stem.{0, j}, stages.i.j with .attn / .mlp / .local, in_conv, pre_classifier.{0, 1}, classifier
+# composer:  stem, stages.0.blocks.(j-1), stages.(i+1).downsample / .blocks.(j-1) with norm1, token_mixer, norm2,
+#            mlp.fc1 / fc2, local; head.global_pool (conv, norm), head.fc (fc1, norm, fc2)
+
+_LOWFORMER_OFFICIAL = [  # official -> timm, in order
+    (r"^backbone\.input_stem\.op_list\.", "stem."),
+    (r"^backbone\.stages\.(\d+)\.op_list\.", r"stages.\1."),
+    (r"^head\.opseq\.", "head."),  # the official ClsHeadTorchScript
+    (r"^head\.op_list\.0\.", "in_conv."),
+    (r"^head\.op_list\.2\.linear\.", "pre_classifier.0."),
+    (r"^head\.op_list\.2\.norm\.", "pre_classifier.1."),
+    (r"^head\.op_list\.3\.linear\.", "classifier."),
+    (r"\.total\.0\.0\.", ".attn."),
+    (r"\.total\.0\.1\.", ".mlp."),
+    (r"\.total\.1\.", ".local."),
+    (r"\.conv_proj\.0\.", ".conv_proj.conv."),
+    (r"\.conv_proj\.1\.", ".conv_proj.norm."),
+    (r"\.pwise\.0\.", ".pwise."),
+]
+
+_LOWFORMER_BLOCK = [  # inside a timm LowFormer block -> composer's
+    (r"^attn\.main\.0\.", "norm1."),
+    (r"^attn\.main\.1\.", "token_mixer."),
+    (r"^mlp\.main\.0\.", "norm2."),
+    (r"^mlp\.main\.1\.", "mlp.fc1."),
+    (r"^mlp\.main\.3\.", "mlp.fc2."),
+    (r"^local\.main\.", "local."),
+    (r"^main\.", "token_mixer."),   # a conv block (fused MBConv / MBConv with one residual)
+]
+
+_LOWFORMER_HEAD = {"in_conv.": "head.global_pool.", "pre_classifier.0.": "head.fc.fc1.",
+                   "pre_classifier.1.": "head.fc.norm.", "classifier.": "head.fc.fc2."}
+
+
+def _lowformer_key(key: str) -> str:
+    for prefix, target in _LOWFORMER_HEAD.items():
+        if key.startswith(prefix):
+            return target + key[len(prefix):]
+    m = re.match(r"^stem\.(\d+)\.(.*)$", key)
+    if m:
+        if m[1] == "0":
+            return "stem." + m[2]
+        stage, index, rest = 0, int(m[1]) - 1, m[2]
+    else:
+        m = re.match(r"^stages\.(\d+)\.(\d+)\.(.*)$", key)
+        if not m:
+            return key
+        stage, index, rest = int(m[1]) + 1, int(m[2]) - 1, m[3]
+        if index < 0:   # the stage's stride-2 block: composer's downsampling (no residual, no .main wrapper)
+            return f"stages.{stage}.downsample.{re.sub(r'^main[.]', '', rest)}"
+    for pattern, target in _LOWFORMER_BLOCK:
+        if re.match(pattern, rest):
+            return f"stages.{stage}.blocks.{index}.{re.sub(pattern, target, rest)}"
+    return f"stages.{stage}.blocks.{index}.{rest}"
+
+
+def lowformer_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official LowFormer keys (``backbone.*``, ``head.op_list.*``) or timm's LowFormer keys -> composer's
+    (``lowformer`` macro); composer's own keys pass through."""
+    if not any(k.startswith(("backbone.", "stem.0.")) for k in state):
+        return dict(state)
+    out = {}
+    for key, value in state.items():
+        for pattern, target in _LOWFORMER_OFFICIAL:
+            key = re.sub(pattern, target, key)
+        out[_lowformer_key(key)] = value
+    return out
+
+
+register_weight_source("lowformer", lowformer_state_dict)
 
 
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:

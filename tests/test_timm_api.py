@@ -20,6 +20,7 @@ MACROS = {
     "unified": ("u_swin_micro", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
     "metanext": ("inception_next_atto", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
     "focalnet": ("focalnet_tiny_srf", {"depths": [1, 1, 1, 1], "img_size": 64}, 64),
+    "lowformer": ("lowformer_b0", {"depths": [0, 1, 0, 1, 1], "img_size": 64}, 64),
 }
 
 
@@ -31,18 +32,19 @@ def _create(macro, **extra):
 
 @pytest.mark.parametrize("macro", MACROS)
 def test_features_only_gives_timms_feature_wrapper(macro):
-    model, size = _create(macro, features_only=True, out_indices=(1, 2, 3))
-    assert type(model).__name__ == "FeatureGetterNet"
-    full, _ = _create(macro)
+    full, size = _create(macro)
     info = full.feature_info
-    assert model.feature_info.channels() == [info[i]["num_chs"] for i in (1, 2, 3)]
+    last = [len(info) - 3, len(info) - 2, len(info) - 1]   # the stride-8, 16 and 32 stages (LowFormer has 5)
+    model, size = _create(macro, features_only=True, out_indices=tuple(last))
+    assert type(model).__name__ == "FeatureGetterNet"
+    assert model.feature_info.channels() == [info[i]["num_chs"] for i in last]
     assert model.feature_info.reduction() == [8, 16, 32]
-    assert model.feature_info.module_name() == ["stages.1", "stages.2", "stages.3"]
+    assert model.feature_info.module_name() == [f"stages.{i}" for i in last]
     x = torch.randn(2, 3, size, size)
     feats = model.eval()(x)
     assert [tuple(f.shape) for f in feats] == [(2, info[i]["num_chs"], size // r, size // r)
-                                               for i, r in ((1, 8), (2, 16), (3, 32))]
-    # the wrapper pruned what it does not need: no head and nothing after stage 3
+                                               for i, r in zip(last, (8, 16, 32))]
+    # the wrapper pruned what it does not need: no head and nothing after the last stage
     assert not [n for n, _ in model.named_parameters() if ".head." in n]
 
 
@@ -50,20 +52,21 @@ def test_features_only_gives_timms_feature_wrapper(macro):
 def test_forward_intermediates_as_timm(macro):
     model, size = _create(macro)
     model.eval()
+    n = len(model.feature_info)
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
-        assert torch.equal(final, model.forward_features(x)) and len(maps) == 4
+        assert torch.equal(final, model.forward_features(x)) and len(maps) == n
         assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
-        assert [torch.equal(a, b) for a, b in zip(last_two, maps[2:])] == [True, True]
+        assert [torch.equal(a, b) for a, b in zip(last_two, maps[n - 2:])] == [True, True]
         picked = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
-        assert torch.equal(picked[0], maps[0]) and torch.equal(picked[1], maps[3])
+        assert torch.equal(picked[0], maps[0]) and torch.equal(picked[1], maps[n - 1])
         early, first = model.forward_intermediates(x, indices=[1], stop_early=True)
         assert torch.equal(early, maps[1]) and torch.equal(first[0], maps[1])
-        assert [torch.equal(a, b) for a, b in zip(model.forward_stages(x), maps)] == [True] * 4
+        assert [torch.equal(a, b) for a, b in zip(model.forward_stages(x), maps)] == [True] * n
     with pytest.raises(ValueError, match="out of range"):
-        model.forward_intermediates(x, indices=[4])
+        model.forward_intermediates(x, indices=[n])
     with pytest.raises(ValueError, match="NCHW"):
         model.forward_intermediates(x, output_fmt="NHWC")
 

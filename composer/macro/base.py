@@ -70,6 +70,10 @@ class Macro:
     name: str = ""
     summary: str = ""
     first_conv: str = "stem.conv"
+    empty_stages: bool = False
+    """Stages may have depth 0 (downsampling only), as LowFormer-B0's first stages."""
+    downsample_expands: bool = False
+    """The downsampling is an inverted residual whose expansion ``spec.downsample_ratio`` sets."""
     """The module path of the stem's first convolution (timm's ``first_conv``, e.g. for in_chans adaptation)."""
 
     def spec_defaults(self, data: dict) -> dict:

@@ -18,6 +18,8 @@ from . import (  # noqa: F401  (registration side effects)
     hornet,
     hyena,
     inception,
+    lowtention,
+    mbconv,
     sr_attention,
     swin,
     transnext,

@@ -37,6 +37,8 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
+    "hardswish": nn.Hardswish,
+    "relu6": nn.ReLU6,
     "identity": nn.Identity,
 }
 

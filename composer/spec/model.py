@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     model_validator,
@@ -38,7 +39,7 @@ def _union(models: list[type[BaseModel]]) -> Any:
 MAX_INPUT_SIZE = 8192
 MAX_STAGES = 16
 MAX_STAGE_DEPTH = 1000
-StageDepth = Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH)]
+StageDepth = Annotated[int, Field(ge=0, le=MAX_STAGE_DEPTH)]  # 0 only in macros with empty_stages (check_spec)
 
 def _from_registry(make: Callable[[], Any], name: str) -> type:
     """A pydantic type whose schema is made from the registries when the model is built, so a model rebuilt
@@ -80,6 +81,9 @@ class Spec(BaseModel):
     norm: NormConfig = Field(default=None, description="block norm")  # type: ignore[assignment]
     stem_norm: NormConfig | None = None
     downsample_norm: NormConfig | None = None
+    downsample_ratio: per_stage(PositiveFloat | None) = Field(
+        default=None, description="expansion of the downsampling block where it is an inverted residual (macro "
+                                  "lowformer's stride-2 fused MBConv); other macros downsample with a plain conv")
     res_scale: per_stage(float | None) = Field(default=None, description="res-scale init per stage (None: off)")
     layer_scale: per_stage(float | None) = Field(default=None, description="layer-scale init per stage (None: off)")
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0, description="stochastic depth, ramped per block")
@@ -176,6 +180,16 @@ def check_spec(spec: Spec) -> list[Problem]:
     if len(spec.depths) != n:
         problems.append(Problem(f"has {len(spec.depths)} stages but widths has {n}; give one depth per stage",
                                 ("depths",)))
+    macro = MACROS[spec.macro]
+    if not macro.empty_stages:
+        for i, depth in enumerate(spec.depths):
+            if depth == 0:
+                problems.append(Problem(f"input should be greater than 0, got 0: every stage of macro {spec.macro} "
+                                        "has blocks (only macro lowformer has stages that only downsample)",
+                                        ("depths", i)))
+    if spec.downsample_ratio is not None and not macro.downsample_expands:
+        problems.append(Problem(f"macro {spec.macro} downsamples with a plain conv, which has no expansion ratio; "
+                                "remove downsample_ratio (macro lowformer has one)", ("downsample_ratio",)))
     stages = parse_layout(spec.layout)
     layout_text = spec.layout if isinstance(spec.layout, str) else None
     if len(stages) != n:
@@ -199,7 +213,7 @@ def check_spec(spec: Spec) -> list[Problem]:
                                                                      else ("layout", i))
                 where = f"stage {i}: " if layout_text is not None else ""
                 problems.append(Problem(where + unknown_symbol_message(symbol, spec.macro, user_symbols), path))
-    for field in ("res_scale", "layer_scale"):
+    for field in ("res_scale", "layer_scale", "downsample_ratio"):
         msg = stage_count_problem(getattr(spec, field), n)
         if msg:
             problems.append(Problem(msg, (field,)))

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import to_layout
+from ..layers import make_act, to_layout
 
 
 class Stage(nn.Module):
@@ -57,11 +57,11 @@ class TransformPool(nn.Module):
 
     pool: bool
 
-    def __init__(self, dim: int, out_dim: int, pool: bool = True):
+    def __init__(self, dim: int, out_dim: int, pool: bool = True, act: str = "gelu"):
         super().__init__()
         self.conv = nn.Conv2d(dim, out_dim, 1, bias=False)
         self.norm = nn.BatchNorm2d(out_dim)
-        self.act = nn.GELU()
+        self.act = make_act(act)
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,13 +71,17 @@ class TransformPool(nn.Module):
 
 class Head(nn.Sequential):
     """global_pool -> norm -> flatten -> drop -> fc, as timm's MetaFormer head (keys ``norm``, ``fc``); with
-    ``transform_ratio`` the pool is a :class:`TransformPool`."""
+    ``transform_ratio`` the pool is a :class:`TransformPool`; the ``efficientvit`` head is a TransformPool (its
+    act) and an :class:`~composer.nn.parts.MlpHead` that applies the dropout itself, before its last linear."""
 
     def __init__(self, dim: int, num_classes: int, cfg):
         super().__init__()
         pooled = cfg.pooled_dim(dim)
-        self.global_pool = TransformPool(dim, pooled) if cfg.transform_ratio else GlobalAvgPool()
+        if cfg.widths is not None:
+            self.global_pool = TransformPool(dim, pooled, act=cfg.act)
+        else:
+            self.global_pool = TransformPool(dim, pooled) if cfg.transform_ratio else GlobalAvgPool()
         self.norm = cfg.norm.build(pooled, "channels_first") if cfg.norm else nn.Identity()
         self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(cfg.drop)
+        self.drop = nn.Dropout(0.0 if cfg.type == "efficientvit" else cfg.drop)
         self.fc = cfg.build_classifier(pooled, num_classes)
