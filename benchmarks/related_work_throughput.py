@@ -1,7 +1,8 @@
 """CPU eval throughput of the related-work presets (InceptionNeXt, FocalNet, LowFormer) beside their MACs, each
 against timm's own model of the same name measured in the same run (same batch, threads, input), interleaved
 round by round so a machine that speeds up or slows down mid-run affects both alike. Prints images/s, the ratio
-to timm and GMACs per image, and img/s per GMAC — the LowFormer point: MACs do not say how fast a model runs.
+to timm, GMACs per image and the MACs executed per second (img/s x GMACs) — the LowFormer point: MACs do not say
+how fast a model runs.
 ``--official DIR`` (a checkout of altair199797/LowFormer, kept outside this repository) times the official
 LowFormer modules too. No assertions.
 
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
     x = torch.randn(args.batch, 3, 224, 224)
     print(f"CPU, {args.threads} threads, batch {args.batch} at 224 px, median of {args.rounds} rounds; load "
           f"{os.getloadavg()[0]:.2f} at the start")
-    print(f"{'model':<22}{'GMACs':>8}{'img/s':>9}{'timm img/s':>12}{'ratio':>7}{'img/s/GMAC':>12}"
+    print(f"{'model':<22}{'GMACs':>8}{'img/s':>9}{'timm img/s':>12}{'ratio':>7}{'GMAC/s':>9}"
           + (f"{'official img/s':>16}" if args.official else ""))
     for name in args.models:
         models = {"ours": composer.compose(name).eval(), "timm": timm.create_model(name).eval()}
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
         gmacs = composer.estimate(name).macs / 1e9
         official = f"{ips['official']:>16.1f}" if "official" in ips else ""
         print(f"{name:<22}{gmacs:>8.3f}{ips['ours']:>9.1f}{ips['timm']:>12.1f}{ips['ours'] / ips['timm']:>7.2f}"
-              f"{ips['ours'] / gmacs:>12.1f}{official}")
+              f"{ips['ours'] * gmacs:>9.1f}{official}")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,66 @@ def lowformer_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 register_weight_source("lowformer", lowformer_state_dict)
 
 
+# -- official checkpoints of the unified architecture (OpenGVLab/STM-Evaluation classification/models, MetaArch) --
+# MetaArch: downsample_layers.0.stem.k (the stem), downsample_layers.i.reduction.k (stages 1-3), stages.i.j
+# (blocks), stage_norms.i, conv_head.{0: conv, 1: BatchNorm}, head. Block parameter names differ per STM block
+# class, so one set of rules serves all five: U-DWConv's UnifiedConvNeXtBlock (dw_norm, dw_input_proj, dwconv,
+# dw_out_proj, gamma_1, pw_norm, pwconv1 / pwconv2 as Linears, gamma_2) and the attention-style blocks of Halo,
+# PVT, Swin and DCNv3 (norm1, attn.*, gamma1 / gamma_1, norm2, mlp.fc1 / fc2, gamma2 / gamma_2; PVT's pos_embed in
+# a stage's first block). Layer scales stored as (1, C, 1, 1) / (1, 1, 1, C) and Linear weights for composer's
+# 1x1 convs are reshaped by load(). The buffers MetaArch itself skips when loading are dropped: Swin's
+# relative_position_index (timm <= 0.6 saved it) and the shifted blocks' attn_mask (composer recomputes both).
+
+_STM_MACRO = [
+    (r"^downsample_layers\.0\.stem\.", "stem."),
+    (r"^downsample_layers\.(\d+)\.reduction\.", r"stages.\1.downsample."),
+    (r"^stage_norms\.(\d+)\.", r"stages.\1.norm."),
+    (r"^conv_head\.0\.", "head.global_pool.conv."),
+    (r"^conv_head\.1\.", "head.global_pool.norm."),
+    (r"^head\.(weight|bias)$", r"head.fc.\1"),
+]
+
+_STM_BLOCK = [  # the key after stages.i.j.
+    (r"^dw_norm\.", "norm1."),
+    (r"^dw_input_proj\.", "token_mixer.pwconv1."),
+    (r"^dwconv\.", "token_mixer.dwconv."),
+    (r"^dw_out_proj\.", "token_mixer.pwconv2."),
+    (r"^pw_norm\.", "norm2."),
+    (r"^pwconv([12])\.", r"mlp.fc\1."),
+    (r"^gamma_?([12])$", r"layer_scale\1.scale"),
+    (r"^attn\.", "token_mixer."),
+    (r"^pos_embed$", "token_mixer.pos_embed"),
+]
+
+
+def _stm_key(key: str) -> str:
+    m = re.match(r"^stages\.(\d+)\.(\d+)\.(.*)$", key)
+    if m is None:
+        for pattern, target in _STM_MACRO:
+            key = re.sub(pattern, target, key)
+        return key
+    rest = m[3]
+    for pattern, target in _STM_BLOCK:
+        if re.match(pattern, rest):
+            rest = re.sub(pattern, target, rest)
+            break
+    return f"stages.{m[1]}.blocks.{m[2]}.{rest}"
+
+
+def stm_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official STM-Evaluation ``unified_*`` keys -> composer's (``unified`` macro: the ``u_*`` presets); a DDP
+    ``module.`` prefix is removed; composer's own keys pass through."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if not any(k.startswith(("downsample_layers.", "conv_head.", "stage_norms.")) for k in state):
+        return dict(state)
+    return {_stm_key(k): v for k, v in state.items()
+            if not k.endswith(".relative_position_index") and not re.match(r"^stages\.\d+\.\d+\.attn_mask$", k)}
+
+
+register_weight_source("stm", stm_state_dict)
+
+
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
     if isinstance(source, Mapping):
         state = source

@@ -1,4 +1,6 @@
+import json
 import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -83,3 +85,47 @@ def test_loads_official_hyenapixel_layout():
     with pytest.raises(weights.WeightsError, match=rf"source='hyenapixel'\): 1 missing: {prefix}\.deltas; "
                                                    rf"1 unexpected: {prefix}\.extra"):
         weights.load(compose(HPX_SPEC), official, source="hyenapixel")
+
+
+# The state-dict keys and shapes of the official STM-Evaluation models (classification/models, MetaArch's
+# unified_{convnext,halo,pvt,swin,dcn_v3}_micro), read off the official code run outside this repository; Swin's
+# include the relative_position_index buffers that timm <= 0.6 (the official code's timm) saves.
+STM_KEYS = json.loads((Path(__file__).parent / "data" / "stm_official_keys_micro.json").read_text())
+STM_PRESETS = {"dwconv": "u_dwconv_micro", "halo": "u_halo_micro", "pvt": "u_pvt_micro", "swin": "u_swin_micro",
+               "internimage": "u_internimage_micro"}
+# official key -> composer key, one per block kind, written from the official block classes
+STM_SAMPLES = {
+    "dwconv": [("stages.0.0.dw_input_proj.weight", "stages.0.blocks.0.token_mixer.pwconv1.weight"),
+               ("stages.0.0.pwconv1.weight", "stages.0.blocks.0.mlp.fc1.weight"),
+               ("stages.2.3.gamma_1", "stages.2.blocks.3.layer_scale1.scale")],
+    "halo": [("stages.1.0.attn.kv.weight", "stages.1.blocks.0.token_mixer.kv.weight"),
+             ("stages.3.1.gamma_2", "stages.3.blocks.1.layer_scale2.scale")],
+    "pvt": [("stages.0.0.pos_embed", "stages.0.blocks.0.token_mixer.pos_embed"),
+            ("stages.0.1.attn.sr.weight", "stages.0.blocks.1.token_mixer.sr.weight")],
+    "swin": [("stages.0.1.attn.relative_position_bias_table",
+              "stages.0.blocks.1.token_mixer.relative_position_bias_table")],
+    "internimage": [("stages.2.0.attn.sampling_offsets.weight", "stages.2.blocks.0.token_mixer.sampling_offsets.weight")],
+}
+
+
+@pytest.mark.parametrize("stm", STM_PRESETS)
+def test_official_stm_checkpoints_load_strictly(stm, tmp_path):
+    """Every official key maps (the macro's: downsample_layers.0.stem / .i.reduction, stage_norms, conv_head, head;
+    the block's per STM), Linear weights and (1, C, 1, 1) / (1, 1, 1, C) layer scales take composer's shapes, the
+    buffers MetaArch skips are dropped, and each official tensor lands where it belongs."""
+    torch.manual_seed(0)
+    official = {key: torch.randn(shape) for key, shape in STM_KEYS[stm]}
+    if stm == "swin":
+        assert any(k.endswith("relative_position_index") for k in official)
+        assert any(k.endswith("attn_mask") for k in official)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in official.items()}, "epoch": 3}, path)   # as DDP saves it
+    model = compose(STM_PRESETS[stm])
+    weights.load(model, path, source="stm")   # strict
+    state = model.state_dict()
+    for key, ours in STM_SAMPLES[stm] + [("downsample_layers.0.stem.0.weight", "stem.0.weight"),
+                                          ("downsample_layers.2.reduction.0.weight", "stages.2.downsample.0.weight"),
+                                          ("stage_norms.3.weight", "stages.3.norm.weight"),
+                                          ("conv_head.1.running_var", "head.global_pool.norm.running_var"),
+                                          ("head.weight", "head.fc.weight")]:
+        assert torch.equal(state[ours].flatten(), official[key].flatten()), (key, ours)
