@@ -103,7 +103,7 @@ class HeadConfig(BaseModel):
     def cost(self, dim: int, num_classes: int, tokens: int = 1) -> Cost:
         """``tokens``: the final feature map's H x W (only the extra transform runs before pooling)."""
         transform = Cost()
-        if self.transform_ratio or self.widths is not None:  # bias-free 1x1 conv on every token + BatchNorm (weight, bias)
+        if self.transform_ratio or self.widths is not None:  # bias-free 1x1 conv on every token + BatchNorm
             transform = linear_cost(dim, self.pooled_dim(dim), tokens, bias=False) + Cost(2 * self.pooled_dim(dim))
             dim = self.pooled_dim(dim)
         norm = transform + (self.norm.cost(dim) if self.norm else Cost())

@@ -104,7 +104,8 @@ STM_SAMPLES = {
             ("stages.0.1.attn.sr.weight", "stages.0.blocks.1.token_mixer.sr.weight")],
     "swin": [("stages.0.1.attn.relative_position_bias_table",
               "stages.0.blocks.1.token_mixer.relative_position_bias_table")],
-    "internimage": [("stages.2.0.attn.sampling_offsets.weight", "stages.2.blocks.0.token_mixer.sampling_offsets.weight")],
+    "internimage": [("stages.2.0.attn.sampling_offsets.weight",
+                     "stages.2.blocks.0.token_mixer.sampling_offsets.weight")],
 }
 
 

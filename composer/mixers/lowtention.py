@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..cost_types import Cost, conv_cost, conv_out, linear_cost
-from .mbconv import BN
 from .base import MixerCheckError, MixerConfig, MixerContext, register_mixer, register_symbol
+from .mbconv import BN
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     from torch import nn
