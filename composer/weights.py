@@ -131,6 +131,14 @@ _LOWFORMER_HEAD = {"in_conv.": "head.global_pool.", "pre_classifier.0.": "head.f
                    "pre_classifier.1.": "head.fc.norm.", "classifier.": "head.fc.fc2."}
 
 
+def _rename_first(rules: list[tuple[str, str]], key: str) -> str:
+    """``key`` renamed by the first rule whose pattern matches it (unchanged when none does)."""
+    for pattern, target in rules:
+        if re.match(pattern, key):
+            return re.sub(pattern, target, key)
+    return key
+
+
 def _lowformer_key(key: str) -> str:
     for prefix, target in _LOWFORMER_HEAD.items():
         if key.startswith(prefix):
@@ -147,10 +155,7 @@ def _lowformer_key(key: str) -> str:
         stage, index, rest = int(m[1]) + 1, int(m[2]) - 1, m[3]
         if index < 0:   # the stage's stride-2 block: composer's downsampling (no residual, no .main wrapper)
             return f"stages.{stage}.downsample.{re.sub(r'^main[.]', '', rest)}"
-    for pattern, target in _LOWFORMER_BLOCK:
-        if re.match(pattern, rest):
-            return f"stages.{stage}.blocks.{index}.{re.sub(pattern, target, rest)}"
-    return f"stages.{stage}.blocks.{index}.{rest}"
+    return f"stages.{stage}.blocks.{index}.{_rename_first(_LOWFORMER_BLOCK, rest)}"
 
 
 def lowformer_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -207,12 +212,7 @@ def _stm_key(key: str) -> str:
         for pattern, target in _STM_MACRO:
             key = re.sub(pattern, target, key)
         return key
-    rest = m[3]
-    for pattern, target in _STM_BLOCK:
-        if re.match(pattern, rest):
-            rest = re.sub(pattern, target, rest)
-            break
-    return f"stages.{m[1]}.blocks.{m[2]}.{rest}"
+    return f"stages.{m[1]}.blocks.{m[2]}.{_rename_first(_STM_BLOCK, m[3])}"
 
 
 def stm_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
