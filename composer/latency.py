@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: Swin's odd blocks timed with their shift (1 timed them as even blocks)
 MIN_RUN_MS = 2.0   # a timed run repeats the call until it lasts this long (short parts, timer resolution)
 WARMUP_MS = 100.0  # untimed calls first, at least this long (FFT plans, allocator, caches)
 SESSIONS = (2, 5)  # a part is timed in 2 to 5 sessions, each with a freshly built module, until its two fastest
@@ -203,16 +203,37 @@ class _PartToTime:
     permuted: bool       # its input arrives as a permuted view of the other layout
 
 
+@dataclass
+class _OwnBlock:
+    """A block Part as the costs-only walk shares it, whose ``build`` makes block ``index``'s own module."""
+
+    shared: Any
+    macro: Any
+    spec: Any
+    stage: int
+    index: int
+    mixer: Any
+
+    @property
+    def in_shape(self):
+        return self.shared.in_shape
+
+    def build(self):
+        return self.macro.block(self.spec, self.stage, self.index, self.shared.in_shape, self.mixer, 0.0).build()
+
+
 def _dump(config) -> Any:
     return None if config is None else config.model_dump(mode="json")
 
 
 def _parts(spec) -> list[_PartToTime]:
+    from .macro import MACROS
     from .mixers.base import MixerContext
     from .perstage import pick
     from .plan import walk
 
     w = walk(spec, costs_only=True)
+    macro = MACROS[spec.macro]
     out: list[_PartToTime] = []
     conventions = {"stem_norm": _dump(spec.stem_norm), "downsample_norm": _dump(spec.downsample_norm),
                    "norm": _dump(spec.norm), "in_chans": spec.in_chans}
@@ -236,6 +257,10 @@ def _parts(spec) -> list[_PartToTime]:
                                "channel": _dump(spec.channel_mixer.at_stage(i)), "norm": _dump(spec.norm),
                                "layer_scale": pick(spec.layer_scale, i), "res_scale": pick(spec.res_scale, i)}
                 what = f"{extra.get('symbol', mixer.type)} ({mixer.type}) at {'x'.join(map(str, part.in_shape))}"
+                # A costs-only walk hands equal-cost blocks one shared Part, built for the stage's first such block;
+                # the module timed must be this block's own (Swin's odd blocks roll and mask: same MACs, 2.3x the
+                # time), so it is built from its own context.
+                part = _OwnBlock(part, macro, spec, i, j, mixer)
             else:  # downsample or stage norm: channels-first
                 layout, permuted = "channels_first", stored != "channels_first"
                 description = {"kind": part.kind, "macro": spec.macro, "stage": i, "in": part.in_shape,

@@ -193,3 +193,20 @@ def test_the_latency_objective_is_the_prediction_unless_measured(cache, tmp_path
     measured = optuna.load_study(study_name="space-latency", storage=f"sqlite:///{tmp_path / 'measured' / 'study.db'}")
     assert all(t.value == t.user_attrs["latency_ms"] and "latency_ms_predicted" not in t.user_attrs
                for t in measured.trials)
+
+
+def test_each_block_is_timed_as_its_own_module_not_the_shared_costs_only_part():
+    # The costs-only walk shares one Part among a stage's equal-cost blocks; Swin's odd blocks cost the same MACs
+    # but roll the map and mask (2.3x the time of an even block here): the module timed for a key must be its own.
+    from composer.nn.mixers.swin import ShiftedWindowAttention
+
+    spec = composer.load_spec("u_swin_micro")
+    parts = {p.name: p for p in _parts(spec)}
+    model = composer.compose(spec)
+    for name in ("stages.0.blocks.0", "stages.0.blocks.1", "stages.2.blocks.3", "stages.2.blocks.4"):
+        built = [m for m in parts[name].part.build().modules() if isinstance(m, ShiftedWindowAttention)]
+        inside = [m for m in model.get_submodule(name).modules() if isinstance(m, ShiftedWindowAttention)]
+        assert [m.shift for m in built] == [m.shift for m in inside]
+    assert [m.shift for m in parts["stages.0.blocks.1"].part.build().modules()
+            if isinstance(m, ShiftedWindowAttention)] == [3]
+    assert parts["stages.0.blocks.0"].description != parts["stages.0.blocks.1"].description
