@@ -96,7 +96,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads; load average at start: {load()}")
     folder = Path(tempfile.mkdtemp(prefix="composer-latency-"))
-    for space in args.spaces.split(","):
+    for space in filter(None, args.spaces.split(",")):  # --spaces "": the presets only
         specs = samples(space, args.samples)
         macs = [estimate(s).macs for s in specs]
         for batch in (int(b) for b in args.batch_sizes.split(",")):
@@ -122,6 +122,7 @@ def main() -> None:
         from composer.spec.source import preset_names
 
         predictor = Predictor(batch_size=1, threads=threads, folder=folder)
+        ratios = []
         print("\n| preset | GMACs | predicted ms | measured ms | predicted / measured | img/s (measured) |")
         print("|---|---:|---:|---:|---:|---:|")
         for name in preset_names():
@@ -130,7 +131,11 @@ def main() -> None:
             est = estimate(name)
             p = predictor.predict(name).ms
             m = measure(name, threads=threads)
+            ratios.append(p / m)
             print(f"| {name} | {est.macs / 1e9:.2f} | {p:.1f} | {m:.1f} | {p / m:.2f} | {1e3 / m:.1f} |", flush=True)
+        errors = sorted(abs(r - 1) for r in ratios)
+        print(f"\n{len(ratios)} presets: within ±10% {sum(e <= 0.10 for e in errors) / len(errors):.0%}, median "
+              f"|error| {statistics.median(errors):.1%}, mean predicted / measured {statistics.mean(ratios):.2f}")
     print(f"\nload average at the end: {load()}")
 
 
