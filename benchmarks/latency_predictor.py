@@ -9,8 +9,9 @@ of 3 at batch 8, in 2-5 sessions until two agree) at each batch size. It
 prints, per space and batch size: the share of samples predicted within ±10% of the measurement, the median and
 the 90th percentile of |error|, the time the table took to build from empty (and its rows), and Kendall's tau of
 the measured latency against the Plan's MACs and against the prediction (how well each ranks the samples:
-the reason a latency budget is worth having). ``--presets`` prints a markdown table of every preset at batch 1:
-MACs, predicted and measured latency, img/s (docs/latency.md).
+the reason a latency budget is worth having), and the drift: the first sample's parts timed again after the
+measurements, against their first timing (how much the machine moved during the run). ``--presets`` prints a
+markdown table of every preset at batch 1: MACs, predicted and measured latency, img/s (docs/latency.md).
 
 Machines here are noisy: the figures are only as good as the load allows; the script prints the load average
 at its start and end.
@@ -118,6 +119,12 @@ def main() -> None:
                   f"({predictor.measured} timed for this space)")
             print(f"  Kendall tau of measured latency: vs MACs {kendall_tau(measured, macs):.3f}, "
                   f"vs prediction {kendall_tau(measured, predicted):.3f}")
+            # How much the machine itself moved while the samples were measured: sample 0's parts timed again
+            # into an empty table, after all the measurements, against their first timing.
+            again = Predictor(batch_size=batch, threads=threads, repeats=repeats,
+                              folder=Path(tempfile.mkdtemp(prefix="composer-latency-again-"))).predict(specs[0]).ms
+            print(f"  drift: sample 0's parts timed again at the end: {again / predicted[0]:.3f}x their first "
+                  f"timing; load average now {load()}", flush=True)
     if args.presets:
         from composer.spec.source import preset_names
 
