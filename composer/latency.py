@@ -360,9 +360,9 @@ def _time_cold_ms(fn, x, device, repeats: int, evict) -> float:
     """The fastest of ``repeats`` single calls of ``fn(x)``, each made as inside a network: after ``evict`` (a
     buffer of EVICT_MB) is written, which pushes the part's weights and scratch out of the caches as the rest of a
     model's forward does, and after ``x`` is written, as the previous part leaves it. Warm-up first, as
-    ``_time_ms``. Timed hot in a loop, a part ran at 0.83-0.90x its time inside the model at batch 1 (four
-    presets, one thread; 47-63% of the benchmark's samples within ±10%, mean error -7 to -9%); timed after 64 MB
-    of other writes, at 0.91-1.06x."""
+    ``_time_ms``. Timed hot in a loop instead, the parts of six presets summed to 0.83-1.03x the measured model
+    at batch 1 (one thread; the benchmark's samples 7-9% low on average); timed after 64 MB of other writes,
+    0.91-1.10x."""
     import torch
 
     from .profile import _sync
