@@ -320,6 +320,37 @@ def _threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _warm_up(fn, x, device) -> float:
+    """Untimed calls of ``fn(x)`` for >= 3 calls and >= WARMUP_MS (FFT plans, allocator, caches); ms per call."""
+    from .profile import _sync
+
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
+        fn(x)
+        calls += 1
+        _sync(device)
+    return (time.perf_counter() - start) * 1e3 / calls
+
+
+def _timed_ms(fn, x, device, number: int) -> float:
+    """ms per call of ``number`` calls of ``fn(x)`` in a row: CUDA events on CUDA (what was queued before
+    ``begin`` stays outside the span, with no host sync inside it), the wall clock on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(number):
+            fn(x)
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / number
+    begin = time.perf_counter()
+    for _ in range(number):
+        fn(x)
+    return (time.perf_counter() - begin) * 1e3 / number
+
+
 def _time_ms(fn, x, device, repeats: int) -> float:
     """The fastest of ``repeats`` timed runs of ``fn(x)`` (each run repeats the call until it lasts MIN_RUN_MS), in
     ms per call, after warming up for >= 3 calls and >= WARMUP_MS. The fastest, not the median: on a shared
@@ -327,33 +358,10 @@ def _time_ms(fn, x, device, repeats: int) -> float:
     block varies by 50% from one minute to the next here, its minimum by a few %)."""
     import torch
 
-    from .profile import _sync
-
-    cuda = device.type == "cuda"
     with torch.inference_mode():
-        start, calls = time.perf_counter(), 0
-        while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
-            fn(x)
-            calls += 1
-            _sync(device)
-        once = (time.perf_counter() - start) * 1e3 / calls
+        once = _warm_up(fn, x, device)
         number = max(1, min(1000, math.ceil(MIN_RUN_MS / max(once, 1e-3))))
-        times = []
-        for _ in range(repeats):
-            if cuda:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                for _ in range(number):
-                    fn(x)
-                end.record()
-                end.synchronize()
-                times.append(begin.elapsed_time(end) / number)
-            else:
-                begin = time.perf_counter()
-                for _ in range(number):
-                    fn(x)
-                times.append((time.perf_counter() - begin) * 1e3 / number)
-    return min(times)
+        return min(_timed_ms(fn, x, device, number) for _ in range(repeats))
 
 
 def _time_cold_ms(fn, x, device, repeats: int, evict) -> float:
@@ -365,31 +373,14 @@ def _time_cold_ms(fn, x, device, repeats: int, evict) -> float:
     0.91-1.10x."""
     import torch
 
-    from .profile import _sync
-
-    cuda = device.type == "cuda"
     source = x.clone()
     with torch.inference_mode():
-        start, calls = time.perf_counter(), 0
-        while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
-            fn(x)
-            calls += 1
-            _sync(device)
+        _warm_up(fn, x, device)
         times = []
         for i in range(repeats):
             evict.fill_(float(i))
             x.copy_(source)
-            if cuda:  # stream order puts the writes before ``begin``: no host sync inside the timed span
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                fn(x)
-                end.record()
-                end.synchronize()
-                times.append(begin.elapsed_time(end))
-            else:
-                begin = time.perf_counter()
-                fn(x)
-                times.append((time.perf_counter() - begin) * 1e3)
+            times.append(_timed_ms(fn, x, device, 1))
     return min(times)
 
 
