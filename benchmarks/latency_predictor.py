@@ -1,6 +1,7 @@
 """How well the per-part latency table predicts whole models, on this machine.
 
     python benchmarks/latency_predictor.py [--samples 30] [--batch-sizes 1,8] [--threads 2] [--presets]
+                                           [--flush-denormal]
 
 For every shipped search space, ``--samples`` seeded random valid samples (Optuna's RandomSampler, seed 0) are
 predicted from a table built from empty in a temporary folder (composer.latency) and measured end to end
@@ -87,6 +88,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--spaces", default="metaformer_s18,transnext_micro")
     ap.add_argument("--presets", action="store_true", help="also the table of presets at batch 1")
+    ap.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the run "
+                                                                 "(composer latency --flush-denormal)")
     args = ap.parse_args()
 
     from composer.latency import Predictor, measure
@@ -94,8 +97,11 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads; load average at start: {load()}")
+    flushed = ", denormals flushed" if args.flush_denormal else ""
+    print(f"torch {torch.__version__}, {threads} threads{flushed}; load average at start: {load()}")
     folder = Path(tempfile.mkdtemp(prefix="composer-latency-"))
     for space in filter(None, args.spaces.split(",")):  # --spaces "": the presets only
         specs = samples(space, args.samples)

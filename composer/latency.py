@@ -9,8 +9,9 @@ the sum of its parts. A part is keyed by what determines its module and its inpu
 config, channel mixer, norm, scales, the mixer's own ``latency_key``) and by whether its input arrives as a
 permuted view (a block whose layout differs from the previous block's gets ``x.permute(...)``, as in the model),
 which is how layout changes enter the prediction. Timings live in a table on disk, one per device fingerprint
-(CPU model or GPU name, threads, torch version, dtype, batch size, memory format, CPU allocator): later runs,
-other spaces and other search workers on the machine reuse it, and a spec with one new part times only that part.
+(CPU model or GPU name, threads, torch version, dtype, batch size, memory format, CPU allocator, whether
+denormals are flushed to zero): later runs, other spaces and other search workers on the machine reuse it, and a
+spec with one new part times only that part.
 
 Timing a part: ``torch.inference_mode``, eval mode, >= 100 ms of warm-up calls, then ``2 x repeats`` single calls,
 each made as inside a network (EVICT_MB of other memory written first, so its weights and scratch are no longer
@@ -68,17 +69,22 @@ class Fingerprint:
     batch_size: int
     memory_format: str   # contiguous | channels_last
     allocator: str = "default"  # CPU: glibc's malloc as tuned by MALLOC_* variables, or a preloaded allocator
+    flush_denormal: bool = False  # CPU: denormals flushed to zero (torch.set_flush_denormal(True))
 
     @property
     def key(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not self.flush_denormal:  # tables timed before this field existed were timed with it off: still valid
+            del fields["flush_denormal"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha1(f"{TABLE_VERSION}:{text}".encode()).hexdigest()[:16]
 
     def describe(self) -> str:
         where = f"{self.name}, {self.threads} threads" if self.device == "cpu" else self.name
         allocator = "" if self.allocator == "default" else f", allocator {self.allocator}"
+        flush = ", denormals flushed" if self.flush_denormal else ""
         return (f"{self.device} ({where}), batch {self.batch_size}, {self.dtype}, {self.memory_format}, "
-                f"torch {self.torch}{allocator}")
+                f"torch {self.torch}{allocator}{flush}")
 
 
 # glibc's malloc hands large freed blocks back to the OS (and faults them in again on the next forward) unless
@@ -94,6 +100,18 @@ def _allocator() -> str:
                if any(a in Path(p).name for a in ("jemalloc", "tcmalloc", "mimalloc"))]
     tuned = [f"{v}={os.environ[v]}" for v in _ALLOCATOR_VARIABLES if os.environ.get(v)]
     return " ".join(preload + tuned) or "default"
+
+
+# A kernel that meets denormal numbers (tiny values in a weight, an activation or a partial sum) can run several
+# times slower on x86 unless the CPU flushes them to zero: caformer_b36's stem took 2.1-2.4 ms in some builds and
+# 9.2-11.5 ms in others (two threads), and 2.0-2.7 ms in 12 of 12 builds with torch.set_flush_denormal(True). The
+# setting is the process's (`composer latency|search|sweep --flush-denormal` turn it on); composer never changes
+# it behind the user's back, and timings taken with it on go to another table.
+def flush_denormal() -> bool:
+    """Whether this process flushes denormals to zero on the CPU (torch has a setter but no getter: probed)."""
+    import torch
+
+    return (torch.full((1,), 1e-39) * 1.0).item() == 0.0
 
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -122,7 +140,8 @@ def fingerprint(device: str = "cpu", batch_size: int = 1, threads: int | None = 
         name = _cpu_name()
         threads = threads or torch.get_num_threads()
     return Fingerprint(dev.type if dev.index is None else str(dev), name, threads, torch.__version__, dtype,
-                       batch_size, memory_format, _allocator() if dev.type == "cpu" else "default")
+                       batch_size, memory_format, _allocator() if dev.type == "cpu" else "default",
+                       dev.type == "cpu" and flush_denormal())
 
 
 def cache_dir() -> Path:

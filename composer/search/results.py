@@ -141,6 +141,8 @@ class Settings:
     latency_batch: int = 1
     measure_latency: bool = False
     """--measure-latency: the latency objective times the built model instead of predicting it."""
+    latency_flush_denormal: bool = False
+    """Whether the process flushed denormals to zero (--flush-denormal) when the study started: the latency table's."""
     pruner: str = "median"
     """--pruner: median | hyperband | successive-halving | none (epochs, or a reporter's steps, as resource)."""
     keep_checkpoints: bool = False
@@ -161,6 +163,8 @@ class Settings:
         if self.budget_latency_ms is not None or "latency" in self.objectives:  # likewise
             attrs.update(budget_latency_ms=self.budget_latency_ms, latency_device=self.latency_device,
                          latency_batch=self.latency_batch, measure_latency=self.measure_latency)
+            if self.latency_flush_denormal:  # likewise: studies before --flush-denormal ran with it off
+                attrs["latency_flush_denormal"] = True
         return attrs
 
 

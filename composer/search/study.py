@@ -628,7 +628,8 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         settings.latency_device, settings.latency_batch = device, batch_size
         settings.measure_latency = measure_latency
         if settings.predicts_latency or measure_latency:
-            fingerprint(device, batch_size)  # an unknown device or a bad batch size: refused before any trial
+            fp = fingerprint(device, batch_size)  # an unknown device or a bad batch size: refused before any trial
+            settings.latency_flush_denormal = fp.flush_denormal
     except ValueError as exc:
         raise SpecError(Problem(str(exc), ())) from None
     if "train" in objectives:
@@ -664,7 +665,8 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     attrs = settings.study_attrs()
     existing = study.user_attrs
     if existing.get("settings") and existing["settings"] != attrs:
-        diff = {k: (existing["settings"].get(k), v) for k, v in attrs.items() if existing["settings"].get(k) != v}
+        then = existing["settings"]
+        diff = {k: (then.get(k), attrs.get(k)) for k in {**then, **attrs} if then.get(k) != attrs.get(k)}
         raise SpecError(Problem(
             f"study {study_name!r} in {shown_url(storage_url)} was run with other settings "
             f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())}); rerun with the same "
@@ -683,6 +685,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         what = f"continuing study {study_name!r} ({done} of {trials} trials finished)" if already else \
             f"new study {study_name!r}"
         latency = (f", {settings.budget_latency_ms:g} ms predicted on {device} at batch {batch_size}"
+                   f"{', denormals flushed' if settings.latency_flush_denormal else ''}"
                    if settings.budget_latency_ms is not None else "")
         log(f"{what}: objective {','.join(objectives)}, budget {format_count(macs)} MACs"
             f"{f', {format_count(params)} params' if params else ''}{latency}; storage {shown_url(storage_url)}; "
