@@ -296,3 +296,18 @@ def test_each_timed_call_of_a_part_follows_the_eviction_writes_and_a_fresh_input
     assert [(a, b) for a, b, _ in timed] == [(0.0, 0.0), (1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]
     assert all(values == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] for _, _, values in timed)
     assert ms >= 0
+
+
+def test_the_prepared_gpu_script_runs_here_on_the_cpu(tmp_path):
+    # A GPU machine is lent for minutes now and then: the one script run there must not be the first to find a
+    # break. benchmarks/gpu_run.sh --device cpu --quick runs every check of the GPU suite with tiny sizes.
+    env = {**os.environ, "OUT": str(tmp_path), "COMPOSER_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--device", "cpu", "--quick"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = (tmp_path / "gpu_suite.log").read_text()
+    for line in ("device: cpu", "predictor, batch 1:", "predictor, batch 2:", "throughput caformer_s18 fp32:",
+                 "throughput convformer_s18 amp bf16 + channels_last:", "aggregated attention (transnext_micro",
+                 "Hpx (hpxformer_s18", "done in"):
+        assert line in log, line
+    assert f"from {ROOT / 'composer' / '__init__.py'}" in done.stdout  # composer from this source tree
