@@ -17,7 +17,8 @@ whose attention blocks end in a fused MBConv or MBConv "local" branch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
@@ -60,6 +61,21 @@ class _InvertedResidual(MixerConfig):
     bias: bool = Field(default=False, description="bias on the convs before the last (LowFormer: on in the "
                                                   "attention blocks' local branch, off elsewhere)")
     act: Act = "hardswish"
+    # the two forms differ only in these (set by each): the cost helper, shared with the lowformer macro, and the
+    # module's name in composer.nn.mixers.mbconv; cost and build below are the same call for both
+    cost_of: ClassVar[Callable[..., Cost]]
+    module_name: ClassVar[str]
+
+    def cost(self, ctx: MixerContext) -> Cost:
+        hidden = expanded(ctx.dim, self.expand_ratio)
+        return self.cost_of(ctx.dim, ctx.dim, hidden, self.kernel_size, 1, (ctx.height, ctx.width), self.bias)
+
+    def build(self, ctx: MixerContext) -> nn.Module:
+        from ..nn.mixers import mbconv
+
+        module = getattr(mbconv, self.module_name)
+        return module(ctx.dim, ctx.dim, expanded(ctx.dim, self.expand_ratio), self.kernel_size, 1, self.bias,
+                      self.act, BN)
 
     def check(self, ctx: MixerContext) -> None:
         if self.kernel_size % 2 == 0:
@@ -76,15 +92,8 @@ class FusedMBConvConfig(_InvertedResidual):
     summary = "fused MBConv: k x k conv to E channels + BN + act, 1x1 conv back + BN (EfficientNetV2, LowFormer)"
     paper = "EfficientNetV2: Smaller Models and Faster Training (Tan & Le, ICML 2021)"
     cost_formula = "params C·E·k² + E·C (+ E bias) + 2(E + C); MACs N·(C·E·k² + E·C), E = round(C·ratio)"
-
-    def cost(self, ctx: MixerContext) -> Cost:
-        hidden = expanded(ctx.dim, self.expand_ratio)
-        return fused_mbconv_cost(ctx.dim, ctx.dim, hidden, self.kernel_size, 1, (ctx.height, ctx.width), self.bias)
-
-    def build(self, ctx: MixerContext) -> nn.Module:
-        from ..nn.mixers.mbconv import FusedMBConv
-        return FusedMBConv(ctx.dim, ctx.dim, expanded(ctx.dim, self.expand_ratio), self.kernel_size, 1, self.bias,
-                           self.act, BN)
+    cost_of = staticmethod(fused_mbconv_cost)
+    module_name = "FusedMBConv"
 
 
 @register_mixer
@@ -93,15 +102,8 @@ class MBConvConfig(_InvertedResidual):
     summary = "MBConv: 1x1 conv to E channels + act, k x k depthwise + act, 1x1 conv back + BN (MobileNetV2)"
     paper = "MobileNetV2: Inverted Residuals and Linear Bottlenecks (Sandler et al., CVPR 2018)"
     cost_formula = "params 2·C·E + E·k² (+ 2E bias) + 2C; MACs N·(2·C·E + E·k²), E = round(C·ratio)"
-
-    def cost(self, ctx: MixerContext) -> Cost:
-        hidden = expanded(ctx.dim, self.expand_ratio)
-        return mbconv_cost(ctx.dim, ctx.dim, hidden, self.kernel_size, 1, (ctx.height, ctx.width), self.bias)
-
-    def build(self, ctx: MixerContext) -> nn.Module:
-        from ..nn.mixers.mbconv import MBConv
-        return MBConv(ctx.dim, ctx.dim, expanded(ctx.dim, self.expand_ratio), self.kernel_size, 1, self.bias,
-                      self.act, BN)
+    cost_of = staticmethod(mbconv_cost)
+    module_name = "MBConv"
 
 
 register_symbol("FMB", "fused_mbconv", doc="fused MBConv (EfficientNetV2; LowFormer's conv stages)")
