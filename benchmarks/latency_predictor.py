@@ -1,7 +1,7 @@
 """How well the per-part latency table predicts whole models, on this machine.
 
     python benchmarks/latency_predictor.py [--samples 30] [--batch-sizes 1,8] [--threads 2] [--presets]
-                                           [--flush-denormal]
+                                           [--remeasure] [--flush-denormal]
 
 For every shipped search space, ``--samples`` seeded random valid samples (Optuna's RandomSampler, seed 0) are
 predicted from a table built from empty in a temporary folder (composer.latency) and measured end to end
@@ -11,7 +11,9 @@ prints, per space and batch size: the share of samples predicted within ±10% of
 the 90th percentile of |error|, the time the table took to build from empty (and its rows), and Kendall's tau of
 the measured latency against the Plan's MACs and against the prediction (how well each ranks the samples:
 the reason a latency budget is worth having), and the drift: the first sample's parts timed again after the
-measurements, against their first timing (how much the machine moved during the run). ``--presets`` prints a
+measurements, against their first timing (how much the machine moved during the run); with ``--remeasure``, every
+sample measured again at the end, against its first measurement (how well the machine repeats itself: the
+ceiling of any prediction from a table timed once). ``--presets`` prints a
 markdown table of every preset at batch 1: MACs, predicted and measured latency, img/s (docs/latency.md).
 
 Machines here are noisy: the figures are only as good as the load allows; the script prints the load average
@@ -88,6 +90,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--spaces", default="metaformer_s18,transnext_micro")
     ap.add_argument("--presets", action="store_true", help="also the table of presets at batch 1")
+    ap.add_argument("--remeasure", action="store_true", help="measure every sample again at the end: how well "
+                                                            "the machine repeats its own measurements")
     ap.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the run "
                                                                  "(composer latency --flush-denormal)")
     args = ap.parse_args()
@@ -131,6 +135,18 @@ def main() -> None:
                               folder=Path(tempfile.mkdtemp(prefix="composer-latency-again-"))).predict(specs[0]).ms
             print(f"  drift: sample 0's parts timed again at the end: {again / predicted[0]:.3f}x their first "
                   f"timing; load average now {load()}", flush=True)
+            if args.remeasure:
+                # The ceiling of any prediction from a table timed once: the same models measured again, minutes
+                # later, by the same code. The prediction against the mean of the two measurements is also
+                # printed (one measurement's own noise halved).
+                second = [measure(s, batch_size=batch, threads=threads, repeats=repeats) for s in specs]
+                diffs = sorted(abs(b / a - 1) for a, b in zip(measured, second))
+                both = [p / ((a + b) / 2) - 1 for p, a, b in zip(predicted, measured, second)]
+                print(f"  measured again: {sum(d <= 0.10 for d in diffs) / len(diffs):.0%} within ±10% of the first "
+                      f"measurement, median |difference| {statistics.median(diffs):.1%}, mean ratio "
+                      f"{statistics.mean(b / a for a, b in zip(measured, second)):.3f}; the prediction within ±10% "
+                      f"of the mean of both: {sum(abs(e) <= 0.10 for e in both) / len(both):.0%} (mean error "
+                      f"{statistics.mean(both):+.1%}); load average now {load()}", flush=True)
     if args.presets:
         from composer.spec.source import preset_names
 
