@@ -7,7 +7,8 @@ Plan (stem, each downsampling, each block with its mixer config and context, sta
 each *distinct* part once on this device, alone, at the batch size asked for, and predicts a whole network as
 the sum of its parts. A part is keyed by what determines its module and its input (kind, macro, shape, mixer
 config, channel mixer, norm, scales, the mixer's own ``latency_key``) and by whether its input arrives as a
-permuted view (a block whose layout differs from the previous block's gets ``x.permute(...)``, as in the model),
+permuted view (a block whose layout differs from the tensor it gets receives ``x.permute(...)``, as in the model;
+how each part lays out its output in memory is recorded when it is timed, and the next part's input follows it),
 which is how layout changes enter the prediction. Timings live in a table on disk, one per device fingerprint
 (CPU model or GPU name, threads, torch version, dtype, batch size, memory format, CPU allocator, whether
 denormals are flushed to zero): later runs, other spaces and other search workers on the machine reuse it, and a
@@ -35,7 +36,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-TABLE_VERSION = 3  # 2: Swin's odd blocks timed with their shift (1 timed them as even blocks); 3: parts timed cold
+# 2: Swin's odd blocks timed with their shift (1 timed them as even blocks); 3: parts timed cold; 4: each part's input
+# laid out in memory as the part before actually leaves it (3 assumed each part's own layout: wrong after
+# LayerNorms computed through a permute, as U-DWConv's, whose downsamplings ran 2.8x their table entry)
+TABLE_VERSION = 4
 MIN_RUN_MS = 2.0   # a timed run of a whole model repeats the call until it lasts this long (timer resolution)
 EVICT_MB = 64      # before each timed call of a part, this much other memory is written (its weights go cold)
 PART_CALLS = 2     # a part is timed in PART_CALLS x repeats single cold calls per session
@@ -162,6 +166,7 @@ class LatencyTable:
         self.path = (folder or cache_dir() / "latency") / f"{fp.key}.jsonl"
         self.rows: dict[str, float] = {}
         self.what: dict[str, str] = {}
+        self.out: dict[str, str | None] = {}  # the layout the part's output is contiguous in (the next part's input)
         self._read()
 
     def _read(self) -> None:
@@ -180,6 +185,7 @@ class LatencyTable:
             if key not in self.rows and math.isfinite(ms) and ms >= 0:
                 self.rows[key] = ms
                 self.what[key] = row.get("what", "")
+                self.out[key] = row.get("out")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -187,8 +193,9 @@ class LatencyTable:
     def get(self, key: str) -> float | None:
         return self.rows.get(key)
 
-    def add(self, key: str, ms: float, what: str) -> float:
-        """Record a timing (unless another process recorded this key first: then that one is returned)."""
+    def add(self, key: str, ms: float, what: str, out: str | None = None) -> float:
+        """Record a timing and the layout the part's output is contiguous in (unless another process recorded this
+        key first: then that one is returned)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(self.path.with_suffix(".lock")):
             self.rows.clear()
@@ -200,8 +207,8 @@ class LatencyTable:
                 if new:
                     handle.write(json.dumps({"fingerprint": asdict(self.fingerprint), "version": TABLE_VERSION})
                                  + "\n")
-                handle.write(json.dumps({"key": key, "ms": ms, "what": what}) + "\n")
-        self.rows[key], self.what[key] = ms, what
+                handle.write(json.dumps({"key": key, "ms": ms, "what": what, "out": out}) + "\n")
+        self.rows[key], self.what[key], self.out[key] = ms, what, out
         return ms
 
 
@@ -230,6 +237,7 @@ class PartLatency:
     key: str
     ms: float = 0.0
     measured_now: bool = False
+    permuted: bool = False  # its input was timed as a permuted view (as the part before hands it on)
 
 
 @dataclass
@@ -240,7 +248,7 @@ class _PartToTime:
     description: dict
     part: Any
     layout: str          # the layout the part takes
-    permuted: bool       # its input arrives as a permuted view of the other layout
+    permuted: bool = False  # its input arrives as a permuted view of the other layout (set by Predictor.predict)
 
 
 @dataclass
@@ -280,10 +288,8 @@ def _parts(spec) -> list[_PartToTime]:
     out.append(_PartToTime("stem", None, "stem", {"kind": "stem", "macro": spec.macro,
                                                     "in": w.stem.in_shape, "out": w.stem.out_shape, **conventions},
                            w.stem, "channels_first", False))
-    # ``stored``: the layout the tensor between parts is contiguous in. Every part returns a tensor contiguous in
-    # its own layout; the stage's to_layout between blocks only permutes the view, so a part whose layout differs
-    # from ``stored`` gets a permuted view, as it does inside the model.
-    stored = "channels_first"
+    # Whether a part's input arrives as a permuted view is not known here: it depends on how the part before lays
+    # out its output in memory (Predictor.predict follows the chain, from what the table recorded of each part).
     for stage in w.stages:
         i = stage.index
         for name, part, extra in stage.members:
@@ -291,9 +297,9 @@ def _parts(spec) -> list[_PartToTime]:
                 mixer = part.info["mixer"]
                 j = int(name.rsplit(".", 1)[1])
                 ctx = MixerContext.at(spec, i, j, part.in_shape)
-                layout, permuted = mixer.layout, stored != mixer.layout
+                layout = mixer.layout
                 description = {"kind": "block", "macro": spec.macro, "shape": part.in_shape, "layout": layout,
-                               "permuted": permuted, "mixer": _dump(mixer), "mixer_at": mixer.latency_key(ctx),
+                               "mixer": _dump(mixer), "mixer_at": mixer.latency_key(ctx),
                                "channel": _dump(spec.channel_mixer.at_stage(i)), "norm": _dump(spec.norm),
                                "layer_scale": pick(spec.layer_scale, i), "res_scale": pick(spec.res_scale, i)}
                 what = f"{extra.get('symbol', mixer.type)} ({mixer.type}) at {'x'.join(map(str, part.in_shape))}"
@@ -302,20 +308,32 @@ def _parts(spec) -> list[_PartToTime]:
                 # time), so it is built from its own context.
                 part = _OwnBlock(part, macro, spec, i, j, mixer)
             else:  # downsample or stage norm: channels-first
-                layout, permuted = "channels_first", stored != "channels_first"
+                layout = "channels_first"
                 description = {"kind": part.kind, "macro": spec.macro, "stage": i, "in": part.in_shape,
-                               "out": part.out_shape, "permuted": permuted, **conventions}
+                               "out": part.out_shape, **conventions}
                 if spec.downsample_ratio is not None:  # only then: the other macros' table keys stay as they were
                     description["downsample_ratio"] = pick(spec.downsample_ratio, i)
                 what = f"{part.kind} {'x'.join(map(str, part.in_shape))}"
-            out.append(_PartToTime(name, i, what, description, part, layout, permuted))
-            stored = layout
+            out.append(_PartToTime(name, i, what, description, part, layout))
     head = w.head
     out.append(_PartToTime("head", None, "head", {"kind": "head", "macro": spec.macro, "in": head.in_shape,
-                                                    "num_classes": spec.num_classes, "head": _dump(spec.head),
-                                                    "permuted": stored != "channels_first"},
-                           head, "channels_first", stored != "channels_first"))
+                                                    "num_classes": spec.num_classes, "head": _dump(spec.head)},
+                           head, "channels_first"))
     return out
+
+
+def _stored_layout(y, layout: str) -> str | None:
+    """The layout a part's output ``y`` (a map in the part's own ``layout``) is contiguous in: its own, the other
+    one (a permuted view: a LayerNorm computed as permute -> norm -> permute hands one on), or None (not a dense
+    4-D map: the head's logits)."""
+    import torch
+
+    if not isinstance(y, torch.Tensor) or y.dim() != 4:
+        return None
+    if y.is_contiguous():
+        return layout
+    viewed = y.permute(0, 2, 3, 1) if layout == "channels_first" else y.permute(0, 3, 1, 2)
+    return ("channels_last" if layout == "channels_first" else "channels_first") if viewed.is_contiguous() else None
 
 
 def _key(description: dict) -> str:
@@ -437,10 +455,8 @@ def _input(shape, layout: str, permuted: bool, fp: Fingerprint, device):
     own_first = layout == "channels_first"
     stored_first = own_first != permuted
     base = torch.randn((b, c, h, w) if stored_first else (b, h, w, c), dtype=dtype, device=device)
-    if permuted:
+    if permuted:  # a channels_last memory format model's input is this too: (B, H, W, C) memory seen as (B, C, H, W)
         base = base.permute(0, 2, 3, 1) if not own_first else base.permute(0, 3, 1, 2)
-    elif own_first and fp.memory_format == "channels_last":
-        base = base.contiguous(memory_format=torch.channels_last)
     return base
 
 
@@ -495,21 +511,28 @@ class Predictor:
                               members)
         before, t0 = self.measured, time.perf_counter()
         parts = []
+        # the layout the tensor between two parts is contiguous in: the input's, then what each part's output was
+        # when it was timed (a part whose layout differs gets a permuted view, as inside the model)
+        stored = "channels_last" if self.fingerprint.memory_format == "channels_last" else "channels_first"
         for item in _parts(spec):
-            key = _key(item.description)
+            item.permuted = stored != item.layout
+            key = _key({**item.description, "permuted": item.permuted})
             ms = self.table.get(key)
             now = False
             if ms is None:
                 if not measure_missing:
                     raise KeyError(f"{item.name} ({item.what}) is not in the latency table {self.table.path}")
-                ms = self.table.add(key, self._time_part(item), item.what)
+                timed, out = self._time_part(item)
+                ms = self.table.add(key, timed, item.what, out)
                 self.measured += 1
                 now = True
-            parts.append(PartLatency(item.name, item.stage, item.what, key, ms, now))
+            stored = self.table.out.get(key) or item.layout
+            parts.append(PartLatency(item.name, item.stage, item.what, key, ms, now, item.permuted))
         return Prediction(spec.name or "spec", self.fingerprint, parts, self.table.path, self.measured - before,
                           time.perf_counter() - t0 if self.measured > before else 0.0)
 
-    def _time_part(self, item: _PartToTime) -> float:
+    def _time_part(self, item: _PartToTime) -> tuple[float, str | None]:
+        """(ms, the layout its output is contiguous in)."""
         import torch
 
         from .profile import resolve_device
@@ -518,16 +541,21 @@ class Predictor:
         t0 = time.perf_counter()
         if self._evict is None:
             self._evict = torch.empty(EVICT_MB * 2**20 // 4, dtype=torch.float32, device=device)
+        out: list[str | None] = []
+
         def session(i: int) -> float:
             torch.manual_seed(i)
             module = _prepare(item.part.build(), self.fingerprint, device)
             x = _input(item.part.in_shape, item.layout, item.permuted, self.fingerprint, device)
+            if not out:
+                with torch.inference_mode():
+                    out.append(_stored_layout(module(x), item.layout))
             return _time_cold_ms(module, x, device, PART_CALLS * self.repeats, self._evict)
 
         with _threads(self.threads):
             ms = _fastest(session)
         self.measure_seconds += time.perf_counter() - t0
-        return ms
+        return ms, out[0]
 
 
 _PREDICTORS: dict[tuple, Predictor] = {}
@@ -565,7 +593,8 @@ def measure(spec, device: str = "cpu", batch_size: int = 1, threads: int | None 
     def session(i: int) -> float:  # like the parts: freshly built each time
         torch.manual_seed(i)
         model = _prepare(compose(spec), fp, dev)
-        x = _input((spec.in_chans, spec.input_size, spec.input_size), "channels_first", False, fp, dev)
+        x = _input((spec.in_chans, spec.input_size, spec.input_size), "channels_first",
+                   fp.memory_format == "channels_last", fp, dev)
         return _time_ms(model, x, dev, repeats)
 
     with _threads(fp.threads):
