@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The wheels benchmarks/gpu_run.sh needs on the lent GPU machine, into .whl/ (ignored by git; about 8 MB).
+# The wheels benchmarks/gpu_run.sh needs on the lent GPU machine, into .whl/ (in .gitignore, so the device call
+# can carry it; about 8 MB):
 #
-#     echo /.whl/ >> .git/info/exclude     # once per checkout
 #     bash benchmarks/gpu_wheels.sh        # here, with the project's venv active (PyPI reachable)
 #
 # That machine's python3 (3.12) has torch, torchvision, timm, numpy, pyyaml, networkx, packaging, markupsafe and
