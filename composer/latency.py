@@ -328,12 +328,14 @@ def _stored_layout(y, layout: str) -> str | None:
     4-D map: the head's logits)."""
     import torch
 
+    from .nn.layers import to_layout
+
     if not isinstance(y, torch.Tensor) or y.dim() != 4:
         return None
     if y.is_contiguous():
         return layout
-    viewed = y.permute(0, 2, 3, 1) if layout == "channels_first" else y.permute(0, 3, 1, 2)
-    return ("channels_last" if layout == "channels_first" else "channels_first") if viewed.is_contiguous() else None
+    other = "channels_last" if layout == "channels_first" else "channels_first"
+    return other if to_layout(y, layout, other).is_contiguous() else None
 
 
 def _key(description: dict) -> str:
@@ -449,15 +451,15 @@ def _input(shape, layout: str, permuted: bool, fp: Fingerprint, device):
     permuted view of the other layout's contiguous tensor."""
     import torch
 
+    from .nn.layers import to_layout
+
     c, h, w = shape
-    dtype = getattr(torch, fp.dtype)
     b = fp.batch_size
-    own_first = layout == "channels_first"
-    stored_first = own_first != permuted
-    base = torch.randn((b, c, h, w) if stored_first else (b, h, w, c), dtype=dtype, device=device)
-    if permuted:  # a channels_last memory format model's input is this too: (B, H, W, C) memory seen as (B, C, H, W)
-        base = base.permute(0, 2, 3, 1) if not own_first else base.permute(0, 3, 1, 2)
-    return base
+    stored = layout if not permuted else "channels_last" if layout == "channels_first" else "channels_first"
+    base = torch.randn((b, c, h, w) if stored == "channels_first" else (b, h, w, c), dtype=getattr(torch, fp.dtype),
+                       device=device)
+    # permuted as the model's stages permute; a channels_last memory format model's input is such a view too
+    return to_layout(base, stored, layout)
 
 
 # -- prediction ------------------------------------------------------------------------------------------------
