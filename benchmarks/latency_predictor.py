@@ -1,7 +1,7 @@
 """How well the per-part latency table predicts whole models, on this machine.
 
     python benchmarks/latency_predictor.py [--samples 30] [--batch-sizes 1,8] [--threads 2] [--presets]
-                                           [--remeasure] [--flush-denormal]
+                                           [--remeasure] [--flush-denormal] [--keep-freed-memory]
 
 For every shipped search space, ``--samples`` seeded random valid samples (Optuna's RandomSampler, seed 0) are
 predicted from a table built from empty in a temporary folder (composer.latency) and measured end to end
@@ -94,9 +94,11 @@ def main() -> None:
                                                             "the machine repeats its own measurements")
     ap.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the run "
                                                                  "(composer latency --flush-denormal)")
+    ap.add_argument("--keep-freed-memory", action="store_true", help="glibc's malloc keeps freed memory for the "
+                                                                     "run (composer latency --keep-freed-memory)")
     args = ap.parse_args()
 
-    from composer.latency import Predictor, measure
+    from composer.latency import Predictor, keep_freed_memory, measure
     from composer.plan import estimate
 
     if args.threads:
@@ -104,7 +106,10 @@ def main() -> None:
     if args.flush_denormal:
         torch.set_flush_denormal(True)
     threads = torch.get_num_threads()
+    if args.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit("--keep-freed-memory: malloc here is not glibc's")
     flushed = ", denormals flushed" if args.flush_denormal else ""
+    flushed += ", malloc keeps freed memory" if args.keep_freed_memory else ""
     print(f"torch {torch.__version__}, {threads} threads{flushed}; load average at start: {load()}")
     folder = Path(tempfile.mkdtemp(prefix="composer-latency-"))
     for space in filter(None, args.spaces.split(",")):  # --spaces "": the presets only

@@ -130,7 +130,7 @@ def _cmd_search(args) -> int:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
     from .search import run
 
-    _set_flush_denormal(args)
+    _set_process_latency_settings(args)
     argv = [a for a in (args.argv or []) if a]
     result = run(space, budget=args.budget, max_params=args.max_params, trials=args.trials,
                  objective=args.objective, seed=args.seed, storage=args.storage, run_dir=args.run_dir,
@@ -147,22 +147,31 @@ def _cmd_search(args) -> int:
 
 FLUSH_DENORMAL_HELP = ("latency: flush denormal numbers to zero in this process (torch.set_flush_denormal), as a "
                        "deployment may; timed into a table of its own")
+KEEP_FREED_MEMORY_HELP = ("latency on CPU: glibc's malloc keeps freed memory in this process instead of handing it "
+                          "back to the OS (mallopt; as MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ would), so "
+                          "a forward does not fault its big tensors in afresh; timed into a table of its own")
 
 
-def _set_flush_denormal(args) -> None:
-    """--flush-denormal: the process's setting, so the parts, the measured models and --workers children (which get
-    the same flag) all run with it; the latency fingerprint records it."""
+def _set_process_latency_settings(args) -> None:
+    """--flush-denormal, --keep-freed-memory: the process's settings, so the parts, the measured models and --workers
+    children (which get the same flags) all run with them; the latency fingerprint records them."""
     if getattr(args, "flush_denormal", False):
         import torch
 
         if not torch.set_flush_denormal(True):
             raise UsageError("--flush-denormal: this CPU cannot flush denormals to zero (no SSE3)")
+    if getattr(args, "keep_freed_memory", False):
+        from .latency import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise UsageError("--keep-freed-memory: this process's malloc is not glibc's (musl, macOS, Windows, or a "
+                             "preloaded jemalloc / tcmalloc / mimalloc); tune that allocator instead")
 
 
 def _cmd_latency(args) -> int:
     from .latency import measure, predictor
 
-    _set_flush_denormal(args)
+    _set_process_latency_settings(args)
     try:
         p = predictor(args.device, args.batch_size, args.threads)
     except ValueError as exc:
@@ -201,7 +210,7 @@ def _cmd_check_mixer(args) -> int:
 def _cmd_sweep(args) -> int:
     from .search.sweep import sweep
 
-    _set_flush_denormal(args)
+    _set_process_latency_settings(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     result, _ = sweep(args.space, objective=args.objective, run_dir=args.run_dir, storage=args.storage,
@@ -327,6 +336,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--measure-latency", action="store_true",
                    help="the latency objective times the built model instead of predicting it")
     s.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
+    s.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
     s.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
     s.add_argument("--objective", help="proxy | naswot | gradnorm | train | a plugin's objective | module:function "
                                        "(your f(model, spec, reporter) -> float), or several joined by commas with "
@@ -366,6 +376,7 @@ def make_parser() -> argparse.ArgumentParser:
     la.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     la.add_argument("--measure", action="store_true", help="also time the whole built model")
     la.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
+    la.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
     la.set_defaults(func=_cmd_latency)
     cm = sub.add_parser("check-mixer", help="the conformance kit: a mixer in every stage of every macro, params, "
                                             "MACs, forward/backward, checks, YAML/schema, state dict, jit/fx")
@@ -385,6 +396,7 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--device", default="cpu", help="latency: cpu | cuda (default cpu)")
     sw.add_argument("--batch-size", type=int, default=1, help="latency: batch size (default 1)")
     sw.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
+    sw.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
     sw.add_argument("--run-dir", help="output folder (default: runs/SPACE-sweep)")
     sw.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db)")
     sw.add_argument("--study-name", help="default: SPACE-sweep")

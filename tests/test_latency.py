@@ -6,6 +6,7 @@ are noisy): benchmarks/latency_predictor.py measures the predictor's error."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,74 @@ def test_flush_denormal_flag_reaches_the_table_and_the_study(cache, tmp_path, ca
     # the study's latency budget was predicted with denormals flushed: a rerun without the flag is refused
     assert _search(tmp_path, "--trials", "2", "--max-latency", "1000ms") == 2
     assert "latency_flush_denormal: True then, None now" in capsys.readouterr().err
+
+
+GLIBC = platform.libc_ver()[0] == "glibc"
+ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES",
+                       "LD_PRELOAD")
+
+
+def _untuned_env(**extra) -> dict:
+    """This process's environment with glibc's malloc at its defaults (plus ``extra``)."""
+    return {**{k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES}, **extra}
+
+
+def _where_a_big_tensor_lies(code: str) -> str:
+    """Run ``code`` in a fresh process with malloc's defaults (mallopt's settings cannot be undone), then say whether
+    a new 100 MB tensor lies in the brk heap or in an mmap of its own."""
+    probe = code + """
+import torch
+x = torch.empty(100 * 2**20, dtype=torch.uint8)
+heap = [l.split()[0].split("-") for l in open("/proc/self/maps") if l.rstrip().endswith("[heap]")]
+print("heap" if any(int(a, 16) <= x.data_ptr() < int(b, 16) for a, b in heap) else "mmap")
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env=_untuned_env())
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[-1]
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_keep_freed_memory_makes_glibc_keep_big_tensors_in_its_heap():
+    # with glibc's defaults a 100 MB block is mmapped, and unmapped again when freed (to be faulted in afresh on the
+    # next forward); told to keep freed memory, malloc carves it from the heap it keeps
+    assert _where_a_big_tensor_lies("") == "mmap"
+    kept = ("from composer.latency import keep_freed_memory, fingerprint\nassert keep_freed_memory()\n"
+            "assert fingerprint(threads=1).allocator == 'keep-freed-memory', fingerprint(threads=1)\n")
+    assert _where_a_big_tensor_lies(kept) == "heap"
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_keep_freed_memory_flag_times_into_a_table_of_its_own(cache, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(composer.dump_spec(composer.load_spec(TINY)))
+    env = _untuned_env(COMPOSER_CACHE_DIR=str(cache))
+    command = [sys.executable, "-m", "composer.cli", "latency", "tiny.yaml", "--threads", "1"]
+    kept = subprocess.run([*command, "--keep-freed-memory"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert kept.returncode == 0, kept.stderr
+    assert "allocator keep-freed-memory" in kept.stdout and "parts timed now" in kept.stdout
+    plain = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and "allocator" not in plain.stdout and "parts timed now" in plain.stdout
+    assert len(list((cache / "latency").glob("*.jsonl"))) == 2
+    # where malloc is not glibc's to tune, the flag is refused in one line, not ignored
+    refused = subprocess.run([*command, "--keep-freed-memory"], cwd=tmp_path, capture_output=True, text=True,
+                             env={**env, "LD_PRELOAD": "libjemalloc.so.2"}, timeout=300)
+    assert refused.returncode == 2 and "--keep-freed-memory: this process's malloc is not glibc's" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_study_records_the_allocator_its_latency_budget_was_timed_under(cache, tmp_path, capsys, monkeypatch):
+    import composer.latency
+
+    # as after keep_freed_memory() (which cannot be undone in this process)
+    monkeypatch.setattr(composer.latency, "_kept_freed_memory", True)
+    for variable in ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert _search(tmp_path, "--trials", "1", "--max-latency", "1000ms") == 0
+    assert "allocator keep-freed-memory" in capsys.readouterr().out
+    monkeypatch.setattr(composer.latency, "_kept_freed_memory", False)
+    assert _search(tmp_path, "--trials", "2", "--max-latency", "1000ms") == 2
+    assert "latency_allocator: 'keep-freed-memory' then, None now" in capsys.readouterr().err
 
 
 def test_a_damaged_row_is_timed_again_and_the_first_timing_wins(cache):

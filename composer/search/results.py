@@ -143,6 +143,8 @@ class Settings:
     """--measure-latency: the latency objective times the built model instead of predicting it."""
     latency_flush_denormal: bool = False
     """Whether the process flushed denormals to zero (--flush-denormal) when the study started: the latency table's."""
+    latency_allocator: str = "default"
+    """The CPU allocator when the study started (--keep-freed-memory, MALLOC_* variables, a preloaded allocator)."""
     pruner: str = "median"
     """--pruner: median | hyperband | successive-halving | none (epochs, or a reporter's steps, as resource)."""
     keep_checkpoints: bool = False
@@ -165,6 +167,8 @@ class Settings:
                          latency_batch=self.latency_batch, measure_latency=self.measure_latency)
             if self.latency_flush_denormal:  # likewise: studies before --flush-denormal ran with it off
                 attrs["latency_flush_denormal"] = True
+            if self.latency_allocator != "default":  # likewise: the allocator was not recorded before
+                attrs["latency_allocator"] = self.latency_allocator
         return attrs
 
 

@@ -630,6 +630,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         if settings.predicts_latency or measure_latency:
             fp = fingerprint(device, batch_size)  # an unknown device or a bad batch size: refused before any trial
             settings.latency_flush_denormal = fp.flush_denormal
+            settings.latency_allocator = fp.allocator
     except ValueError as exc:
         raise SpecError(Problem(str(exc), ())) from None
     if "train" in objectives:
@@ -686,6 +687,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
             f"new study {study_name!r}"
         latency = (f", {settings.budget_latency_ms:g} ms predicted on {device} at batch {batch_size}"
                    f"{', denormals flushed' if settings.latency_flush_denormal else ''}"
+                   f"{f', allocator {settings.latency_allocator}' if settings.latency_allocator != 'default' else ''}"
                    if settings.budget_latency_ms is not None else "")
         log(f"{what}: objective {','.join(objectives)}, budget {format_count(macs)} MACs"
             f"{f', {format_count(params)} params' if params else ''}{latency}; storage {shown_url(storage_url)}; "
