@@ -95,8 +95,9 @@ class Fingerprint:
 # told otherwise: a convformer_s18 forward at batch 8 on one core took 696-716 ms with the defaults and 640 ms with
 # MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ raised, and a preloaded jemalloc or tcmalloc differs again, so
 # timings taken under one allocator are not mixed with another's.
+# THP_MEM_ALLOC_ENABLE=1 makes torch's own CPU allocator ask for transparent huge pages for blocks of >= 2 MB.
 _ALLOCATOR_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-                        "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+                        "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE")
 
 
 # What keep_freed_memory() sets, through mallopt(3): the values of MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_
@@ -118,17 +119,14 @@ def keep_freed_memory() -> bool:
     global _kept_freed_memory
     if _kept_freed_memory:
         return True
-    if _preloaded_allocators():
+    if _preloaded_allocators() or platform.libc_ver()[0] != "glibc":  # musl's mallopt, say, does nothing
         return False
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, version = libc.mallopt, libc.gnu_get_libc_version
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
         return False
-    del version  # only glibc has it: musl and others have no gnu_get_libc_version (and another mallopt)
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     for param, values in KEEP_FREED_MEMORY.values():
         if not any(mallopt(param, value) == 1 for value in values):

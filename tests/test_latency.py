@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "macro": "metaformer", "input_size": 32, "num_classes": 10, "widths": [8, 16, 24, 32],
         "depths": [1, 1, 2, 1], "layout": "Conv-Conv-A-A", "mixers": {"A": {"head_dim": 8}}}
 
+ALLOCATOR_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                       "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD")
+
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
@@ -87,7 +90,7 @@ def test_a_fingerprint_change_starts_another_table(cache, monkeypatch):
 def test_timings_under_another_cpu_allocator_go_to_another_table(cache, monkeypatch):
     # glibc's malloc tuned by MALLOC_* (read at process start) or a preloaded jemalloc changes what a batch-8
     # forward costs on CPU (696-716 ms against 640 ms here): such timings must not mix with the default's.
-    for variable in ("LD_PRELOAD", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+    for variable in ALLOCATOR_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     default = fingerprint(threads=1)
     assert default.allocator == "default"
@@ -96,6 +99,10 @@ def test_timings_under_another_cpu_allocator_go_to_another_table(cache, monkeypa
     assert tuned.allocator == "MALLOC_TRIM_THRESHOLD_=100000000000" and tuned.key != default.key
     assert "allocator MALLOC_TRIM_THRESHOLD_=100000000000" in tuned.describe()
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")  # torch's CPU allocator asks for huge pages
+    huge = fingerprint(threads=1)
+    assert huge.allocator == "THP_MEM_ALLOC_ENABLE=1" and huge.key not in (default.key, tuned.key)
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     preloaded = fingerprint(threads=1)
     assert preloaded.allocator == "libjemalloc.so.2" and preloaded.key not in (default.key, tuned.key)
@@ -147,8 +154,6 @@ def test_flush_denormal_flag_reaches_the_table_and_the_study(cache, tmp_path, ca
 
 
 GLIBC = platform.libc_ver()[0] == "glibc"
-ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES",
-                       "LD_PRELOAD")
 
 
 def _untuned_env(**extra) -> dict:
