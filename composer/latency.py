@@ -102,7 +102,7 @@ _ALLOCATOR_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THR
 
 # What keep_freed_memory() sets, through mallopt(3): the values of MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_
 # and MALLOC_TOP_PAD_ that made the prediction hold (docs/latency.md, "The allocator"), within mallopt's int.
-# glibc before 2.35 refuses an mmap threshold over 32 MiB (HEAP_MAX_SIZE / 2): there, blocks over 32 MiB stay mmapped.
+# Some glibc releases refuse an mmap threshold over 32 MiB (HEAP_MAX_SIZE / 2): there, blocks over 32 MiB stay mmapped.
 KEEP_FREED_MEMORY = {"M_MMAP_THRESHOLD": (-3, (1_000_000_000, 2**25)), "M_TRIM_THRESHOLD": (-1, (2**31 - 1,)),
                      "M_TOP_PAD": (-2, (1_000_000_000,))}
 _kept_freed_memory = False
