@@ -111,9 +111,9 @@ def main() -> None:
     threads = torch.get_num_threads()
     if args.keep_freed_memory and not keep_freed_memory():
         raise SystemExit("--keep-freed-memory: malloc here is not glibc's")
-    flushed = ", denormals flushed" if args.flush_denormal else ""
-    flushed += ", malloc keeps freed memory" if args.keep_freed_memory else ""
-    print(f"torch {torch.__version__}, {threads} threads{flushed}; load average at start: {load()}")
+    settings = ", denormals flushed" if args.flush_denormal else ""
+    settings += ", malloc keeps freed memory" if args.keep_freed_memory else ""
+    print(f"torch {torch.__version__}, {threads} threads{settings}; load average at start: {load()}")
     folder = Path(tempfile.mkdtemp(prefix="composer-latency-"))
     for space in filter(None, args.spaces.split(",")):  # --spaces "": the presets only
         specs = samples(space, args.samples)

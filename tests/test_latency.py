@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 import composer
-from composer.latency import LatencyTable, Predictor, _parts, fingerprint, parse_latency
+from composer.latency import _ALLOCATOR_VARIABLES, LatencyTable, Predictor, _parts, fingerprint, parse_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "macro": "metaformer", "input_size": 32, "num_classes": 10, "widths": [8, 16, 24, 32],
         "depths": [1, 1, 2, 1], "layout": "Conv-Conv-A-A", "mixers": {"A": {"head_dim": 8}}}
 
-ALLOCATOR_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                       "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD")
+ALLOCATOR_VARIABLES = (*_ALLOCATOR_VARIABLES, "LD_PRELOAD")  # what the fingerprint's allocator reads
 
 
 @pytest.fixture
