@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .spec import SpecError
 from .spec.units import format_count
+from .train.recipe import add_flags as add_train_flags
+from .train.recipe import flag_values as train_flag_values
 
 EXIT_USAGE = 2
 
@@ -132,24 +134,33 @@ def _cmd_search(args) -> int:
 
     _set_process_latency_settings(args)
     argv = [a for a in (args.argv or []) if a]
+    _note_old_batch_flag(args)
     result = run(space, budget=args.budget, max_params=args.max_params, trials=args.trials,
                  objective=args.objective, seed=args.seed, storage=args.storage, run_dir=args.run_dir,
-                 study_name=args.study_name, workers=args.workers, data=args.data, epochs=args.epochs,
+                 study_name=args.study_name, workers=args.workers, train=train_flag_values(args),
                  proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, heartbeat=args.heartbeat,
                  progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
-                 argv=argv, train_size=args.train_size, direction=args.direction, max_latency=args.max_latency,
-                 device=args.device, batch_size=args.batch_size, measure_latency=args.measure_latency,
+                 argv=argv, direction=args.direction, max_latency=args.max_latency,
+                 batch_size=args.batch_size, measure_latency=args.measure_latency, gpus=args.gpus,
                  pruner=args.pruner, keep_checkpoints=args.keep_checkpoints, warm_start=args.warm_start)
     c = result.counters
     # a search whose objective raised on every trial it ran did not do what was asked
     return 0 if c.over_budget_built == 0 and not (c.objective_failed and c.objective_failed == c.built) else 1
 
 
+LATENCY_BATCH_HELP = ("latency: the batch size predicted / timed (default 1); --batch-size is its old name "
+                      "(--train-batch sets the training minibatch)")
 FLUSH_DENORMAL_HELP = ("latency: flush denormal numbers to zero in this process (torch.set_flush_denormal), as a "
                        "deployment may; timed into a table of its own")
 KEEP_FREED_MEMORY_HELP = ("latency on CPU: glibc's malloc keeps freed memory in this process instead of handing it "
                           "back to the OS (mallopt; as MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ would), so "
                           "a forward does not fault its big tensors in afresh; timed into a table of its own")
+
+
+def _note_old_batch_flag(args) -> None:
+    if any(a == "--batch-size" or a.startswith("--batch-size=") for a in (args.argv or []) if a):
+        print("note: --batch-size is the latency batch, now spelled --latency-batch; the training minibatch is "
+              "--train-batch", file=sys.stderr)
 
 
 def _set_process_latency_settings(args) -> None:
@@ -213,19 +224,20 @@ def _cmd_sweep(args) -> int:
     _set_process_latency_settings(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _note_old_batch_flag(args)
     result, _ = sweep(args.space, objective=args.objective, run_dir=args.run_dir, storage=args.storage,
                       study_name=args.study_name, seed=args.seed, progress=not args.no_progress,
-                      budget=args.budget, max_params=args.max_params, data=args.data, epochs=args.epochs,
+                      budget=args.budget, max_params=args.max_params, train=train_flag_values(args),
                       proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, direction=args.direction,
-                      max_latency=args.max_latency, device=args.device, batch_size=args.batch_size)
+                      max_latency=args.max_latency, batch_size=args.batch_size)
     return 0 if result.counters.over_budget_built == 0 else 1
 
 
 def _cmd_proxy_check(args) -> int:
     from .search.proxy_check import proxy_check
 
-    proxy_check(args.space, data=args.data, samples=args.samples, epochs=args.epochs, seed=args.seed,
-                train_size=args.train_size, proxy_size=args.proxy_size, proxy_batch=args.proxy_batch,
+    proxy_check(args.space, train=train_flag_values(args), samples=args.samples, seed=args.seed,
+                proxy_size=args.proxy_size, proxy_batch=args.proxy_batch,
                 budget=args.budget, max_params=args.max_params, latency=args.latency, run_dir=args.run_dir)
     return 0
 
@@ -331,8 +343,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-params", help="hard parameter budget, e.g. 30M; default: the space's (or none)")
     s.add_argument("--max-latency", help="hard budget on the latency predicted on this device, e.g. 25ms "
                                          "(composer latency; default: the space's, or none)")
-    s.add_argument("--device", default="cpu", help="latency: the device predicted / timed (cpu | cuda; default cpu)")
-    s.add_argument("--batch-size", type=int, default=1, help="latency: the batch size predicted / timed (default 1)")
+    s.add_argument("--latency-batch", "--batch-size", dest="batch_size", type=int, default=1,
+                   help=LATENCY_BATCH_HELP)
+    s.add_argument("--gpus", help="GPU indices, e.g. 0,1,2,3: one --workers process per GPU, each seeing only its "
+                                  "own (CUDA_VISIBLE_DEVICES), with --device cuda")
     s.add_argument("--measure-latency", action="store_true",
                    help="the latency objective times the built model instead of predicting it")
     s.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
@@ -349,11 +363,6 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", help="output folder (default: runs/SPACE-OBJECTIVE)")
     s.add_argument("--study-name", help="default: SPACE-OBJECTIVE")
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
-    s.add_argument("--data", default="digits", help="train: 'digits' (scikit-learn) or an ImageFolder path")
-    s.add_argument("--epochs", type=int, default=3, help="train: epochs per trial (default 3)")
-    s.add_argument("--train-size", type=int, help="train: the resolution models are compiled and trained at "
-                                                  "(default: the data's own size rounded up to a multiple of the "
-                                                  "network's stride, 32 for digits); budgets stay at the spec's")
     s.add_argument("--pruner", default="median", choices=("median", "hyperband", "successive-halving", "none"),
                    help="train (and reporting objectives): Optuna's pruner, epochs as the resource (default median)")
     s.add_argument("--keep-checkpoints", action="store_true",
@@ -368,6 +377,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--worker-index", type=int, default=0,
                    help="this process's index among processes sharing one study (offsets the sampler seed)")
+    add_train_flags(s)
     s.set_defaults(func=_cmd_search)
     la = sub.add_parser("latency", help="latency predicted on this device from timed parts (and --measure)")
     la.add_argument("spec", help="a spec file, a preset name or YAML text")
@@ -393,28 +403,23 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--budget", help="mark points over this MAC budget (default: the space's, or none)")
     sw.add_argument("--max-params", help="mark points over this parameter budget")
     sw.add_argument("--max-latency", help="mark points over this predicted latency (e.g. 25ms)")
-    sw.add_argument("--device", default="cpu", help="latency: cpu | cuda (default cpu)")
-    sw.add_argument("--batch-size", type=int, default=1, help="latency: batch size (default 1)")
+    sw.add_argument("--latency-batch", "--batch-size", dest="batch_size", type=int, default=1,
+                    help=LATENCY_BATCH_HELP)
     sw.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
     sw.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
     sw.add_argument("--run-dir", help="output folder (default: runs/SPACE-sweep)")
     sw.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db)")
     sw.add_argument("--study-name", help="default: SPACE-sweep")
     sw.add_argument("--seed", type=int, default=0)
-    sw.add_argument("--data", default="digits", help="train: 'digits' or an ImageFolder path")
-    sw.add_argument("--epochs", type=int, default=3, help="train: epochs per point (default 3)")
     sw.add_argument("--proxy-size", type=int, default=64)
     sw.add_argument("--proxy-batch", type=int, default=16)
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_train_flags(sw)
     sw.set_defaults(func=_cmd_sweep)
     pc = sub.add_parser("proxy-check", help="train random samples of a space briefly: how well each training-free "
                                             "proxy ranks them (Kendall tau, Spearman rho, plot, CSV)")
     pc.add_argument("space", help="a search-space YAML file or the name of one (composer list)")
-    pc.add_argument("--data", default="digits", help="'digits' (scikit-learn) or an ImageFolder path")
     pc.add_argument("--samples", type=int, default=20, help="random architectures trained (default 20)")
-    pc.add_argument("--epochs", type=int, default=3, help="epochs each (default 3)")
-    pc.add_argument("--train-size", type=int, help="training resolution (default: the data's, rounded up to the "
-                                                   "network's stride)")
     pc.add_argument("--seed", type=int, default=0)
     pc.add_argument("--proxy-size", type=int, default=64, help="the proxies' input resolution, as in composer "
                                                                "search (default 64)")
@@ -423,6 +428,7 @@ def make_parser() -> argparse.ArgumentParser:
     pc.add_argument("--max-params", help="draw samples within this parameter budget")
     pc.add_argument("--latency", action="store_true", help="also the latency predicted on this CPU (batch 1)")
     pc.add_argument("--run-dir", help="output folder (default: runs/SPACE-proxy-check)")
+    add_train_flags(pc)
     pc.set_defaults(func=_cmd_proxy_check)
     sc = sub.add_parser("schema", help="JSON Schema of spec files (or search spaces) for editors")
     sc.add_argument("--output", "-o", help="write to FILE instead of printing")

@@ -11,6 +11,7 @@ registry               holds                                plugins declare (ent
 ``MACROS``             macro instances by name              ``composer.macros``
 ``WEIGHT_SOURCES``     checkpoint key mappings              ``composer.weight_sources`` (a function)
 ``OBJECTIVES``         search objectives                    ``composer.objectives`` (a function)
+``DATASETS``           training data sources                ``composer.datasets`` (a function)
 =====================  ===================================  ===========================================
 
 A plugin is an installed distribution that declares, in its ``pyproject.toml``::
@@ -235,10 +236,13 @@ OBJECTIVES: Registry = Registry("objective", "composer.objectives")
 PRESET_FOLDERS: Registry = Registry("preset folder", "composer.specs")
 """plugin name -> a folder of preset spec files (found by name like composer's own, registered with timm)"""
 SPACE_FOLDERS: Registry = Registry("search-space folder", "composer.search_spaces")
+DATASETS: Registry = Registry("dataset", "composer.datasets")
+"""name -> ``factory(argument: str | None) -> composer.train.DataSource`` (``--data NAME[:ARGUMENT]``)"""
 
-REGISTRIES = (MIXERS, SYMBOLS, CHANNEL_MIXERS, MACROS, WEIGHT_SOURCES, OBJECTIVES, PRESET_FOLDERS, SPACE_FOLDERS)
+REGISTRIES = (MIXERS, SYMBOLS, CHANNEL_MIXERS, MACROS, WEIGHT_SOURCES, OBJECTIVES, PRESET_FOLDERS, SPACE_FOLDERS,
+              DATASETS)
 GROUPS = ("composer.mixers", "composer.channel_mixers", "composer.macros", "composer.weight_sources",
-          "composer.objectives", "composer.specs", "composer.search_spaces")
+          "composer.objectives", "composer.specs", "composer.search_spaces", "composer.datasets")
 
 
 def register_mixer(cls: type) -> type:
@@ -302,6 +306,17 @@ def register_objective(name: str, function: Callable | None = None, *, direction
     OBJECTIVES.register(name, Objective(name, objective_direction(function, direction, name) == "maximize",
                                         function, doc or (function.__doc__ or "").strip().split("\n")[0]))
     return function
+
+
+def register_dataset(name: str, factory: Callable | None = None):
+    """Register ``factory(argument) -> composer.train.DataSource`` as ``--data name`` (``--data name:ARGUMENT``
+    passes ARGUMENT, else None); usable as a decorator."""
+    if factory is None:
+        return lambda fn: register_dataset(name, fn)
+    if not callable(factory):
+        raise RegistryError(f"dataset {name!r}: the factory must be a function (argument -> DataSource)")
+    DATASETS.register(name, factory)
+    return factory
 
 
 DIRECTIONS = ("maximize", "minimize")
@@ -390,6 +405,8 @@ def _load(plugin: Plugin, load: Callable[[], Any]) -> None:
                 if not callable(obj):
                     raise RegistryError("a weight-source entry point must name a function (state_dict -> state_dict)")
                 register_weight_source(plugin.name, obj)
+            elif plugin.group == "composer.datasets":
+                register_dataset(plugin.name, obj)
             elif plugin.group in ("composer.specs", "composer.search_spaces"):
                 register_folder(plugin.name, obj, PRESET_FOLDERS if plugin.group == "composer.specs" else SPACE_FOLDERS)
             elif callable(obj) and not isinstance(obj, type):
@@ -403,8 +420,8 @@ def _load(plugin: Plugin, load: Callable[[], Any]) -> None:
         _log.warning("warning: %s was not loaded (%s); composer goes on without it", plugin.label, plugin.error)
 
 
-__all__ = ["CHANNEL_MIXERS", "DIRECTIONS", "GROUPS", "MACROS", "MIXERS", "OBJECTIVES", "PLUGINS", "PRESET_FOLDERS",
-           "REGISTRIES", "SPACE_FOLDERS", "SYMBOLS", "WEIGHT_SOURCES", "Objective", "Plugin",
+__all__ = ["CHANNEL_MIXERS", "DATASETS", "DIRECTIONS", "GROUPS", "MACROS", "MIXERS", "OBJECTIVES", "PLUGINS",
+           "PRESET_FOLDERS", "REGISTRIES", "SPACE_FOLDERS", "SYMBOLS", "WEIGHT_SOURCES", "Objective", "Plugin",
            "Registry", "RegistryError", "Symbol", "isolated", "load_plugins", "objective_direction",
-           "register_channel_mixer", "register_folder", "register_macro", "register_mixer", "register_objective",
-           "register_symbol", "register_weight_source", "registering_as"]
+           "register_channel_mixer", "register_dataset", "register_folder", "register_macro", "register_mixer",
+           "register_objective", "register_symbol", "register_weight_source", "registering_as"]

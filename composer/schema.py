@@ -227,6 +227,25 @@ def count_schema(description: str) -> dict:
          "examples": ["5GFLOPs", "4.1G", "30M", "800K params", "1.5e9"]}]}
 
 
+def _train_schema() -> dict:
+    """``train:``: composer.train's settings and recipe keys side by side (each with its description)."""
+    from .train.recipe import Recipe, TrainSettings
+
+    properties = {}
+    for model in (TrainSettings, Recipe):
+        schema = model.model_json_schema()
+        for name, prop in schema["properties"].items():
+            if name == "recipe":
+                continue
+            prop = {k: v for k, v in prop.items() if k != "title"}
+            if "anyOf" in prop:
+                prop["anyOf"] = [{k: v for k, v in p.items() if k != "title"} for p in prop["anyOf"]]
+            properties[name] = prop
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "description": "--objective train: data, split, device and the training recipe (timm's optimizer, "
+                           "scheduler, Mixup, EMA); the command line's flags override these"}
+
+
 def search_space_schema() -> dict:
     """The JSON Schema (draft-07) of search-space files (``search/*.yaml``): base spec, choices, budget."""
     spec = spec_schema()
@@ -276,6 +295,7 @@ def search_space_schema() -> dict:
                                                             {"type": "string",
                                                              "pattern": r"^\s*[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?"
                                                                         r"\s*(?:ms|us|µs|s)?\s*$"}]}}},
+            "train": _train_schema(),
             "objective": {"type": "string", "examples": ["proxy", "train", "proxy,macs"],
                           "description": "proxy | naswot | gradnorm | zico | train | a plugin's objective, or several "
                                          "joined by commas with macs | params | latency for a Pareto search"},

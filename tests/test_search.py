@@ -311,7 +311,9 @@ def test_train_search_trains_at_the_data_size_not_the_spec_size(tmp_path):
     lines = []
     result = run(path, objective="train", epochs=1, trials=2, run_dir=str(tmp_path / "default"), progress=False,
                  log=lines.append)
-    assert any("training at 32 px (digits; the budget is checked at the spec's 64 px)" in str(x) for x in lines)
+    line = next(str(x) for x in lines if str(x).startswith("training at"))
+    assert line.startswith("training at 32 px on cpu (digits: training on ") and "validating on " in line
+    assert line.endswith("(the test split is not read); the budget is checked at the spec's 64 px)")
     built = [t for t in result.study.get_trials() if t.user_attrs.get("built")]
     assert built and all(t.user_attrs["train_size"] == 32 for t in built)
     assert all(t.user_attrs["macs"] == composer.estimate(dict(t.user_attrs["spec"])).macs for t in built)

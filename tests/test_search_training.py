@@ -23,7 +23,7 @@ import composer
 from composer.cli import main
 from composer.search import load_space, run
 from composer.search.checkpoints import TrialCheckpoint
-from composer.search.objectives import load_dataset, proxy_scores, train_and_validate
+from composer.search.objectives import proxy_scores
 from composer.search.space import warm_start_params
 
 from conftest import ROOT, TINY_SPACE
@@ -45,11 +45,24 @@ class _Stop(Exception):
 
 def test_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
     """Killed in epoch 2 of 3 and resumed from epoch 1's checkpoint: the same weights and accuracy as a run never
-    stopped, the 2 remaining epochs trained."""
-    data = load_dataset("digits", 8, 1, seed=0)
+    stopped, the 2 remaining epochs trained (composer.train's loop, with EMA and Mixup on: their state and RNG
+    are part of what resumes)."""
+    from composer.train import TrainSettings
+    from composer.train.loop import train
+    from composer.train.trial import prepare
+
+    settings = TrainSettings(data="digits", train_size=8, recipe={"epochs": 3, "train_batch": 64, "ema": True,
+                                                                 "mixup": 0.2})
+    base = composer.spec.load_spec({"macro": "metaformer", "input_size": 8, "in_chans": 1, "num_classes": 10,
+                                    "widths": [8, 16], "depths": [1, 1], "layout": "Conv-Conv"})
+    data = prepare(settings, base, seed=0)
+
+    def fit(model, **kw):
+        return train(model, data.source, data.splits, settings, size=8, in_chans=1, seed=0, **kw)
+
     torch.manual_seed(0)
     reference = _tiny_net()
-    expected = train_and_validate(reference, data, 3, seed=0)
+    expected = fit(reference)
 
     identity = {"study": "s", "params": {}, "spec": "x"}
     first = TrialCheckpoint(tmp_path / "trial0.pt", identity)
@@ -60,16 +73,17 @@ def test_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(_Stop):
-        train_and_validate(_tiny_net(), data, 3, seed=0, report=stop, checkpoint=first)
+        fit(_tiny_net(), report=stop, checkpoint=first)
     assert (tmp_path / "trial0.pt").is_file()
 
     torch.manual_seed(123)   # a fresh process: other initial weights, other RNG; the checkpoint restores both
     retry = TrialCheckpoint(tmp_path / "trial1.pt", identity, source=tmp_path / "trial0.pt")
     epochs = []
     model = _tiny_net()
-    resumed = train_and_validate(model, data, 3, seed=0, report=lambda e, a: epochs.append(e), checkpoint=retry)
-    assert retry.resumed_at_epoch == 1 and epochs == [1, 2]
-    assert resumed == expected
+    resumed = fit(model, report=lambda e, a: epochs.append(e), checkpoint=retry)
+    assert retry.resumed_at_epoch == 1 and epochs == [1, 2] and resumed.resumed_at_epoch == 1
+    assert [h.top1 for h in resumed.history] == [h.top1 for h in expected.history]
+    assert resumed.history[-1].top1_ema == expected.history[-1].top1_ema
     for (name, a), (_, b) in zip(reference.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
     assert not (tmp_path / "trial0.pt").exists()     # taken over, not copied
@@ -298,7 +312,8 @@ def test_proxy_check_runs_end_to_end_on_digits(tmp_path, capsys):
     assert len(rows) == 4 and len({r["drawn"] for r in rows}) == 4
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1 and int(r["train_size"]) == 16 and int(r["proxy_size"]) == 16
-        assert int(r["params"]) == load_space(space).check(eval_spec(space, r)).estimate.params
+        # digits are grayscale: the samples were built with in_chans 1
+        assert int(r["params"]) == load_space(space).check({**eval_spec(space, r), "in_chans": 1}).estimate.params
     corr = {r["proxy"]: r for r in csv.DictReader((run_dir / "correlations.csv").open())}
     assert set(corr) == {"naswot", "gradnorm", "zico", "params", "macs"}
     assert all(int(c["samples"]) == 4 and -1 <= float(c["kendall_tau"]) <= 1 for c in corr.values()

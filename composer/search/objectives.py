@@ -8,7 +8,8 @@
 * ``zico``: ZiCo (Li et al., ICLR 2023): for every conv and linear layer, the sum over its weights of the mean
   absolute gradient divided by the gradient's standard deviation across minibatches, log-summed over layers
   (the paper's Eq. 7, on two minibatches; one more forward + backward than naswot). Training-free.
-* ``train``: validation accuracy after a short training run (digits from scikit-learn, or an ImageFolder).
+* ``train``: validation accuracy after a short training run (composer.train: ``--data`` digits, Fashion-MNIST,
+  MNIST, CIFAR, an ImageFolder or a plugin's dataset; the validation split is held out of the training split).
 * ``macs``, ``params`` (GMACs and M params from the Plan, minimised), ``latency`` (measured ms per image at
   the proxy resolution on this machine, minimised): partners for a multi-objective (Pareto) search.
 * anything else: ``function(model, spec, reporter) -> float`` (:class:`Reporter`), registered by a plugin
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -69,11 +69,14 @@ def zico_score(grads: list[list[torch.Tensor]]) -> float:
 
 
 def proxy_scores(model: nn.Module, size: int, batch: int, in_chans: int, num_classes: int, seed: int,
-                 zico: bool = False) -> dict:
+                 zico: bool = False, device: str | torch.device = "cpu") -> dict:
     """NASWOT and grad-norm of ``model`` on one random minibatch (same for every trial of a run); with ``zico``,
-    also ZiCo from that minibatch's gradient and a second one's."""
-    x, y = _minibatch(batch, size, in_chans, num_classes, seed)
-    kernel = torch.zeros(batch, batch, dtype=torch.float64)
+    also ZiCo from that minibatch's gradient and a second one's. ``device``: where the model runs (the minibatch
+    is drawn on the CPU, so every device scores the same images)."""
+    device = torch.device(device)
+    model.to(device)
+    x, y = (t.to(device) for t in _minibatch(batch, size, in_chans, num_classes, seed))
+    kernel = torch.zeros(batch, batch, dtype=torch.float64, device=device)
 
     def hook(module, inputs, output):
         codes = (inputs[0].detach() > 0).reshape(batch, -1).to(torch.float64)
@@ -99,7 +102,7 @@ def proxy_scores(model: nn.Module, size: int, batch: int, in_chans: int, num_cla
     if zico:
         layers = _zico_layers(model)
         grads = [[torch.zeros_like(w) if w.grad is None else w.grad.detach().clone()] for w in layers]
-        x2, y2 = _minibatch(batch, size, in_chans, num_classes, seed + 1)
+        x2, y2 = (t.to(device) for t in _minibatch(batch, size, in_chans, num_classes, seed + 1))
         model.zero_grad(set_to_none=True)
         _loss(model(x2), y2, num_classes).backward()
         for per_batch, w in zip(grads, layers):
@@ -138,148 +141,17 @@ class Reporter:
         self.trial.set_user_attr(str(key), value)
 
 
-# -- training ------------------------------------------------------------------------------------------------
-
-@dataclass
-class Dataset:
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    num_classes: int
-    _sizes: dict = field(default_factory=dict, repr=False, compare=False)  # at_size's resized copies
-
-    @property
-    def size(self) -> int:
-        return self.train_x.shape[-1]
-
-    def at_size(self, size: int) -> Dataset:
-        """The same images resized (bilinear) to ``size`` x ``size``, for a trial whose architecture needs a
-        larger training resolution than the search's ``--train-size``; cached per size."""
-        if size == self.size:
-            return self
-        if size not in self._sizes:
-            def resize(x):
-                return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-            self._sizes[size] = Dataset(self.name, resize(self.train_x), self.train_y, resize(self.val_x),
-                                        self.val_y, self.num_classes)
-        return self._sizes[size]
-
-
-DIGITS_SIZE = 8  # scikit-learn's digits are 8x8
-
+# -- training lives in composer.train (data sources, recipe, loop, checkpoints) ----------------------------------
 
 def natural_size(source: str) -> int:
-    """The resolution a dataset comes at: 8 for digits, the smaller side of an ImageFolder's first image."""
-    if source == "digits":
-        return DIGITS_SIZE
-    from pathlib import Path
+    """The resolution a ``--data`` source comes at (8 for digits, 28 for Fashion-MNIST, an ImageFolder's first
+    image's smaller side)."""
+    from ..train.data import open_source
 
-    from PIL import Image
-
-    root = Path(source)
-    if not root.is_dir():
-        raise ValueError(f"--data: {source!r} is neither 'digits' nor an ImageFolder directory "
-                         "(one sub-folder of images per class)")
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for image in sorted(folder.iterdir()):
-            try:
-                with Image.open(image) as img:
-                    return min(img.size)
-            except OSError:  # not an image: ImageFolder skips it too
-                continue
-    raise ValueError(f"--data: no images in the class folders of {source!r}")
+    return open_source(source).natural_size
 
 
 def default_train_size(natural: int, stride: int, input_size: int) -> int:
-    """The dataset's natural size rounded up to a multiple of the network's total stride (``stride``), so that
-    every stage keeps a map of at least 1 x 1; never above the spec's own ``input_size``."""
-    return min(-(-natural // stride) * stride, input_size)
+    from ..train.trial import default_train_size as _default
 
-
-def load_dataset(source: str, size: int, in_chans: int, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
-    """``digits`` (scikit-learn's 1,797 8x8 handwritten digits, resized to ``size``) or an ImageFolder path."""
-    gen = torch.Generator().manual_seed(seed)
-    if source == "digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = (x - 0.3) / 0.4
-        y = torch.tensor(digits.target, dtype=torch.long)
-        classes = 10
-    else:
-        from pathlib import Path
-
-        from torchvision import datasets, transforms
-
-        if not Path(source).is_dir():
-            raise ValueError(f"--data: {source!r} is neither 'digits' nor an ImageFolder directory "
-                             "(one sub-folder of images per class)")
-        tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-        folder = datasets.ImageFolder(source, transform=tf)
-        xs, ys = zip(*(folder[i] for i in range(len(folder))))
-        x, y = torch.stack(xs), torch.tensor(ys)
-        classes = len(folder.classes)
-    if x.shape[1] != in_chans:
-        x = x[:, :1].expand(-1, in_chans, -1, -1).contiguous() if in_chans != 1 else x.mean(1, keepdim=True)
-    order = torch.randperm(len(y), generator=gen)
-    n_val = max(1, int(len(y) * val_fraction))
-    val, train = order[:n_val], order[n_val:]
-    return Dataset(source, x[train], y[train], x[val], y[val], classes)
-
-
-def train_and_validate(model: nn.Module, data: Dataset, epochs: int, seed: int, report=None,
-                       batch_size: int = 64, lr: float = 2e-3, checkpoint=None) -> float:
-    """Train ``epochs`` epochs (AdamW, one-cycle cosine); ``report(epoch, accuracy)`` after each (it may raise
-    to prune).
-
-    ``checkpoint`` (composer.search.checkpoints.TrialCheckpoint): its ``load()`` state, if any, is resumed
-    from (model, optimizer, scheduler, RNG, epochs done, accuracies so far), and ``save(state)`` is called
-    after every epoch's ``report``: a run killed after epoch k and resumed trains the remaining epochs to the
-    same weights and accuracy as one that was never stopped."""
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * math.ceil(len(data.train_y) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
-    history: list[float] = []
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = list(state["history"])
-    acc = history[-1] if history else 0.0
-    for epoch in range(len(history), epochs):
-        model.train()
-        perm = torch.randperm(len(data.train_y))
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        acc = evaluate(model, data)
-        history.append(acc)
-        if report is not None:   # first: the trial records the epoch it trained (a prune ends it here)
-            report(epoch, acc)
-        if checkpoint is not None:
-            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                             "history": history, "epochs": epochs})
-    return acc
-
-
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(data.val_y), batch_size):
-            correct += int((model(data.val_x[i:i + batch_size]).argmax(1) == data.val_y[i:i + batch_size]).sum())
-    return correct / len(data.val_y)
+    return _default(natural, stride, input_size)

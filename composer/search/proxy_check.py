@@ -129,31 +129,35 @@ def _read_rows(path: Path) -> dict[str, dict]:
         return rows
 
 
-def proxy_check(space, *, data: str = "digits", samples: int = 20, epochs: int = 3, seed: int = 0,
-                train_size: int | None = None, proxy_size: int = 64, proxy_batch: int = 16,
+def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20, epochs: int | None = None,
+                seed: int = 0, train_size: int | None = None, proxy_size: int = 64, proxy_batch: int = 16,
                 budget=None, max_params=None, latency: bool = False, run_dir: str | None = None,
                 log=print) -> ProxyCheck:
-    """Score and train ``samples`` random architectures of ``space``; see the module docstring."""
+    """Score and train ``samples`` random architectures of ``space``; see the module docstring. ``train``: the
+    training settings and recipe (as ``composer search`` takes them); ``data``, ``epochs`` and ``train_size`` are
+    shorthands for its keys."""
     import torch
 
     from ..composed import compose
-    from .objectives import load_dataset, proxy_scores, train_and_validate
-    from .study import _count, _train_size
+    from ..train.trial import prepare, train_spec
+    from .objectives import proxy_scores
+    from .study import _count, _train_settings
 
     t_start = time.perf_counter()
     space = load_space(space)
-    for flag, value in (("--samples", samples), ("--epochs", epochs), ("--proxy-size", proxy_size),
-                        ("--proxy-batch", proxy_batch)):
+    for flag, value in (("--samples", samples), ("--proxy-size", proxy_size), ("--proxy-batch", proxy_batch)):
         if value < 1:
             raise SpecError(Problem(f"{flag} must be at least 1, got {value}", ()))
     macs = _count(budget, "--budget") if budget is not None else space.budget_macs
     params = _count(max_params, "--max-params") if max_params is not None else space.budget_params
+    settings = _train_settings(space, train, data=data, epochs=epochs, train_size=train_size)
     try:
-        size = _train_size(train_size, data, space)
-        dataset = load_dataset(data, size, space.base.in_chans, seed)
+        training = prepare(settings, space.base, seed)
     except ValueError as exc:
         raise SpecError(Problem(str(exc), ())) from None
-    space.base_data["num_classes"] = dataset.num_classes
+    size, epochs, data = training.size, settings.recipe.epochs, settings.data
+    space.base_data["num_classes"] = training.source.num_classes
+    space.base_data["in_chans"] = training.source.in_chans
     run_path = Path(run_dir or Path("runs") / f"{space.name}-proxy-check")
     try:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -172,7 +176,8 @@ def proxy_check(space, *, data: str = "digits", samples: int = 20, epochs: int =
     csv_path = run_path / "samples.csv"
     done = _read_rows(csv_path)
     keys = ["sample", "drawn", "name", *PROXIES, "accuracy", "train_size", "proxy_size", "seconds"]
-    log(f"proxy-check {space.name}: {len(drawn_samples)} samples, {epochs} epochs each on {data} at {size} px "
+    log(f"proxy-check {space.name}: {len(drawn_samples)} samples, {epochs} epochs each on {data} at {size} px, "
+        f"accuracy on {training.split_name} "
         f"(proxies at {proxy_size} px, batch {proxy_batch}, seed {seed}); {len(done)} done before; run dir {run_path}")
     rows = []
     new_file = not csv_path.is_file()
@@ -193,13 +198,14 @@ def proxy_check(space, *, data: str = "digits", samples: int = 20, epochs: int =
             # the proxies exactly as a search trial computes them (Searcher._evaluate)
             scored, at = space.at_size(dict(sample, drop_path_rate=0.0), min(proxy_size, spec.input_size))
             torch.manual_seed(seed)
-            scores = proxy_scores(compose(scored), at, proxy_batch, spec.in_chans, spec.num_classes, seed, zico=True)
+            scores = proxy_scores(compose(scored), at, proxy_batch, spec.in_chans, spec.num_classes, seed, zico=True,
+                                  device=settings.device)
             row.update(naswot=scores["naswot"], gradnorm=scores["gradnorm"], zico=scores["zico"], proxy_size=at)
             if predictor is not None:
                 row["latency_ms"] = predictor.predict(spec).ms
             trained, at = space.at_size(sample, size)
             torch.manual_seed(seed)
-            row["accuracy"] = train_and_validate(compose(trained), dataset.at_size(at), epochs, seed)
+            row["accuracy"] = train_spec(trained, training, size=at, desc=f"sample {i + 1}").accuracy
             row["train_size"] = at
             row["seconds"] = round(time.perf_counter() - t0, 2)
             writer.writerow(row)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -149,6 +150,8 @@ class Settings:
     """--pruner: median | hyperband | successive-halving | none (epochs, or a reporter's steps, as resource)."""
     keep_checkpoints: bool = False
     """--keep-checkpoints: keep a finished training trial's checkpoint (RUN_DIR/checkpoints)."""
+    train: Any = None
+    """composer.train.TrainSettings: data, split, device, precision and recipe (--objective train)."""
 
     @property
     def predicts_latency(self) -> bool:
@@ -160,6 +163,8 @@ class Settings:
                  "proxy_batch": self.proxy_batch, "data": self.data, "epochs": self.epochs}
         if "train" in self.objectives:  # only then: proxy studies of earlier versions continue unchanged
             attrs["train_size"] = self.train_size
+            if self.train is not None:   # the data, split, device, precision and recipe: a change refuses to continue
+                attrs["train"] = self.train.recorded()
         if self.pruner != "median":  # likewise: studies run before --pruner existed used the median pruner
             attrs["pruner"] = self.pruner
         if self.budget_latency_ms is not None or "latency" in self.objectives:  # likewise
@@ -207,7 +212,8 @@ def trials_table(study: optuna.Study) -> list[dict]:
             for i, v in enumerate(t.values):
                 row[f"value_{i}" if len(t.values) > 1 else "value"] = v
         for key in ("feasible", "macs", "params", "fft_macs", "slack_macs", "slack_params", "latency_ms_predicted",
-                    "naswot", "gradnorm", "zico", "accuracy", "epochs_trained", "resumed_at_epoch",
+                    "naswot", "gradnorm", "zico", "accuracy", "accuracy_ema", "val_split", "train_images",
+                    "img_per_s", "peak_mem_mb", "skipped_images", "epochs_trained", "resumed_at_epoch",
                     "objective_value", "latency_ms", "seconds", "proxy_size", "train_size",
                     "reused_from", "worker", "error"):
             if key in t.user_attrs:

@@ -60,7 +60,7 @@ from ..spec.source import (
 from ..spec.units import parse_count
 
 PER_STAGE_FIELDS = ("layout", "depths", "widths", "res_scale", "layer_scale")
-SPACE_FIELDS = ("name", "description", "base", "choices", "budget", "objective", "warm_start")
+SPACE_FIELDS = ("name", "description", "base", "choices", "budget", "objective", "warm_start", "train")
 Suggest = Callable[[str, "Domain"], Any]
 
 
@@ -125,6 +125,9 @@ class SearchSpace:
     locations: Locations = field(default_factory=Locations)
     warm_start: list[tuple[str, dict]] = field(default_factory=list)
     """``warm_start:``: (preset or path, the drawn parameters that give it), enqueued as a search's first trials."""
+    train: dict = field(default_factory=dict)
+    """``train:``: the training settings and recipe (composer.train.TrainSettings / Recipe keys side by side);
+    the command line's flags override them."""
 
     @property
     def num_stages(self) -> int:
@@ -596,9 +599,17 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
     name = data.get("name") or default_name
     if not isinstance(name, str):
         problems.add(("name",), f"expected a name, got {name!r}")
+    train = data.get("train") or {}
+    if not isinstance(train, Mapping):
+        problems.add(("train",), f"expected a mapping of training settings (e.g. {{epochs: 3, lr: 0.002}}), got "
+                                 f"{train!r}")
+    else:
+        for key, message in train_problems(dict(train)):
+            problems.add(("train", key) if key else ("train",), message)
     problems.raise_if_any()
     order = sorted(choices, key=lambda c: (c.path != ("layout",), c.mixer is not None))
-    space = SearchSpace(name, base, base_data, order, macs, params, latency, objective, file, locs)
+    space = SearchSpace(name, base, base_data, order, macs, params, latency, objective, file, locs,
+                        train=dict(train) if isinstance(train, Mapping) else {})
     starts = data.get("warm_start")
     if starts is not None:
         if not isinstance(starts, list) or not all(isinstance(v, str) and v for v in starts):
@@ -612,6 +623,30 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
                     problems.add(("warm_start", j), f"{start}: {exc}")
     problems.raise_if_any()
     return space
+
+
+def train_problems(train: dict, overrides: dict | None = None) -> list[tuple[str | None, str]]:
+    """(key, message) for every problem of a ``train:`` mapping (with ``overrides`` on top): unknown keys with the
+    nearest known one, and the values pydantic refuses, each with what is allowed."""
+    from ..train.recipe import Recipe, TrainSettings, merge
+
+    allowed = sorted([*(k for k in TrainSettings.model_fields if k != "recipe"), *Recipe.model_fields])
+    unknown = [k for k in train if k not in allowed]
+    if unknown:
+        return [(k, f"unknown training setting {k!r}{_near(str(k), allowed)} allowed: {', '.join(allowed)}")
+                for k in unknown]
+    try:
+        TrainSettings.model_validate(merge(train, overrides or {}))
+    except ValidationError as exc:
+        out = []
+        for error in exc.errors():
+            loc = [p for p in error["loc"] if p != "recipe"]
+            key = str(loc[0]) if loc else None
+            given = train.get(key) if key in train else (overrides or {}).get(key)
+            text = error["msg"].removeprefix("Value error, ")
+            out.append((key, f"{text}, got {given!r}" if key else text))
+        return out
+    return []
 
 
 def _canonical(spec: Spec) -> dict:

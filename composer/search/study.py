@@ -35,7 +35,6 @@ from ..registry import OBJECTIVES
 from ..spec import SpecError
 from ..spec.errors import Problem
 from ..spec.units import format_count
-from .objectives import load_dataset
 from .results import (
     FINISHED,
     PRUNERS,
@@ -242,14 +241,18 @@ class Searcher:
     """One worker process's view of a study."""
 
     def __init__(self, space: SearchSpace, settings: Settings, study: optuna.Study, log=print,
-                 run_dir: Path | None = None):
+                 run_dir: Path | None = None, training=None, progress: bool = False):
         self.space, self.settings, self.study, self.log = space, settings, study, log
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / space.name
         self.counters = Counters()
-        self.dataset = None
-        if "train" in settings.objectives:
-            self.dataset = load_dataset(settings.data, settings.train_size or space.base.input_size,
-                                        space.base.in_chans, settings.seed)
+        self.progress = progress
+        self.device = (training.device if training is not None and training.device else
+                       settings.train.device if settings.train is not None else "cpu")
+        self.training = training   # composer.train.trial.TrainingData: the data, split and size, opened once
+        if "train" in settings.objectives and training is None:
+            from ..train.trial import prepare
+
+            self.training = prepare(settings.train, space.base, settings.seed)
         self.predictor = None
         self.latency_ms: dict[int, float] = {}   # trial number -> predicted ms (this process's trials)
         if settings.predicts_latency:
@@ -380,7 +383,7 @@ class Searcher:
             model = self._build(data, check)
             trial.set_user_attr("proxy_size", size)
             scores = proxy_scores(model, size, s.proxy_batch, spec.in_chans, spec.num_classes, s.seed,
-                                  zico="zico" in s.objectives)
+                                  zico="zico" in s.objectives, device=self.device)
             for key in ("naswot", "gradnorm", "zico"):
                 if key in scores:
                     trial.set_user_attr(key, scores[key])
@@ -397,24 +400,25 @@ class Searcher:
         """Validation accuracy after ``--epochs`` of training, checkpointed after every epoch; a retry of a
         killed trial resumes from its checkpoint (composer.search.checkpoints)."""
         from .checkpoints import trial_checkpoint
-        from .objectives import train_and_validate
 
         s = self.settings
         data, size = self._at_train_size(check, spec)
         trial.set_user_attr("train_size", size)
+        trial.set_user_attr("val_split", self.training.split_name)
+        trial.set_user_attr("train_images", len(self.training.splits.train))
         model = self._build(data, check)
         single = len(s.objectives) == 1
         checkpoint = trial_checkpoint(self.run_dir / "checkpoints", self.study, trial, data)
-        state = checkpoint.load()   # a retry of a killed trial: its state (train_and_validate resumes from it)
+        state = checkpoint.load()   # a retry of a killed trial: its state (the training loop resumes from it)
         if state is not None:
             done = checkpoint.resumed_at_epoch
             trial.set_user_attr("resumed_at_epoch", done)
             self.log(f"trial {trial.number}: resuming the training of trial {checkpoint.source.stem[5:]} at epoch "
                      f"{done} of {s.epochs} ({checkpoint.path})")
-            for e, value in enumerate(state["history"]):   # the killed attempt's epochs: the pruner sees a whole curve
-                trial.set_user_attr(f"accuracy_epoch{e}", value)
+            for row in state["history"]:   # the killed attempt's epochs: the pruner sees a whole curve
+                trial.set_user_attr(f"accuracy_epoch{row['epoch']}", row["top1"])
                 if single:
-                    trial.report(value, e + 1)
+                    trial.report(row["top1"], row["epoch"] + 1)
         trained = 0
 
         def report(epoch: int, acc: float) -> None:
@@ -429,12 +433,40 @@ class Searcher:
                     checkpoint.finish(s.keep_checkpoints)
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} at accuracy {acc:.3f}")
 
-        accuracy = train_and_validate(model, self.dataset.at_size(size), s.epochs, s.seed, report,
-                                      checkpoint=checkpoint)
+        from ..train.trial import train_spec
+
+        try:
+            result = train_spec(data, self.training, model=model, size=size, report=report, checkpoint=checkpoint,
+                                progress=self.progress, desc=f"trial {trial.number}", log=self.log)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            import torch
+
+            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                del model
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                message = f"out of memory while training on {s.train.device}: {str(exc).splitlines()[0][:200]}"
+            elif isinstance(exc, FloatingPointError):
+                message = str(exc)
+            else:
+                raise
+            self._fail(trial, "train", message)   # this architecture only: the search goes on
+            raise ObjectiveFailed(message) from None
         trial.set_user_attr("epochs_trained", trained)   # 0 when the checkpoint held every epoch already
         checkpoint.finish(s.keep_checkpoints)
-        trial.set_user_attr("accuracy", accuracy)
-        return accuracy
+        last = result.history[-1]
+        fresh = result.history[result.resumed_at_epoch or 0:]
+        if fresh:
+            trial.set_user_attr("img_per_s", round(sum(h.img_per_s for h in fresh) / len(fresh), 1))
+            trial.set_user_attr("peak_mem_mb", round(max(h.peak_mem_mb for h in fresh), 1))
+        if last.top1_ema is not None:
+            trial.set_user_attr("accuracy_ema", last.top1_ema)
+        if result.skipped_files:
+            trial.set_user_attr("skipped_images", len(result.skipped_files))
+        trial.set_user_attr("accuracy", last.top1)
+        return last.top1
 
     def _user_objective(self, trial: optuna.Trial, name: str, model, spec) -> float:
         """A plugin's or the user's ``function(model, spec, reporter)``. Whatever it raises (but a prune) fails
@@ -565,13 +597,14 @@ def _slug(objectives: list[str]) -> str:
 
 def run(space, *, budget: str | int | None = None, max_params: str | int | None = None, trials: int = 20,
         objective: str | None = None, seed: int = 0, storage: str | None = None, run_dir: str | None = None,
-        study_name: str | None = None, workers: int = 1, data: str = "digits", epochs: int = 3,
+        study_name: str | None = None, workers: int = 1, data: str | None = None, epochs: int | None = None,
         proxy_size: int = 64, proxy_batch: int = 16, heartbeat: float = 5.0, progress: bool = True,
         report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None,
         train_size: int | None = None, direction: str | None = None, max_latency: str | float | None = None,
-        device: str = "cpu", batch_size: int = 1, measure_latency: bool = False,
+        device: str | None = None, batch_size: int = 1, measure_latency: bool = False,
         enqueue: list[dict] | None = None, pruner: str = "median", keep_checkpoints: bool = False,
-        warm_start: list[str] | str | None = None) -> SearchResult:
+        warm_start: list[str] | str | None = None, train: dict | Any = None, gpus: str | None = None
+        ) -> SearchResult:
     """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written.
 
     ``objective``: a name (``proxy``, ``train``, a plugin's, ``module:function``; several joined by commas for a
@@ -580,7 +613,11 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     predicted for ``device`` at ``batch_size`` (composer.latency), checked before anything is built.
     ``pruner``: median | hyperband | successive-halving | none, with epochs (or a reporter's steps) as the
     resource. ``warm_start``: presets or spec paths enqueued as the first trials (they must lie in the space);
-    default: the space's ``warm_start:``."""
+    default: the space's ``warm_start:``. ``train``: training settings and recipe keys (composer.train.TrainSettings
+    and Recipe, side by side as a space's ``train:`` section writes them, or a TrainSettings) over the space's
+    ``train:``; ``data``, ``epochs``, ``train_size`` and ``device`` are shorthands for the same keys. ``device`` is
+    where trials run and what latency is predicted for; ``gpus`` (``"0,1"``): one ``--workers`` process per GPU,
+    each seeing only its own."""
     t_start = time.perf_counter()
     if not (isinstance(heartbeat, (int, float)) and math.isfinite(heartbeat) and 0.1 <= heartbeat <= 86400):
         raise SpecError(Problem(f"--heartbeat must be a number of seconds between 0.1 and 86400, got {heartbeat!r}",
@@ -613,7 +650,12 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
                                 ("budget",), space.file))
     if trials < 1:
         raise SpecError(Problem(f"--trials must be at least 1, got {trials}", ()))
-    settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, data, epochs)
+    train_settings = _train_settings(space, train, data=data, epochs=epochs, train_size=train_size, device=device)
+    device = train_settings.device
+    settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, train_settings.data,
+                        train_settings.recipe.epochs)
+    settings.train = train_settings
+    gpu_list = _check_device(train_settings, gpus, workers)
     if pruner not in PRUNERS:
         raise SpecError(Problem(f"--pruner {pruner!r}: not a pruner; use one of {', '.join(PRUNERS)}", ()))
     if pruner not in ("median", "none") and len(objectives) > 1:
@@ -633,19 +675,32 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
             settings.latency_allocator = fp.allocator
     except ValueError as exc:
         raise SpecError(Problem(str(exc), ())) from None
+    training = None
     if "train" in objectives:
+        from ..train.trial import prepare
+
         try:
-            settings.train_size = _train_size(train_size, data, space)
-            dataset = load_dataset(data, settings.train_size, space.base.in_chans, seed)
+            training = prepare(train_settings, space.base, seed)
         except ValueError as exc:
             raise SpecError(Problem(str(exc), ())) from None
+        settings.train_size = training.size
+        settings.train = train_settings.model_copy(update={"train_size": training.size})
+        source = training.source
         if report:
-            log(f"training at {settings.train_size} px ({data}; the budget is checked at the spec's "
-                f"{space.base.input_size} px)")
-        if space.base.num_classes != dataset.num_classes:
-            log(f"note: {data} has {dataset.num_classes} classes; the sampled specs use num_classes "
-                f"{dataset.num_classes} (the base has {space.base.num_classes})")
-            space.base_data["num_classes"] = dataset.num_classes
+            log(f"training at {training.size} px on {device} ({training.describe()}; the budget is checked at the "
+                f"spec's {space.base.input_size} px)")
+            for note in source.notes[1:]:
+                log(f"note: {note}")
+        if space.base.num_classes != source.num_classes:
+            if report:
+                log(f"note: {source.name} has {source.num_classes} classes; the sampled specs use num_classes "
+                    f"{source.num_classes} (the base has {space.base.num_classes})")
+            space.base_data["num_classes"] = source.num_classes
+        if space.base.in_chans != source.in_chans:
+            if report:
+                log(f"note: {source.name} has {source.in_chans} input channel{'s' if source.in_chans > 1 else ''}; "
+                    f"the sampled specs use in_chans {source.in_chans} (the base has {space.base.in_chans})")
+            space.base_data["in_chans"] = source.in_chans
     run_path = Path(run_dir or Path("runs") / f"{space.name}-{_slug(objectives)}")
     try:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -696,12 +751,17 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     if workers > 1 and argv is not None:
         # worker indices worker_index+1 ... worker_index+workers-1, so machines started with --worker-index 0
         # --workers 4 and --worker-index 4 do not share seeds; a child runs alone (--workers 1)
+        child_argv = _without_flag(argv, "--gpus") if gpu_list else argv
         for i in range(1, workers):
-            cmd = [sys.executable, "-m", "composer.cli", *argv, "--storage", storage_url, "--run-dir", str(run_path),
-                   "--study-name", study_name, "--worker-index", str(worker_index + i), "--workers", "1",
+            cmd = [sys.executable, "-m", "composer.cli", *child_argv, "--storage", storage_url, "--run-dir",
+                   str(run_path), "--study-name", study_name, "--worker-index", str(worker_index + i), "--workers", "1",
                    "--no-report", "--no-progress"]
-            children.append(subprocess.Popen(cmd))
-    searcher = Searcher(space, settings, study, log, run_path)
+            # Optuna's FAQ: one process per GPU, each seeing only its own (it trains on "cuda", its cuda:0)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu_list[i]} if gpu_list else None
+            children.append(subprocess.Popen(cmd, env=env))
+    if training is not None and gpu_list:
+        training.device = f"cuda:{gpu_list[0]}"
+    searcher = Searcher(space, settings, study, log, run_path, training=training, progress=progress)
     interrupted = False
     try:
         searcher.loop(progress=progress)
@@ -777,17 +837,67 @@ def _warm_starts(space: SearchSpace, given) -> list[dict]:
     return out
 
 
-def _train_size(given: int | None, data: str, space: SearchSpace) -> int:
-    from ..plan import estimate
-    from .objectives import default_train_size, natural_size
+def _train_settings(space: SearchSpace, given, **shorthands):
+    """The training settings: the space's ``train:``, then ``given`` (a mapping or a TrainSettings: the command
+    line's flags), then the shorthand keyword arguments; refused in one located line."""
+    from pydantic import BaseModel
 
-    top = space.base.input_size
-    if given is not None:
-        if not 1 <= given <= top:
-            raise ValueError(f"--train-size must be between 1 and the spec's input_size {top}, got {given}")
-        return given
-    last = estimate(space.base).stages[-1].feature_map[0]
-    return default_train_size(natural_size(data), max(top // max(last, 1), 1), top)
+    from ..train.recipe import TrainSettings, merge
+    from .space import train_problems
+
+    if isinstance(given, BaseModel):
+        given = {**given.model_dump(exclude={"recipe"}), **given.recipe.model_dump()}
+    overrides = {**(given or {}), **{k: v for k, v in shorthands.items() if v is not None}}
+    for key, message in train_problems(space.train, overrides):
+        if key is not None and key not in overrides and key in space.train:   # the space file's value
+            file, line = space.locations.find(("train", key))
+            raise SpecError(Problem(message, ("train", key), file or space.file, line))
+        flag = "--" + str(key).replace("_", "-") if key else "train"
+        if key == "val_fraction" or key == "subset" or key is None:
+            flag = {"val_fraction": "--val-fraction", "subset": "--subset"}.get(key, flag)
+        raise SpecError(Problem(f"{flag}: {message}" if key else message, ()))
+    return TrainSettings.model_validate(merge(space.train, overrides))
+
+
+def _check_device(train, gpus: str | None, workers: int) -> list[str]:
+    """Refuse a device this process cannot use, and ``--gpus`` that name GPUs that are not there, before any
+    trial; the GPU of each worker (``--gpus 0,1``: worker i sees gpus[i % len(gpus)] only)."""
+    from ..train.loop import resolve_device
+
+    if gpus is None:
+        if train.device.split(":")[0] != "cpu":
+            try:
+                resolve_device(train.device)
+            except ValueError as exc:
+                raise SpecError(Problem(str(exc), ())) from None
+        return []
+    names = [g.strip() for g in str(gpus).split(",")]
+    if not names or not all(n.isdigit() for n in names):
+        raise SpecError(Problem(f"--gpus {gpus}: expected GPU indices separated by commas, e.g. 0,1,2,3", ()))
+    if train.device.split(":")[0] not in ("cuda",):
+        raise SpecError(Problem(f"--gpus {gpus}: GPUs train only with --device cuda (got --device {train.device})",
+                                ()))
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [n for n in names if int(n) >= count]
+    if missing:
+        seen = f"GPUs 0-{count - 1}" if count > 1 else ("GPU 0" if count == 1 else "no GPU")
+        raise SpecError(Problem(f"--gpus {gpus}: GPU {missing[0]} does not exist; this machine shows {seen}", ()))
+    return [names[i % len(names)] for i in range(max(workers, 1))]
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
 
 
 def _count(value, flag: str) -> int:
