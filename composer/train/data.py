@@ -27,6 +27,7 @@ import gzip
 import math
 import os
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def _read_bytes(path: Path, flag: str) -> bytes:
             with gzip.open(path, "rb") as handle:
                 return handle.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:   # gzip.BadGzipFile is an OSError
         raise DataError(f"{flag}: cannot read {path} ({getattr(exc, 'strerror', None) or exc}); the file is damaged "
                         "or truncated") from None
 

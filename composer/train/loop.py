@@ -148,11 +148,13 @@ def evaluate(model: nn.Module, loader, prep: BatchPrep, amp: str = "off", num_cl
     device = prep.device
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
+    skipped: list[str] = []
     matrix = None
     if confusion and num_classes:
         matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
     with torch.autocast(device.type, dtype=_DTYPES.get(amp, torch.float32), enabled=amp != "off"):
-        for x, y, _ in loader:
+        for x, y, bad in loader:
+            skipped.extend(bad)
             if not len(y):
                 continue
             x = prep(x, train=False)
@@ -168,7 +170,7 @@ def evaluate(model: nn.Module, loader, prep: BatchPrep, amp: str = "off", num_cl
                 matrix += torch.bincount((y * num_classes + top[:, 0]).cpu(), minlength=num_classes ** 2
                                          ).view(num_classes, num_classes)
     n = max(seen, 1)
-    out = {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": seen}
+    out = {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": seen, "skipped": skipped}
     if matrix is not None:
         out["confusion"] = matrix
     return out
@@ -288,6 +290,7 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
         seconds = time.perf_counter() - t0
         scheduler.step(epoch + 1)
         metrics = evaluate(model, val_loader, prep, settings.amp)
+        skipped.extend(metrics["skipped"])
         top1_ema = evaluate(ema.module, val_loader, prep, settings.amp)["top1"] if ema is not None else None
         record = EpochRecord(epoch, loss_sum / max(steps, 1), metrics["loss"], metrics["top1"], metrics["top5"],
                              optimizer.param_groups[0]["lr"], images / max(seconds, 1e-9), seconds,
