@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command a session runs when a GPU machine is lent to it (CI has none; the lease is minutes):
 #
-#     device run: command "bash benchmarks/gpu_run.sh", carry [".whl"], timeout_s 420
+#     device run: command "bash benchmarks/gpu_run.sh", carry [".whl", ".data"], timeout_s 420
 #
 # It installs the carried wheels (benchmarks/gpu_wheels.sh makes them) where composer's needs are missing, runs
 # composer from this source tree, prints the GPU and the versions, and runs benchmarks/gpu_suite.py (under
@@ -18,6 +18,8 @@ if ! python3 -c "import pydantic, optuna" 2>/dev/null; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# Fashion-MNIST carried in .data/fashion-mnist (copy /usr/share/datasets/fashion-mnist there and add ".data" to carry)
+[ -d .data/fashion-mnist ] && export COMPOSER_DATA="$PWD/.data"
 export COMPOSER_CACHE_DIR=${COMPOSER_CACHE_DIR:-$(mktemp -d)}   # tables from empty, never a stale one
 if command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true

@@ -9,6 +9,9 @@
 3. TransNeXt's aggregated attention (u: transnext_micro's stage-1 mixer) against torch's
    ``scaled_dot_product_attention`` on the same tokens (the full attention it approximates).
 4. HyenaPixel's FFT long convolution against a direct depthwise convolution of the same filter size.
+5. A four-trial train search on the device (bf16, channels-last) on Fashion-MNIST (2,000 training images, one
+   epoch), one worker per visible GPU: the trials' img/s and peak memory (composer.train). The machine has no
+   network: Fashion-MNIST comes in the carried ``.data/fashion-mnist`` (gpu_run.sh sets $COMPOSER_DATA).
 
 Every figure is printed with the device name; paste them into docs/latency.md (and the docs of each family)
 with the device named. ``--device cpu --quick`` runs the same code on a CPU with tiny sizes (a smoke test).
@@ -133,6 +136,36 @@ def hyena_check(device, quick: bool) -> None:
           f"depthwise {k}x{k} conv of its width alone {conv:.2f} ms")
 
 
+def train_search_check(device, quick: bool) -> None:
+    import csv
+    import subprocess
+    import tempfile
+
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    run_dir = Path(tempfile.mkdtemp()) / "train-search"
+    space = REPO / "tests" / "data" / "small_train_space.yaml"
+    data = "digits" if quick else "fashion-mnist"
+    cmd = [sys.executable, "-m", "composer.cli", "search", str(space), "--objective", "train", "--data", data,
+           "--trials", "1" if quick else "4", "--epochs", "1", "--device", str(device), "--run-dir", str(run_dir),
+           "--no-progress"]
+    if not quick:
+        cmd += ["--subset", "2000", "--amp", "bf16" if device.type == "cuda" else "off"]
+    if device.type == "cuda":
+        cmd += ["--channels-last"]
+        if gpus > 1:
+            cmd += ["--device", "cuda", "--workers", str(gpus), "--gpus", ",".join(map(str, range(gpus)))]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    print(f"train search ({' '.join(cmd[3:])}): exit {done.returncode} in {time.perf_counter() - t0:.0f} s")
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        return
+    with (run_dir / "trials.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            print(f"  trial {row['number']}: {row.get('state')} accuracy {row.get('accuracy')} img/s "
+                  f"{row.get('img_per_s')} peak MB {row.get('peak_mem_mb')} on {row.get('val_split')}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -147,6 +180,7 @@ def main() -> None:
     throughput_check(device, 2 if args.quick else 64, 64 if args.quick else 224)
     attention_check(device, args.quick)
     hyena_check(device, args.quick)
+    train_search_check(device, args.quick)
     print(f"done in {time.perf_counter() - t0:.0f} s")
 
 
