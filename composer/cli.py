@@ -1,5 +1,5 @@
-"""``composer build | validate | list | search | sweep | proxy-check | latency | check-mixer | schema | graph |
-profile``: the command line.
+"""``composer build | validate | list | search | sweep | proxy-check | train | eval | latency | check-mixer | schema |
+graph | profile``: the command line.
 
 Every problem with user input ends with exit code 2 and a message naming file:line and field; no
 traceback. ``--debug`` shows tracebacks for bug reports. Start-up stays light: a command imports torch, timm,
@@ -233,6 +233,24 @@ def _cmd_sweep(args) -> int:
     return 0 if result.counters.over_budget_built == 0 else 1
 
 
+def _cmd_train(args) -> int:
+    from .train.command import train_command
+
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    train_command(args.spec, train_flag_values(args), out=args.out, seed=args.seed, from_run=args.from_run,
+                  progress=not args.no_progress)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .train.command import eval_command
+
+    eval_command(args.bundle, data=args.data, split=args.split, device=args.device, batch=args.batch, ema=args.ema,
+                 out=args.output)
+    return 0
+
+
 def _cmd_proxy_check(args) -> int:
     from .search.proxy_check import proxy_check
 
@@ -430,6 +448,28 @@ def make_parser() -> argparse.ArgumentParser:
     pc.add_argument("--run-dir", help="output folder (default: runs/SPACE-proxy-check)")
     add_train_flags(pc)
     pc.set_defaults(func=_cmd_proxy_check)
+    tr = sub.add_parser("train", help="train one architecture (a spec, a preset, a run's best.yaml) into a bundle: "
+                                      "spec, weights, metrics, curves; resumable; torchrun for several processes")
+    tr.add_argument("spec", nargs="?", help="a spec file, a preset name or a run's best.yaml (default with --from-run: "
+                                            "the run's best.yaml)")
+    tr.add_argument("--out", help="the bundle's folder (default: runs/train-NAME)")
+    tr.add_argument("--from-run", help="a search's run directory: its data, split and recipe (flags override them)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_train_flags(tr)
+    tr.set_defaults(func=_cmd_train)
+    ev = sub.add_parser("eval", help="evaluate a bundle (composer train's folder) on its validation split or a test "
+                                     "split: top-1 / top-5, per-class accuracy, img/s, confusion matrix")
+    ev.add_argument("bundle", help="the folder composer train wrote")
+    ev.add_argument("--split", choices=("val", "test"), default="val",
+                    help="val: the split held out in training (reproduces its last accuracy); test: the data set's "
+                         "test split, read here and nowhere else (default val)")
+    ev.add_argument("--data", help="the data set (default: the one the bundle was trained on)")
+    ev.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
+    ev.add_argument("--batch", type=int, help="evaluation batch (default: twice the training batch)")
+    ev.add_argument("--ema", action="store_true", help="the EMA weights (model_ema.safetensors)")
+    ev.add_argument("--output", "-o", help="the confusion-matrix PNG (default: BUNDLE/confusion_SPLIT.png)")
+    ev.set_defaults(func=_cmd_eval)
     sc = sub.add_parser("schema", help="JSON Schema of spec files (or search spaces) for editors")
     sc.add_argument("--output", "-o", help="write to FILE instead of printing")
     sc.add_argument("--search-space", action="store_true", help="the schema of search-space files (search/*.yaml)")

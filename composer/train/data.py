@@ -492,10 +492,42 @@ def effective_augment(augment: str, source: DataSource) -> str:
     return "randaugment" if source.natural_images and isinstance(source.train, FolderSplit) else "light"
 
 
+class GlobalBatches:
+    """One epoch's batches of indices: a permutation of ``n`` images drawn from ``generator`` (when shuffling),
+    cut into global batches of ``batch * world`` images of which rank ``rank`` takes the rank-th slice of
+    ``batch``; when training, a last global batch that is not full is dropped. So K processes with ``batch`` each
+    see exactly the global batches one process with ``batch * K`` sees (what makes a DDP run equal a single one)."""
+
+    def __init__(self, n: int, batch: int, generator, *, world: int = 1, rank: int = 0, shuffle: bool = True,
+                 drop_last: bool = True):
+        self.n, self.batch, self.generator = n, batch, generator
+        self.world, self.rank, self.shuffle = world, rank, shuffle
+        self.drop_last = drop_last and n > batch * world
+
+    def __iter__(self):
+        import torch
+
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        step = self.batch * self.world
+        for start in range(0, self.n, step):
+            chunk = order[start:start + step]
+            if self.drop_last and len(chunk) < step:
+                return
+            part = chunk[self.rank * self.batch:(self.rank + 1) * self.batch]
+            if len(part):
+                yield part.tolist()
+
+    def __len__(self) -> int:
+        step = self.batch * self.world
+        return self.n // step if self.drop_last else -(-self.n // step)
+
+
 def make_loader(source: DataSource, split: ArraySplit | FolderSplit, indices: np.ndarray | None, *, size: int,
-                batch: int, train: bool, seed: int, workers: int | None, augment: str = "none", sampler=None):
-    """A DataLoader over ``split[indices]``: shuffled by a generator seeded per epoch by the caller
-    (``loader.generator.manual_seed``), every batch full when training (Mixup needs even batches)."""
+                batch: int, train: bool, seed: int, workers: int | None, augment: str = "none", world: int = 1,
+                rank: int = 0):
+    """A DataLoader over ``split[indices]``, batched by :class:`GlobalBatches` (shuffled by
+    ``loader.batch_sampler.generator``, which the caller seeds per epoch); every batch full when training (Mixup
+    needs even batches)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -508,9 +540,9 @@ def make_loader(source: DataSource, split: ArraySplit | FolderSplit, indices: np
         dataset = FolderImages(split, indices, folder_transform(size, source, train, augment))
         collate = collate_files
         workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    drop_last = train and len(dataset) > batch
-    return DataLoader(dataset, batch_size=batch, shuffle=train and sampler is None, sampler=sampler,
-                      drop_last=drop_last, num_workers=workers, collate_fn=collate, generator=generator,
+    batches = GlobalBatches(len(dataset), batch, torch.Generator().manual_seed(seed), world=world, rank=rank,
+                            shuffle=train, drop_last=train)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, generator=generator,
                       persistent_workers=False, pin_memory=False)
 
 
@@ -574,5 +606,6 @@ def describe_split(source: DataSource, splits: Splits) -> str:
 
 
 __all__ = ["ArrayImages", "ArraySplit", "BatchPrep", "DataError", "DataSource", "FolderImages", "FolderSplit",
+           "GlobalBatches",
            "Splits", "describe_split", "digits", "effective_augment", "fashion_mnist", "image_folder", "make_loader",
            "mnist", "open_source", "read_idx", "split_indices"]

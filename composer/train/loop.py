@@ -51,6 +51,8 @@ class TrainResult:
     history: list[EpochRecord]
     skipped_files: list[str] = field(default_factory=list)
     resumed_at_epoch: int | None = None
+    ema_state: dict | None = None
+    """The EMA weights at the end (``--ema``)."""
 
     @property
     def accuracy(self) -> float:
@@ -197,14 +199,21 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
     device = device or resolve_device(settings.device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
+    dist = torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist is not None else (1, 0)
     augment = effective_augment(r.augment, source)
     train_loader = make_loader(source, source.train, splits.train, size=size, batch=r.train_batch, train=True,
-                               seed=seed, workers=settings.loader_workers, augment=augment)
+                               seed=seed, workers=settings.loader_workers, augment=augment, world=world, rank=rank)
     val_loader = make_loader(source, source.train, splits.val, size=size, batch=2 * r.train_batch, train=False,
                              seed=seed, workers=settings.loader_workers)
     prep = BatchPrep(source, size, in_chans, device, augment if augment == "light" else "none",
                      settings.channels_last)
     updates = len(train_loader)
+    net = model
+    if dist is not None:   # gradients averaged over the processes: one step of the global batch
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, settings)
     scheduler = build_scheduler(optimizer, settings, updates)
     mixup = build_mixup(settings, source.num_classes)
@@ -235,7 +244,8 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
     dtype = _DTYPES.get(settings.amp, torch.float32)
     for epoch in range(len(history), r.epochs):
         seed_everything(seed, epoch)
-        train_loader.generator.manual_seed(seed * 7919 + epoch)
+        train_loader.batch_sampler.generator.manual_seed(seed * 7919 + epoch)
+        train_loader.generator.manual_seed(seed * 6007 + epoch)
         aug_gen = torch.Generator().manual_seed(seed * 104_729 + epoch)
         model.train()
         t0 = time.perf_counter()
@@ -257,7 +267,7 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
                     x, y = x[:-1], y[:-1]
                 x, y = mixup(x, y)
             with torch.autocast(device.type, dtype=dtype, enabled=settings.amp != "off"):
-                out = model(x)
+                out = net(x)
             loss = criterion(out.float(), y)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -280,7 +290,7 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
             if not math.isfinite(value):
                 raise FloatingPointError(f"the training loss became {value} at epoch {epoch}, step {steps}")
             loss_sum += value
-            images += len(y)
+            images += len(y) * world
             if bar is not None:
                 rate = images / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix_str(f"loss {value:.3f}, {rate:,.0f} img/s", refresh=False)
@@ -288,6 +298,10 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
+        if dist is not None:   # every process reports the mean over all of them
+            totals = torch.tensor([loss_sum, float(steps)], dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            loss_sum, steps = float(totals[0]) / world, int(totals[1]) // world
         scheduler.step(epoch + 1)
         metrics = evaluate(model, val_loader, prep, settings.amp)
         skipped.extend(metrics["skipped"])
@@ -302,13 +316,13 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
         logged.update(fresh)
         if report is not None:   # first: a prune raised here leaves no checkpoint of this epoch behind
             report(epoch, record.top1)
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(),
                              "scaler": scaler.state_dict() if scaler is not None else None,
                              "ema": ema.module.state_dict() if ema is not None else None,
                              "history": [asdict(h) for h in history], "epochs": r.epochs})
-    return TrainResult(history, sorted(set(skipped)), resumed)
+    return TrainResult(history, sorted(set(skipped)), resumed, ema.module.state_dict() if ema is not None else None)
 
 
 __all__ = ["Checkpoint", "EpochRecord", "TrainResult", "build_loss", "build_mixup", "build_optimizer",
