@@ -313,7 +313,19 @@ def build(p: Plan | EnsemblePlan, check_memory: bool = True) -> ComposedModel | 
     return ComposedEnsemble(p) if isinstance(p, EnsemblePlan) else ComposedModel(p)
 
 
-def compose(source: SpecLike, check_memory: bool = True) -> ComposedModel | ComposedEnsemble:
-    """Build the PyTorch model of a spec (a path, preset name, YAML string, dict or Spec). A model that cannot
-    fit in this machine's memory is refused before anything is allocated (``check_memory=False`` skips that)."""
-    return build(plan(source), check_memory=check_memory)
+def compose(source: SpecLike, check_memory: bool = True, weights=None) -> ComposedModel | ComposedEnsemble:
+    """Build the PyTorch model of a spec (a path, preset name, YAML string, dict or Spec), or of a ``composer
+    train`` bundle (its folder: the model with its trained weights). A model that cannot fit in this machine's
+    memory is refused before anything is allocated (``check_memory=False`` skips that). ``weights``: a checkpoint
+    (``.safetensors`` or a torch file of composer's keys) loaded strictly; a mismatch lists the missing,
+    unexpected and mis-shaped keys."""
+    from .train.bundle import WEIGHTS, is_bundle, load_strict, read_bundle, read_weights
+
+    if is_bundle(source):
+        bundle = read_bundle(source)
+        source, weights = bundle.spec, weights or bundle.folder / WEIGHTS
+    model = build(plan(source), check_memory=check_memory)
+    if weights is not None:
+        load_strict(model, read_weights(weights), str(weights))
+        model.eval()
+    return model

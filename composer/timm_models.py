@@ -38,13 +38,18 @@ default_cfgs: dict[str, dict[str, Any]] = {}
 """timm's pretrained cfg of every registered entrypoint (``register_model`` reads this module's)."""
 
 
-def _spec_data(preset: str, kwargs: dict[str, Any], base) -> dict[str, Any]:
+def _label(preset) -> str:
+    """The timm name's tail: a preset's name, or ``spec`` for the generic ``composer_spec`` (a spec mapping)."""
+    return preset if isinstance(preset, str) else "spec"
+
+
+def _spec_data(preset, kwargs: dict[str, Any], base) -> dict[str, Any]:
     """Spec overrides from create_model's keyword arguments (timm names mapped to spec fields); values equal to
     the preset's own are left out, so the default model is the preset itself."""
     from .spec import Spec
 
     kwargs = dict(kwargs)
-    data: dict[str, Any] = {"extends": preset, "name": preset}
+    data: dict[str, Any] = {"extends": preset, "name": preset} if isinstance(preset, str) else dict(preset)
     if "img_size" in kwargs:
         size = kwargs.pop("img_size")
         if isinstance(size, (tuple, list)):  # timm passes (H, W) for fixed-size models
@@ -60,11 +65,12 @@ def _spec_data(preset: str, kwargs: dict[str, Any], base) -> dict[str, Any]:
     if kwargs:
         allowed = sorted({*Spec.model_fields, "img_size", "drop_rate", "global_pool", "features_only",
                           "out_indices", "feature_cls"} - {"name"})
-        raise TypeError(f"{PREFIX}{preset}: unexpected keyword argument(s) {', '.join(sorted(kwargs))}; allowed: "
+        raise TypeError(f"{PREFIX}{_label(preset)}: unexpected keyword argument(s) "
+                        f"{', '.join(sorted(kwargs))}; allowed: "
                         f"{', '.join(allowed)}")
     for key in ("num_classes", "in_chans", "input_size"):
-        if key in data and data[key] == getattr(base, key):
-            del data[key]
+        if isinstance(preset, str) and key in data and data[key] == getattr(base, key):
+            del data[key]   # the preset's own value: the default model is the preset itself
     return data
 
 
@@ -91,7 +97,7 @@ def _compose(preset: str, global_pool: str = "avg", **kwargs: Any):
     frozen_parameters_as_buffers(model)
     if global_pool != "avg":
         model.reset_classifier(model.num_classes, global_pool)
-    model._composer_cfg = pretrained_cfg(preset, spec)  # what this model is, whatever the registry's default
+    model._composer_cfg = pretrained_cfg(_label(preset), spec)  # what this model is, whatever the registry's default
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model
@@ -114,25 +120,48 @@ def frozen_parameters_as_buffers(model) -> int:
     return moved
 
 
-def create(preset: str, pretrained: bool = False, **kwargs: Any):
-    """Build preset ``preset`` with timm-style keyword arguments (see the module docstring)."""
+def _pretrained_file(kwargs: dict[str, Any]) -> str | None:
+    """The weights file timm's ``pretrained_cfg_overlay=dict(file=...)`` or a ``local-dir:`` config names (a folder
+    means its ``model.safetensors``)."""
+    import os
+
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    cfg = kwargs.get("pretrained_cfg") or {}
+    if not isinstance(cfg, dict):
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    file = overlay.get("file") or cfg.get("file")
+    if file and os.path.isdir(file):
+        file = os.path.join(file, "model.safetensors")
+    return file
+
+
+def create(preset, pretrained: bool = False, **kwargs: Any):
+    """Build preset ``preset`` (or, for ``composer_spec``, a spec mapping) with timm-style keyword arguments (see
+    the module docstring). ``pretrained=True`` loads the file that ``pretrained_cfg_overlay=dict(file=...)`` (or a
+    ``local-dir:`` bundle's config) names, strictly: composer registers no downloadable weights."""
     from timm.models import build_model_with_cfg
 
     from .spec import EnsembleSpec, load_spec
 
-    if pretrained:
-        raise ValueError(f"{PREFIX}{preset}: composer registers no pretrained weights; create it with "
-                         f"pretrained=False and load a checkpoint with composer.weights.load(model, path, source=...)")
-    for key in ("pretrained_cfg_overlay", "cache_dir"):
-        if kwargs.get(key) is not None:
-            raise ValueError(f"{PREFIX}{preset}: {key} is not supported (composer registers no pretrained weights)")
-        kwargs.pop(key, None)
+    name = PREFIX + _label(preset)
+    file = _pretrained_file(kwargs) if pretrained else None
+    if pretrained and not file:
+        raise ValueError(f"{name}: composer registers no downloadable weights; give the file, "
+                         "pretrained_cfg_overlay=dict(file='.../model.safetensors') (a composer train bundle), or "
+                         "create it with pretrained=False and load a checkpoint with composer.weights.load(model, "
+                         "path, source=...)")
+    if kwargs.get("cache_dir") is not None:
+        raise ValueError(f"{name}: cache_dir is not supported (composer downloads nothing)")
+    kwargs.pop("cache_dir", None)
+    kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs.pop("pretrained_model_args", None)   # timm's record of a local-dir config's model_args
     base = load_spec(preset)
     stages = len(base.members[0].widths) if isinstance(base, EnsembleSpec) else base.num_stages
-    if PREFIX + preset not in default_cfgs:  # registered before its cfg could be computed, or a new preset
-        default_cfgs[PREFIX + preset] = pretrained_cfg(preset, base)
-    kwargs.setdefault("pretrained_cfg", default_cfgs[PREFIX + preset])
-    model = build_model_with_cfg(partial(_compose, preset), PREFIX + preset, False,
+    if isinstance(preset, str) and name not in default_cfgs:  # registered before its cfg could be computed
+        default_cfgs[name] = pretrained_cfg(preset, base)
+    if not kwargs.get("pretrained_cfg"):   # timm passes None when the caller gave none
+        kwargs["pretrained_cfg"] = default_cfgs.get(name) or pretrained_cfg(_label(preset), base)
+    model = build_model_with_cfg(partial(_compose, preset), name, False,
                                  feature_cfg={"out_indices": tuple(range(stages)), "feature_cls": "getter"},
                                  **kwargs)
     inner = getattr(model, "model", model)  # the features_only wrapper holds the model
@@ -141,7 +170,43 @@ def create(preset: str, pretrained: bool = False, **kwargs: Any):
         for target in {id(inner): inner, id(model): model}.values():
             target.pretrained_cfg = dict(target.pretrained_cfg, **cfg)
             target.default_cfg = target.pretrained_cfg
+    if file:
+        from .train.bundle import BundleError, load_strict, read_weights
+
+        try:
+            load_strict(inner, read_weights(file), str(file))
+        except BundleError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        trained = _bundle_cfg(file)   # how the bundle was trained: its normalisation, not ImageNet's
+        for target in {id(inner): inner, id(model): model}.values():
+            target.pretrained_cfg = dict(target.pretrained_cfg, **trained, file=str(file))
+            target.default_cfg = target.pretrained_cfg
     return model
+
+
+def _bundle_cfg(file) -> dict[str, Any]:
+    """The data settings of the ``config.json`` beside a weights file (a ``composer train`` bundle), if any."""
+    import json
+    from pathlib import Path
+
+    path = Path(file).parent / "config.json"
+    try:
+        cfg = json.loads(path.read_text()).get("pretrained_cfg", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    keys = ("mean", "std", "crop_pct", "crop_mode", "interpolation", "label_names")
+    return {k: tuple(v) if isinstance(v, list) and k in ("mean", "std") else v for k, v in cfg.items()
+            if k in keys and v is not None}
+
+
+def create_from_spec(pretrained: bool = False, spec: Any = None, **kwargs: Any):
+    """timm's ``composer_spec``: any spec (a mapping, a path or a preset name, ``spec=...``), as the
+    ``config.json`` of a ``composer train`` bundle names it (``timm.create_model("local-dir:BUNDLE")``)."""
+    from .spec import load_spec, spec_to_data
+
+    if spec is None:
+        raise TypeError(f"{PREFIX}spec needs spec=... (a spec mapping, a spec file or a preset name)")
+    return create(spec_to_data(load_spec(spec)), pretrained=pretrained, **kwargs)
 
 
 def pretrained_cfg(preset: str, spec) -> dict[str, Any]:
@@ -210,6 +275,16 @@ def register_presets() -> list[str]:
         register_model(fn)
         done.add(name)
         new.append(name)
+    generic = PREFIX + "spec"
+    if generic not in done:
+        def composer_spec(pretrained: bool = False, **kwargs: Any):
+            return create_from_spec(pretrained=pretrained, **kwargs)
+
+        composer_spec.__module__ = __name__
+        globals()[generic] = composer_spec
+        register_model(composer_spec)
+        done.add(generic)
+        new.append(generic)
     return new
 
 
@@ -252,4 +327,4 @@ def register_presets_with_timm() -> None:
         sys.meta_path.insert(0, _RegisterWhenTimmLoads())
 
 
-__all__ = ["PREFIX", "create", "pretrained_cfg", "register_presets", "register_presets_with_timm"]
+__all__ = ["PREFIX", "create", "create_from_spec", "pretrained_cfg", "register_presets", "register_presets_with_timm"]

@@ -107,20 +107,6 @@ def load_strict(model, state: dict, where: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def load_model(folder: str | os.PathLike, ema: bool = False):
-    """The bundle's model with its (EMA, when asked) weights."""
-    from ..composed import compose
-
-    bundle = read_bundle(folder)
-    path = bundle.folder / (EMA_WEIGHTS if ema else WEIGHTS)
-    if ema and not path.is_file():
-        raise BundleError(f"{bundle.folder}: no EMA weights ({EMA_WEIGHTS}); the run trained without --ema")
-    model = compose(bundle.spec)
-    load_strict(model, read_weights(path), str(path))
-    model.eval()
-    return model
-
-
 def timm_config(spec, data: dict) -> dict:
     """timm's ``config.json`` (its hub layout): the generic ``composer_spec`` architecture with the spec as
     ``model_args``, and a pretrained cfg with the data's normalisation and the training resolution."""
@@ -179,5 +165,5 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["EMA_WEIGHTS", "WEIGHTS", "Bundle", "BundleError", "is_bundle", "load_model", "load_strict",
+__all__ = ["EMA_WEIGHTS", "WEIGHTS", "Bundle", "BundleError", "is_bundle", "load_strict",
            "read_bundle", "read_weights", "timm_config", "write_metrics"]

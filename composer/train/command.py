@@ -249,7 +249,7 @@ def eval_command(folder: str, *, data: str | None = None, split: str = "val", de
     """Evaluate a bundle on its validation split (as training measured it) or on a test split."""
     import torch
 
-    from .bundle import load_model
+    from ..composed import compose
     from .data import make_loader, open_source, split_indices
     from .loop import evaluate, resolve_device
 
@@ -279,8 +279,11 @@ def eval_command(folder: str, *, data: str | None = None, split: str = "val", de
                                recorded.get("subset"))
         part, indices = source.train, splits.val
         what = f"the validation split held out of {source.name}'s training split ({len(indices)} images)"
+    weights = bundle.folder / (EMA_WEIGHTS if ema else WEIGHTS)
+    if ema and not weights.is_file():
+        raise _problem(f"{bundle.folder}: no EMA weights ({EMA_WEIGHTS}); the run trained without --ema")
     try:
-        model = load_model(bundle.folder, ema=ema)
+        model = compose(bundle.spec, weights=weights)
     except BundleError as exc:
         raise _problem(str(exc)) from None
     model.to(dev)
