@@ -86,12 +86,12 @@ def read_weights(path: str | os.PathLike) -> dict:
 
 
 def load_strict(model, state: dict, where: str) -> None:
-    """Load ``state`` into ``model`` strictly; a mismatch names the first mismatched key and both shapes, and
-    lists missing and unexpected keys."""
+    """Load ``state`` into ``model`` strictly; a mismatch names the first mismatched key (in the model's order,
+    from the stem on) and both shapes, and lists missing and unexpected keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]   # in the model's order
     if missing or unexpected or wrong:
         parts = []
         if wrong:

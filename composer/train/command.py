@@ -127,8 +127,8 @@ def run_settings_of(run_dir: str) -> tuple[dict, Path | None]:
 
 
 def train_command(spec_source: str | None, flags: dict, *, out: str | None = None, seed: int = 0,
-                  from_run: str | None = None, progress: bool = True, log=print) -> Path:
-    """Train one architecture into a bundle; returns its folder."""
+                  from_run: str | None = None, progress: bool = True, log=print):
+    """Train one architecture into a bundle; returns (its folder, the trained model, the loop's TrainResult)."""
     from pydantic import ValidationError
 
     from ..composed import compose
@@ -181,8 +181,9 @@ def train_command(spec_source: str | None, flags: dict, *, out: str | None = Non
 
         torch.distributed.barrier()
     recorded = settings.model_copy(update={"train_size": training.size}).recorded()
-    identity = {"spec": repr(sorted(spec_to_data(built).items())), "train": repr(recorded), "seed": seed,
-                "world_size": world}
+    # what the run is, key by key (a changed key is named when a rerun refuses to resume)
+    identity = {"spec": repr(sorted(spec_to_data(built).items())), "seed": seed, "world_size": world,
+                **{k: v for k, v in recorded.items() if k != "recipe"}, **recorded["recipe"]}
     checkpoint = _RunCheckpoint(folder / "checkpoint.pt", identity)
     global_batch = settings.recipe.train_batch * world
     say = log if rank == 0 else (lambda *a: None)
@@ -210,7 +211,7 @@ def train_command(spec_source: str | None, flags: dict, *, out: str | None = Non
             f"epochs, {last.img_per_s:,.0f} img/s, {time.perf_counter() - t0:.0f} s this run; bundle {folder}")
     if world > 1:
         torch.distributed.barrier()
-    return folder
+    return folder, model, result
 
 
 def _write_bundle(folder: Path, spec, model, result, settings: TrainSettings, training, seed: int, world: int,
