@@ -1,8 +1,10 @@
+import gzip
 import os
 import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +65,25 @@ def readme_commands() -> tuple[str, str]:
     install = re.search(r"## Install and run.*?```bash\n(.*?)\n```", text, re.S).group(1).strip()
     test = re.search(r"## Test.*?```bash\n(.*?)\n```", text, re.S).group(1).strip()
     return install, test
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    magic = 2051 if array.ndim == 3 else 2049
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_set(folder: Path, n_train: int = 200, n_test: int = 50, gz: bool = True, seed: int = 0) -> Path:
+    """Fashion-MNIST-shaped IDX files: class c's images are bright in row band c (learnable in an epoch)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 4: 2 * c + 7] = 250
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            raw = idx_bytes(array)
+            path = folder / f"{prefix}-{kind}-ubyte{'.gz' if gz else ''}"
+            path.write_bytes(gzip.compress(raw) if gz else raw)
+    return folder

@@ -3,7 +3,6 @@ leak, the recipe as data, and the search's train objective on them (composer/tra
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import signal
@@ -30,32 +29,10 @@ from composer.train.data import (
     split_indices,
 )
 
-from conftest import ROOT, TINY_SPACE
+from conftest import ROOT, TINY_SPACE, idx_bytes, write_idx_set
 
 # a 28-px grayscale space of tiny models (stride 16: trials train at 32 px)
 SMALL_SPACE = (TINY_SPACE.replace("[16, 32, 32, 64]", "[8, 16, 16, 32]").replace("head_dim: 16", "head_dim: 8"))
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    magic = 2051 if array.ndim == 3 else 2049
-    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx_set(folder: Path, n_train: int = 200, n_test: int = 50, gz: bool = True, seed: int = 0) -> Path:
-    """Fashion-MNIST-shaped IDX files: class c's images are bright in row band c (learnable in an epoch)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 60, size=(n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 * c + 4: 2 * c + 7] = 250
-        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-            raw = _idx_bytes(array)
-            path = folder / f"{prefix}-{kind}-ubyte{'.gz' if gz else ''}"
-            path.write_bytes(gzip.compress(raw) if gz else raw)
-    return folder
 
 
 # -- IDX ---------------------------------------------------------------------------------------------------------
@@ -89,7 +66,7 @@ def test_damaged_idx_files_are_refused_in_one_line(tmp_path):
     with pytest.raises(DataError, match="is not an IDX file of images"):
         open_source(f"fashion-mnist:{folder}")
     images.write_bytes(raw)
-    (folder / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(150)))
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(150)))
     with pytest.raises(DataError, match="train-images holds 200 images but train-labels holds 150 labels"):
         open_source(f"fashion-mnist:{folder}")
     (folder / "train-labels-idx1-ubyte").write_bytes(b"\x1f\x8b garbage")

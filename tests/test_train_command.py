@@ -17,8 +17,7 @@ from composer.cli import main
 from composer.train.bundle import BundleError
 from composer.train.command import _RunCheckpoint, train_command
 
-from conftest import ROOT
-from test_train import write_idx_set
+from conftest import ROOT, write_idx_set
 
 SMALL_SPEC = """\
 name: small
