@@ -238,6 +238,19 @@ def _cmd_train(args) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.top is not None:
+        if args.top < 1:
+            raise UsageError(f"--top must be at least 1, got {args.top}")
+        if not args.from_run or args.spec:
+            raise UsageError("--top K retrains a search's best trials: give --from-run RUN_DIR and no SPEC")
+        from .train.command import train_best
+
+        train_best(args.from_run, args.top, train_flag_values(args), seed=args.seed, test=args.test,
+                   progress=not args.no_progress)
+        return 0
+    if args.test:
+        raise UsageError("--test goes with --top (the leaderboard's test accuracy); evaluate one bundle with "
+                         "composer eval DIR --split test")
     train_command(args.spec, train_flag_values(args), out=args.out, seed=args.seed, from_run=args.from_run,
                   progress=not args.no_progress)
     return 0
@@ -454,6 +467,10 @@ def make_parser() -> argparse.ArgumentParser:
                                             "the run's best.yaml)")
     tr.add_argument("--out", help="the bundle's folder (default: runs/train-NAME)")
     tr.add_argument("--from-run", help="a search's run directory: its data, split and recipe (flags override them)")
+    tr.add_argument("--top", type=int, help="with --from-run: retrain the search's K best feasible trials, each into "
+                                            "RUN_DIR/train/trialN, and write RUN_DIR/leaderboard.csv")
+    tr.add_argument("--test", action="store_true", help="with --top: also the test split's accuracy in the "
+                                                        "leaderboard (the only place a test split is read)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_train_flags(tr)

@@ -181,3 +181,22 @@ def test_split_test_on_digits_and_a_changed_resume_are_refused(tmp_path, spec_fi
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "the unfinished run there was started with other settings" in err
     assert "(lr: 0.002 then, 0.01 now)" in err
+
+
+def test_the_top_trials_of_a_search_are_retrained_into_bundles_and_a_leaderboard(tmp_path, fm, capsys):
+    from composer.search import run
+
+    space = tmp_path / "space.yaml"
+    space.write_text((ROOT / "tests" / "data" / "small_train_space.yaml").read_text())
+    run(space, objective="train", trials=3, run_dir=str(tmp_path / "run"), progress=False, log=lambda *a: None,
+        train={"data": fm, "epochs": 1, "train_batch": 32})
+    assert main(["train", "--from-run", str(tmp_path / "run"), "--top", "2", "--epochs", "2", "--test",
+                 "--no-progress"]) == 0
+    rows = list(csv.DictReader((tmp_path / "run" / "leaderboard.csv").open()))
+    assert [r["rank"] for r in rows] == ["1", "2"] and float(rows[0]["search_val_top1"]) >= float(
+        rows[1]["search_val_top1"])
+    for r in rows:
+        assert r["epochs"] == "2" and 0 <= float(r["test_top1"]) <= 1
+        assert compose(r["bundle"]).in_chans == 1   # each a bundle of its own
+    assert "leaderboard:" in capsys.readouterr().out
+    assert main(["train", "--from-run", str(tmp_path / "run"), "--top", "0"]) == 2

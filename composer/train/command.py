@@ -32,6 +32,11 @@ def distributed_init() -> tuple[int, int, int]:
     import torch
 
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    import warnings
+
+    # a 1x1 convolution on a 1x1 map gets its weight's gradient in another (equivalent) memory layout than DDP's
+    # bucket; harmless, and said once per step per process otherwise
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
@@ -104,8 +109,7 @@ def _out_folder(out: str | None, name: str) -> Path:
     return folder
 
 
-def run_settings_of(run_dir: str) -> tuple[dict, Path | None]:
-    """The training settings a search ran with (``--from-run``) and its best spec."""
+def _run_study(run_dir: str):
     import optuna
 
     folder = Path(run_dir)
@@ -116,7 +120,13 @@ def run_settings_of(run_dir: str) -> tuple[dict, Path | None]:
     names = optuna.get_all_study_names(storage)
     if len(names) != 1:
         raise _problem(f"--from-run {run_dir}: {len(names)} studies in {db}; give the run directory of one search")
-    attrs = optuna.load_study(study_name=names[0], storage=storage).user_attrs.get("settings", {})
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def run_settings_of(run_dir: str) -> tuple[dict, Path | None]:
+    """The training settings a search ran with (``--from-run``) and its best spec."""
+    folder = Path(run_dir)
+    attrs = _run_study(run_dir).user_attrs.get("settings", {})
     if "train" not in attrs:
         raise _problem(f"--from-run {run_dir}: that search did not train (objective {attrs.get('objective')}); "
                        "give the data and recipe as flags")
@@ -212,6 +222,70 @@ def train_command(spec_source: str | None, flags: dict, *, out: str | None = Non
     if world > 1:
         torch.distributed.barrier()
     return folder, model, result
+
+
+def train_best(run_dir: str, top: int, flags: dict, *, seed: int = 0, test: bool = False, progress: bool = True,
+               log=print) -> Path:
+    """Retrain the ``top`` best feasible trials of a finished search (``--from-run RUN --top K``) with the run's
+    data and recipe (flags override them: the full schedule's ``--epochs``), each into ``RUN/train/trialN``, and
+    write ``RUN/leaderboard.csv``: validation accuracy in the search and retrained, params, MACs, predicted latency,
+    and test accuracy only with ``test``."""
+    import csv
+
+    from optuna.trial import TrialState
+
+    study = _run_study(run_dir)
+    if len(study.directions) != 1:
+        raise _problem(f"--top: {run_dir} holds a Pareto study; retrain its front's specs one by one (composer train "
+                       "SPEC --from-run RUN)")
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("feasible") and "spec" in t.user_attrs and "reused_from" not in t.user_attrs]
+    if not done:
+        raise _problem(f"--top: {run_dir} has no complete feasible trial to retrain")
+    if test:   # before any training: a data set without a test split cannot fill the column
+        from .data import open_source
+
+        recorded, _ = run_settings_of(run_dir)
+        data = flags.get("data") or recorded.get("data")
+        try:
+            has_test = open_source(data).open_test is not None
+        except ValueError as exc:
+            raise _problem(str(exc)) from None
+        if not has_test:
+            raise _problem(f"--test: {data} has no test split (fashion-mnist, mnist, cifar and ImageFolders with "
+                           "train/ and val/ have one)")
+    sign = 1 if study.direction.name == "MAXIMIZE" else -1
+    best = sorted(done, key=lambda t: -sign * t.value)[:top]
+    rows = []
+    for rank, trial in enumerate(best, 1):
+        out = Path(run_dir) / "train" / f"trial{trial.number}"
+        log(f"[{rank}/{len(best)}] trial {trial.number} (search value {trial.value:.4f}) -> {out}")
+        folder, _, result = train_command(dict(trial.user_attrs["spec"]), flags, out=str(out), seed=seed,
+                                          from_run=run_dir, progress=progress, log=log)
+        row = {"rank": rank, "trial": trial.number, "layout": trial.user_attrs["spec"].get("layout"),
+               "params": trial.user_attrs.get("params"), "macs": trial.user_attrs.get("macs"),
+               "latency_ms_predicted": trial.user_attrs.get("latency_ms_predicted"),
+               "search_val_top1": trial.value, "val_top1": result.history[-1].top1,
+               "epochs": len(result.history), "bundle": str(folder)}
+        if test:
+            row["test_top1"] = eval_command(str(folder), split="test", log=lambda *a: None)["top1"]
+        rows.append(row)
+    path = Path(run_dir) / "leaderboard.csv"
+    keys = list(rows[0])
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    from ..spec.units import format_count
+
+    test_head = f"{'test':>8}" if test else ""
+    log(f"{'rank':>4} {'trial':>5} {'search val':>10} {'val':>7}{test_head} {'params':>8} {'MACs':>8}  layout")
+    for r in sorted(rows, key=lambda r: -r["val_top1"]):
+        test_cell = f"{r['test_top1']:>8.4f}" if test else ""
+        log(f"{r['rank']:>4} {r['trial']:>5} {r['search_val_top1']:>10.4f} {r['val_top1']:>7.4f}{test_cell} "
+            f"{format_count(r['params']):>8} {format_count(r['macs']):>8}  {r['layout']}")
+    log(f"leaderboard: {path}")
+    return path
 
 
 def _write_bundle(folder: Path, spec, model, result, settings: TrainSettings, training, seed: int, world: int,
