@@ -119,7 +119,8 @@ def test_python_api_and_timm_from_an_empty_folder(installed):
         "from composer import compose, estimate, plan\n"
         "assert estimate('hpxformer_s18').params == sum(p.numel() for p in compose('hpxformer_s18').parameters())\n"
         "assert len(plan('caformer_s18').graph) > 20\n"
-        f"assert len(timm.list_models('composer_*')) == {len(PRESETS)}, timm.list_models('composer_*')\n"
+        # every preset, and composer_spec (any spec; what a composer train bundle's config.json names)
+        f"assert len(timm.list_models('composer_*')) == {len(PRESETS) + 1}, timm.list_models('composer_*')\n"
         "m = timm.create_model('composer_caformer_s18', num_classes=10)\n"
         "print(sum(p.numel() for p in m.parameters()))\n")
     out = installed.run(str(installed.python), "-c", code)
