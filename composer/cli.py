@@ -142,7 +142,8 @@ def _cmd_search(args) -> int:
                  progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
                  argv=argv, direction=args.direction, max_latency=args.max_latency,
                  batch_size=args.batch_size, measure_latency=args.measure_latency, gpus=args.gpus,
-                 pruner=args.pruner, keep_checkpoints=args.keep_checkpoints, warm_start=args.warm_start)
+                 pruner=args.pruner, keep_checkpoints=args.keep_checkpoints, warm_start=args.warm_start,
+                 sampler=args.sampler)
     c = result.counters
     # a search whose objective raised on every trial it ran did not do what was asked
     return 0 if c.over_budget_built == 0 and not (c.objective_failed and c.objective_failed == c.built) else 1
@@ -396,6 +397,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     s.add_argument("--pruner", default="median", choices=("median", "hyperband", "successive-halving", "none"),
                    help="train (and reporting objectives): Optuna's pruner, epochs as the resource (default median)")
+    s.add_argument("--sampler", default="auto", choices=("auto", "random"),
+                   help="auto: TPE (NSGA-II for several objectives); random: Optuna's RandomSampler, the baseline a "
+                        "search must beat (default auto)")
     s.add_argument("--keep-checkpoints", action="store_true",
                    help="train: keep finished trials' checkpoints in RUN_DIR/checkpoints (default: removed)")
     s.add_argument("--warm-start", help="presets or spec paths, comma-separated, tried first (they must lie in the "

@@ -26,6 +26,8 @@ SCORE_OBJECTIVES = ("proxy", "naswot", "gradnorm", "zico")
 """Training-free scores of one forward + backward pass (one pass gives the first three; zico takes a second)."""
 PRUNERS = ("median", "hyperband", "successive-halving", "none")
 """--pruner: Optuna's pruners with epochs as the resource (train and reporting objectives)."""
+SAMPLERS = ("auto", "random")
+"""--sampler: auto (TPE for one objective, NSGA-II for several) or random (Optuna's RandomSampler: the baseline)."""
 COST_OBJECTIVES = ("macs", "params", "latency")
 """Partners for a Pareto search: from the Plan (macs, params) or timed on the built model (latency)."""
 
@@ -150,6 +152,8 @@ class Settings:
     """--pruner: median | hyperband | successive-halving | none (epochs, or a reporter's steps, as resource)."""
     keep_checkpoints: bool = False
     """--keep-checkpoints: keep a finished training trial's checkpoint (RUN_DIR/checkpoints)."""
+    sampler: str = "auto"
+    """--sampler: auto (TPE / NSGA-II) or random."""
     train: Any = None
     """composer.train.TrainSettings: data, split, device, precision and recipe (--objective train)."""
 
@@ -167,6 +171,8 @@ class Settings:
                 attrs["train"] = self.train.recorded()
         if self.pruner != "median":  # likewise: studies run before --pruner existed used the median pruner
             attrs["pruner"] = self.pruner
+        if self.sampler != "auto":  # likewise
+            attrs["sampler"] = self.sampler
         if self.budget_latency_ms is not None or "latency" in self.objectives:  # likewise
             attrs.update(budget_latency_ms=self.budget_latency_ms, latency_device=self.latency_device,
                          latency_batch=self.latency_batch, measure_latency=self.measure_latency)

@@ -38,6 +38,7 @@ from ..spec.units import format_count
 from .results import (
     FINISHED,
     PRUNERS,
+    SAMPLERS,
     SCORE_OBJECTIVES,
     Settings,
     best_trial,
@@ -573,6 +574,8 @@ class Searcher:
 def _sampler(settings: Settings, seed: int):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     extra = {} if _SET_CONSTRAINT else {"constraints_func": _constraints}
+    if settings.sampler == "random":   # the baseline every NAS result must beat (Li & Talwalkar 2019)
+        return optuna.samplers.RandomSampler(seed=seed)
     if len(settings.objectives) > 1:
         pop = max(4, min(50, settings.trials // 4))
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, **extra)
@@ -603,8 +606,8 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         train_size: int | None = None, direction: str | None = None, max_latency: str | float | None = None,
         device: str | None = None, batch_size: int = 1, measure_latency: bool = False,
         enqueue: list[dict] | None = None, pruner: str = "median", keep_checkpoints: bool = False,
-        warm_start: list[str] | str | None = None, train: dict | Any = None, gpus: str | None = None
-        ) -> SearchResult:
+        warm_start: list[str] | str | None = None, train: dict | Any = None, gpus: str | None = None,
+        sampler: str = "auto") -> SearchResult:
     """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written.
 
     ``objective``: a name (``proxy``, ``train``, a plugin's, ``module:function``; several joined by commas for a
@@ -662,6 +665,9 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
         raise SpecError(Problem(f"--pruner {pruner}: Optuna prunes single-objective studies only; the objective "
                                 f"{','.join(objectives)} has {len(objectives)} (use --pruner none)", ()))
     settings.pruner, settings.keep_checkpoints = pruner, keep_checkpoints
+    if sampler not in SAMPLERS:
+        raise SpecError(Problem(f"--sampler {sampler!r}: not a sampler; use one of {', '.join(SAMPLERS)}", ()))
+    settings.sampler = sampler
     try:
         from ..latency import fingerprint, parse_latency
 
