@@ -49,7 +49,7 @@ def test_list_shows_the_search_spaces_one_line_each(run_cli):
     assert code == 0
     spaces = out[out.index("search spaces"):].splitlines()[1:]
     assert [line.split()[0] for line in spaces] == ["hornet_orders", "hyenapixel_stages", "metaformer_s18",
-                                                   "transnext_micro", "transnext_table9"]
+                                                   "small_images", "transnext_micro", "transnext_table9"]
     assert "base caformer_s18, budget 5.00G MACs" in spaces[2] and "default of `composer search`" in spaces[2]
 
 

@@ -1,0 +1,324 @@
+"""Does composer's search find better architectures than random search and the papers' hand layouts? The protocol
+is docs/search.md, "Does the search find better architectures? The protocol"; this script runs it, resumably.
+
+    python benchmarks/search_quality.py [--results DIR] [--quick]
+
+Stages, each cached in the results folder (a stopped run continues where it stopped; rerun the same command):
+
+1. ``search``: composer's search (TPE) and random search (Optuna's RandomSampler), ``--trials`` trials each with
+   ``--pruner hyperband``, per search seed, on the training split only (a validation split held out of it);
+2. ``short``: the hand layouts (scaled to the budget by width and depth alone) and random architectures of the
+   space trained with the search's schedule, so every retrained architecture has a search-time accuracy;
+3. ``final``: every search's pick, every hand layout and every random architecture trained from scratch with one
+   recipe (``composer train``) per final seed;
+4. ``test``: each final bundle evaluated once on the test split (``composer eval --split test``): the only stage
+   that opens it;
+5. ``report``: results.json, results.md and accuracy_vs_macs.png.
+
+``--quick`` runs every stage at toy scale (a smoke test of under 10 minutes; tests/test_search_quality.py).
+``STAGE`` names the stage running (the test watches which stage opens the test files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STAGE = "start"
+PUBLISHED = {"human": (83.5, None), "two conv layers (<100K params)": (92.5, 0.1), "ResNet-18": (94.9, 11.2),
+             "DENSER (evolutionary NAS)": (95.3, None), "WRN-40-4": (96.7, 8.9)}
+"""Fashion-MNIST test accuracy (%) and M params, zalandoresearch/fashion-mnist's benchmark table."""
+
+# the papers' hand layouts in the 3-stage macro (their last three stages are the ones at 7x7, 4x4 and 2x2 maps)
+HAND = {
+    "ConvFormer-like": (["Conv", "Conv", "Conv"], {}),
+    "CAFormer-like": (["Conv", "A", "A"], {}),
+    "HyenaPixel-like": (["Conv", "Hpx", "Hpx"], {}),
+    "HorNet-like": (["gnConv", "gnConv", "gnConv"], {"gnConv": {"order": [3, 4, 5]}}),
+    "EfficientFormer-like": ("last-two-attention", {}),
+    "PoolFormer-like": (["Pool", "Pool", "Pool"], {}),
+}
+
+SCALES = {
+    "full": {"trials": 16, "seeds": [0, 1, 2], "search_subset": 4000, "search_epochs": 3, "val_fraction": 0.05,
+             "final_subset": None, "final_epochs": 10, "final_seeds": [0, 1], "random_archs": 8,
+             "hand": list(HAND), "proxy_samples": 12},
+    "quick": {"trials": 2, "seeds": [0], "search_subset": 100, "search_epochs": 1, "val_fraction": 0.05,
+              "final_subset": 150, "final_epochs": 1, "final_seeds": [0], "random_archs": 1,
+              "hand": ["ConvFormer-like", "EfficientFormer-like"], "proxy_samples": 3},
+}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _quiet(*_args) -> None:
+    pass
+
+
+def _cached(path: Path, compute):
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    tmp.replace(path)
+    return value
+
+
+def scaled_hand_layout(space, name: str) -> dict | None:
+    """``name``'s layout at the largest MACs within the budget, varying only the widths (one multiplier of the
+    base's, in steps of 1/8, multiples of 16) and the depths (the space's options)."""
+    layout, mixers = HAND[name]
+    budget = space.budget_macs
+    depth_options = next(c for c in space.choices if c.key == "depths").domains
+    best = None
+    for depths in itertools.product(*[d.options for d in depth_options]):
+        blocks = layout
+        if layout == "last-two-attention":   # EfficientFormer: attention only in the last blocks of the last stage
+            if depths[-1] < 3:
+                continue
+            blocks = [["Conv"] * d for d in depths[:-1]] + [["Conv"] * (depths[-1] - 2) + ["A", "A"]]
+        for eighths in range(4, 17):
+            widths = [max(16, round(w * eighths / 8 / 16) * 16) for w in space.base.widths]
+            data = dict(space.base_data, layout=blocks, depths=list(depths), widths=widths)
+            if mixers:
+                data["mixers"] = {**space.base_data.get("mixers", {}), **mixers}
+            check = space.check(data)
+            if check.error is not None or check.estimate.macs > budget:
+                continue
+            key = (check.estimate.macs, sum(depths))
+            if best is None or key > best[0]:
+                best = (key, check.data)
+    return None if best is None else dict(best[1], name=name.replace("-like", "").lower())
+
+
+def random_architectures(space, count: int, seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+
+    def suggest(_name, domain):
+        if domain.options is not None:
+            return rng.choice(domain.options)
+        return rng.randint(int(domain.low), int(domain.high))
+
+    out, seen = [], set()
+    for _ in range(count * 50):
+        data, drawn = space.sample(suggest)
+        key = json.dumps(drawn, sort_keys=True, default=str)
+        check = space.check(data)
+        if key in seen or check.error is not None or check.estimate.macs > space.budget_macs:
+            continue
+        seen.add(key)
+        out.append(dict(check.data, name=f"random{len(out)}"))
+        if len(out) == count:
+            break
+    return out
+
+
+def main() -> None:
+    global STAGE
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--results", default=str(REPO / "runs" / "search-quality"))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--space", default=str(REPO / "search" / "small_images.yaml"))
+    args = ap.parse_args()
+    scale = SCALES["quick" if args.quick else "full"]
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "protocol.json").write_text(json.dumps({"scale": scale, "data": args.data, "space": args.space},
+                                                      indent=2))
+    import torch
+
+    from composer.search import load_space, run
+    from composer.search.results import best_trial
+    from composer.train.command import eval_command, train_command
+    from composer.train.trial import prepare, train_spec
+
+    torch.set_num_threads(2)
+    space = load_space(args.space)
+    search_train = {"data": args.data, "subset": scale["search_subset"], "epochs": scale["search_epochs"],
+                    "val_fraction": scale["val_fraction"]}
+
+    # 1. searches -----------------------------------------------------------------------------------------------
+    STAGE = "search"
+    picks: dict[str, dict] = {}
+    trials_seen: list[dict] = []
+    for method, sampler in (("composer", "auto"), ("random-search", "random")):
+        for seed in scale["seeds"]:
+            tag = f"{method}-s{seed}"
+            t0, c0 = time.perf_counter(), _cpu_seconds()
+            result = run(args.space, objective="train", trials=scale["trials"], seed=seed, sampler=sampler,
+                         pruner="hyperband", run_dir=str(results / "search" / tag), progress=False, log=_quiet,
+                         train=search_train)
+            cost = _cached(results / "search" / tag / "cost.json", lambda t0=t0, c0=c0: {
+                "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - c0})
+            best = best_trial(result.study, result.settings)
+            picks[tag] = {"method": method, "seed": seed, "spec": dict(best.user_attrs["spec"], name=tag),
+                          "search_val": best.value, "cpu_hours": cost["cpu_s"] / 3600}
+            for t in result.study.get_trials(deepcopy=False):
+                if t.user_attrs.get("accuracy") is not None:
+                    trials_seen.append({"method": method, "seed": seed, "macs": t.user_attrs["macs"],
+                                        "val": t.user_attrs["accuracy"], "state": t.state.name})
+            print(f"search {tag}: pick {best.user_attrs['spec']['layout']} val {best.value:.4f}", flush=True)
+
+    # 2. hand layouts and random architectures at the search's schedule ---------------------------------------------
+    STAGE = "short"
+    candidates = {name: scaled_hand_layout(space, name) for name in scale["hand"]}
+    for name, data in candidates.items():
+        if data is None:
+            print(f"{name}: no width / depth within the budget fits; left out", flush=True)
+    archs = {name: {"method": "hand", "spec": data} for name, data in candidates.items() if data is not None}
+    for data in random_architectures(space, scale["random_archs"], seed=0):
+        archs[data["name"]] = {"method": "random-arch", "spec": data}
+    from composer.train import TrainSettings
+
+    settings = TrainSettings.model_validate({**{k: v for k, v in search_train.items() if k != "epochs"},
+                                             "recipe": {"epochs": scale["search_epochs"]}})
+    training = prepare(settings, space.base, seed=0)
+    for name, arch in archs.items():
+        def short(arch=arch):
+            small, size = space.at_size(arch["spec"], training.size)
+            return {"val": train_spec(small, training, size=size).accuracy}
+
+        arch["search_val"] = _cached(results / "short" / f"{name}.json", short)["val"]
+    for tag, pick in picks.items():
+        archs[tag] = pick
+    # which training-free proxy ranks this space as its training does (on the training split only)
+    from composer.search.proxy_check import proxy_check
+
+    proxies = _cached(results / "proxy-check.json", lambda: proxy_check(
+        args.space, train=search_train, samples=scale["proxy_samples"], run_dir=str(results / "proxy-check"),
+        log=_quiet).correlations)
+
+    # 3. final training (the test split is not opened here) -----------------------------------------------------
+    STAGE = "final"
+    final = {"data": args.data, "val_fraction": scale["val_fraction"], "epochs": scale["final_epochs"]}
+    if scale["final_subset"]:
+        final["subset"] = scale["final_subset"]
+    for name, arch in archs.items():
+        arch["runs"] = []
+        for seed in scale["final_seeds"]:
+            out = results / "final" / f"{name}-s{seed}"
+            if not (out / "model.safetensors").is_file():
+                train_command(arch["spec"], final, out=str(out), seed=seed, progress=False, log=_quiet)
+            arch["runs"].append({"seed": seed, "bundle": str(out)})
+
+    # 4. the test split, once per bundle ----------------------------------------------------------------------
+    STAGE = "test"
+    from composer.latency import measure
+
+    for name, arch in archs.items():
+        for run_ in arch["runs"]:
+            bundle = Path(run_["bundle"])
+            run_.update(_cached(bundle / "test.json", lambda bundle=bundle: {
+                "test": eval_command(str(bundle), split="test", log=_quiet)["top1"],
+                "val": yaml.safe_load((bundle / "train.yaml").read_text())["final"]["val_top1"]}))
+        from composer import estimate
+
+        est = estimate(arch["spec"])
+        arch.update(params=est.params, macs=est.macs)
+        arch["cpu_latency_ms"] = _cached(results / "latency" / f"{name}.json",
+                                         lambda arch=arch: {"ms": measure(arch["spec"], "cpu", 1)})["ms"]
+
+    # 5. report ------------------------------------------------------------------------------------------------
+    STAGE = "report"
+    report(results, archs, trials_seen, scale, proxies)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, proxies: list[dict]) -> None:
+    from scipy.stats import kendalltau
+
+    rand = [r["test"] for a in archs.values() if a["method"] == "random-arch" for r in a["runs"]]
+    rand_mean = statistics.fmean(rand) if rand else float("nan")
+    methods: dict[str, list] = {}
+    for name, arch in archs.items():
+        key = arch["method"] if arch["method"] in ("composer", "random-search", "random-arch") else name
+        methods.setdefault(key, []).append(arch)
+    rows = []
+    for key, members in methods.items():
+        tests = [r["test"] for a in members for r in a["runs"]]
+        mean, std = _mean_std(tests)
+        rows.append({"method": key, "test_mean": mean, "test_std": std, "runs": len(tests),
+                     "params": statistics.fmean(a["params"] for a in members),
+                     "macs": statistics.fmean(a["macs"] for a in members),
+                     "cpu_latency_ms": statistics.fmean(a["cpu_latency_ms"] for a in members),
+                     "relative_improvement_pct": 100 * (mean - rand_mean) / rand_mean if rand else None,
+                     "search_cpu_hours": sum(a.get("cpu_hours", 0.0) for a in members) or None})
+    pairs = [(a["search_val"], statistics.fmean(r["test"] for r in a["runs"])) for a in archs.values()]
+    tau = kendalltau([p[0] for p in pairs], [p[1] for p in pairs]).statistic if len(pairs) > 2 else float("nan")
+    out = {"scale": scale, "methods": rows, "kendall_tau_search_val_vs_test": tau, "proxy_check": proxies,
+           "published": PUBLISHED,
+           "architectures": archs, "trials": trials_seen}
+    (results / "results.json").write_text(json.dumps(out, indent=2, default=str))
+    lines = ["| method | test top-1 (mean ± std) | runs | params | MMACs | CPU ms | vs random archs | search "
+             "CPU-h |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["test_mean"]):
+        ri = f"{r['relative_improvement_pct']:+.2f}%" if r["relative_improvement_pct"] is not None else ""
+        cost = f"{r['search_cpu_hours']:.2f}" if r["search_cpu_hours"] else ""
+        lines.append(f"| {r['method']} | {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f} | {r['runs']} | "
+                     f"{r['params'] / 1e6:.3f}M | {r['macs'] / 1e6:.2f} | {r['cpu_latency_ms']:.2f} | {ri} | {cost} |")
+    for name, (acc, params) in PUBLISHED.items():
+        lines.append(f"| {name} (published) | {acc:.1f} | | {f'{params}M' if params else ''} | | | | |")
+    lines.append(f"\nKendall tau, search-time validation accuracy vs final test accuracy over {len(pairs)} "
+                 f"retrained architectures: {tau:+.3f}" if not math.isnan(tau) else "")
+    lines.append("\nproxy-check (the same space and data): " + ", ".join(
+        f"{p['proxy']} tau {p['kendall_tau']:+.2f}" for p in proxies if not math.isnan(p["kendall_tau"])))
+    (results / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(results / "accuracy_vs_macs.png", archs, trials_seen)
+    print("\n".join(lines), flush=True)
+
+
+def _plot(path: Path, archs: dict, trials_seen: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, marker in (("composer", "o"), ("random-search", "x")):
+        pts = [(t["macs"] / 1e6, t["val"]) for t in trials_seen if t["method"] == method]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, s=18, label=f"{method} trials (validation)")
+    front, best = [], -1.0
+    for macs, val in sorted((t["macs"] / 1e6, t["val"]) for t in trials_seen):
+        if val > best:
+            front.append((macs, val))
+            best = val
+    if front:
+        ax.step(*zip(*front), where="post", color="grey", lw=1, label="front")
+    for name, arch in archs.items():
+        if arch["method"] == "hand":
+            ax.scatter(arch["macs"] / 1e6, arch["search_val"], marker="*", s=90)
+            ax.annotate(name, (arch["macs"] / 1e6, arch["search_val"]), fontsize=7)
+    ax.set_xlabel("MMACs")
+    ax.set_ylabel("validation top-1 (search schedule)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
