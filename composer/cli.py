@@ -23,12 +23,13 @@ class UsageError(Exception):
 
 
 def _cmd_build(args) -> int:
-    from .composed import build
     from .plan import plan
     from .report import stage_table
 
-    p = plan(args.spec)
+    p = plan(args.spec)  # validated before torch is imported: a bad spec fails as fast as `composer validate`
     print(stage_table(p))
+    from .composed import build
+
     model = build(p, check_memory=not args.ignore_memory)
     built = sum(t.numel() for t in model.parameters())
     est = p.estimate()
@@ -52,7 +53,7 @@ def _cmd_validate(args) -> int:
             est = estimate(source)
         except SpecError as exc:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(exc.report(), file=sys.stderr)
             continue
         print(f"ok  {source}: {est}")
         too_big = memory_problem(est)
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (SpecError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(exc.report() if isinstance(exc, SpecError) else f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
