@@ -45,7 +45,7 @@ class Profile:
 
     def table(self) -> str:
         from .report import _table
-        from .spec.units import gmacs_cell
+        from .spec.units import gmacs_cell, value_cell
 
         has_fft = any(t.fft_macs for t in self.timings)
         header = ["batch", "latency ms", "min ms", "img/s", "GMACs/img", "GMAC/s"] + (["FFT GMACs/img"] if has_fft
@@ -53,7 +53,7 @@ class Profile:
         rows = [header]
         for t in self.timings:
             row = [str(t.batch_size), f"{t.latency_ms:.2f}", f"{t.min_ms:.2f}", f"{t.throughput:.1f}",
-                   gmacs_cell(t.macs), f"{t.gmacs_per_s:.1f}"]
+                   gmacs_cell(t.macs), value_cell(t.gmacs_per_s)]
             rows.append(row + ([gmacs_cell(t.fft_macs)] if has_fft else []))
         where = f"{self.device}, {self.threads} threads" if self.device == "cpu" else self.device
         title = (f"{self.name}  ({self.params:,} params, input {self.input_size}x{self.input_size}, {where}, "
