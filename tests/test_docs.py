@@ -266,10 +266,20 @@ def test_every_example_in_the_docs_runs(path, doc_folder):
         if block.marker == "no-test":
             assert block.argument, f"{block.where}: say why the block is not tested: <!-- no-test: REASON -->"
             continue
-        if not block.lang:
-            assert not re.match(r"\s*(\$\s*)?composer ", block.text), (
-                f"{block.where}: label this fence (```bash / ```console) so the commands run, or mark it no-test")
+        check_runnable(block)
         runner.run(block)
+
+
+def check_runnable(block: Block) -> None:
+    """A composer command or a shown output cannot hide from the runner: in an unlabelled fence, or under a
+    console command the runner cannot run (only composer commands run)."""
+    if not block.lang:
+        assert not re.match(r"\s*(\$\s*)?composer ", block.text), (
+            f"{block.where}: label this fence (```bash / ```console) so the commands run, or mark it no-test")
+    if block.lang == "console" and not block.runs_composer():
+        assert all(shown is None for _, shown in block.steps()), (
+            f"{block.where}: this console block shows output of a command the docs test cannot run; show a "
+            "composer command's output, or mark the block <!-- no-test: REASON -->")
 
 
 def test_markers_are_read_as_documented(tmp_path):
@@ -328,6 +338,14 @@ def test_a_text_block_is_a_checked_output_or_says_why_not(doc_folder):
         runner.run(Block(ROOT / "README.md", 9, "text", VALIDATED.replace("4.11G", "4.1G"), "output"))
     with pytest.raises(AssertionError, match="mark it <!-- output -->"):
         runner.run(Block(ROOT / "README.md", 13, "text", VALIDATED))
+
+
+def test_a_shown_output_of_a_command_that_cannot_run_says_why_it_is_not_checked():
+    check_runnable(Block(ROOT / "README.md", 1, "console", "$ bash benchmarks/gpu_run.sh   # no output shown\n"))
+    with pytest.raises(AssertionError, match="README.md:1: this console block shows output of a command"):
+        check_runnable(Block(ROOT / "README.md", 1, "console", "$ pip install composer-vision\nInstalled\n"))
+    with pytest.raises(AssertionError, match="label this fence"):
+        check_runnable(Block(ROOT / "README.md", 1, "", "$ composer list\n"))
 
 
 def test_a_block_headed_with_a_path_is_that_file(doc_folder):
