@@ -28,7 +28,7 @@ Markers, on the line right before the fence:
 * ``<!-- file: NAME -->``: a yaml block is also written to NAME in the document's folder;
 * ``<!-- exit: N -->``: the block's commands must exit with N instead of 0;
 * ``<!-- output -->`` before a ```text block: it must equal what the previous block printed;
-* ``<!-- excerpt -->`` before a block that claims to be a file: it is part of that file.
+* ``<!-- excerpt -->`` before a block that claims to be a file: it is part of that file (and is not run).
 
 Unlabelled fences that start with a composer command are rejected, so a runnable example cannot hide.
 """
@@ -151,7 +151,7 @@ def _without_comment(line: str) -> str:
 def check_claimed_file(block: Block) -> None:
     """A block headed ``# PATH`` is that file (or, marked excerpt, part of it in order)."""
     claimed = block.claimed_file()
-    if claimed is None:
+    if claimed is None or block.marker == "file":  # a file the document writes is that file by construction
         return
     path = ROOT / claimed
     assert path.is_file(), f"{block.where}: the block is headed {claimed!r}, but the repository has no such file"
@@ -181,11 +181,13 @@ class DocRunner:
 
     def run(self, block: Block) -> None:
         check_claimed_file(block)
+        if block.marker == "excerpt":  # part of a file, checked against it: it need not run or load on its own
+            return
         if block.lang == "python":
             self._python(block)
         elif block.lang in SHELLS and block.runs_composer():
             self._commands(block)
-        elif block.lang == "yaml" and block.marker != "excerpt":  # an excerpt need not be a whole spec
+        elif block.lang == "yaml":
             self._yaml(block)
         elif block.lang == "text":
             assert block.marker == "output", (
