@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .spec import SpecError
-from .spec.units import format_count
+from .spec.units import GMACS_HEADER, format_count, gmacs_cell, params_cell
 from .train.recipe import add_flags as add_train_flags
 from .train.recipe import flag_values as train_flag_values
 
@@ -25,12 +25,13 @@ class UsageError(Exception):
 
 
 def _cmd_build(args) -> int:
-    from .composed import build
     from .plan import plan
     from .report import stage_table
 
-    p = plan(args.spec)
+    p = plan(args.spec)  # validated before torch is imported: a bad spec fails as fast as `composer validate`
     print(stage_table(p))
+    from .composed import build
+
     model = build(p, check_memory=not args.ignore_memory)
     built = sum(t.numel() for t in model.parameters())
     est = p.estimate()
@@ -54,7 +55,7 @@ def _cmd_validate(args) -> int:
             est = estimate(source)
         except SpecError as exc:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(exc.report(), file=sys.stderr)
             continue
         print(f"ok  {source}: {est}")
         too_big = memory_problem(est)
@@ -73,13 +74,15 @@ def _cmd_list(args) -> int:
     from .spec.source import preset_names, space_names, space_search_path, spec_search_path
 
     load_plugins()
+    names, spaces = preset_names(), space_names()
+    width = max(map(len, names + spaces), default=0)  # the longest name still leaves its column
     print(f"presets ({', '.join(str(f) for f in spec_search_path())}):")
-    for name in preset_names():
+    for name in names:
         try:
             est = estimate(name)
-            print(f"  {name:<24} {est.params / 1e6:8.2f}M params  {est.macs / 1e9:7.3f} GMACs")
+            print(f"  {name:<{width}}  {params_cell(est.params):>11} params  {gmacs_cell(est.macs):>7} {GMACS_HEADER}")
         except SpecError as exc:
-            print(f"  {name:<24} invalid: {str(exc).splitlines()[0]}")
+            print(f"  {name:<{width}}  invalid: {str(exc).splitlines()[0]}")
     print("\nmixer symbols:")
     for symbol in sorted(SYMBOLS):
         for macro, entry in sorted(SYMBOLS[symbol].items(), key=lambda kv: kv[0] or ""):
@@ -103,15 +106,15 @@ def _cmd_list(args) -> int:
     print(f"\nsearch spaces ({', '.join(str(f) for f in space_search_path())}; composer search NAME):")
     from .search.space import DEFAULT_SPACE, load_space
 
-    for name in space_names():
+    for name in spaces:
         try:
             space = load_space(name)
         except SpecError as exc:
-            print(f"  {name:<24} invalid: {str(exc).splitlines()[0]}")
+            print(f"  {name:<{width}}  invalid: {str(exc).splitlines()[0]}")
             continue
         budget = f"budget {format_count(space.budget_macs)} MACs" if space.budget_macs else "no budget"
         default = " (the default of `composer search`)" if name == DEFAULT_SPACE else ""
-        print(f"  {name:<24} base {space.base.name}, {budget}, choices: "
+        print(f"  {name:<{width}}  base {space.base.name}, {budget}, choices: "
               f"{', '.join(c.key for c in space.choices)}{default}")
     return 0
 
@@ -522,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (SpecError, UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(exc.report() if isinstance(exc, SpecError) else f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .spec.units import gmacs_cell, params_cell
+
 CELL = """\
 name: check_{symbol}
 macro: {macro}
@@ -172,7 +174,7 @@ class _Kit:
         if p is None:
             return None
         est = p.estimate()
-        self.add("compile", where, "ok", f"{est.params / 1e6:.2f}M params, {est.macs / 1e9:.3f} GMACs")
+        self.add("compile", where, "ok", f"{params_cell(est.params)} params, {gmacs_cell(est.macs)} GMACs")
         try:
             torch.manual_seed(0)
             model = build(p)

@@ -45,6 +45,7 @@ class Profile:
 
     def table(self) -> str:
         from .report import _table
+        from .spec.units import gmacs_cell, value_cell
 
         has_fft = any(t.fft_macs for t in self.timings)
         header = ["batch", "latency ms", "min ms", "img/s", "GMACs/img", "GMAC/s"] + (["FFT GMACs/img"] if has_fft
@@ -52,8 +53,8 @@ class Profile:
         rows = [header]
         for t in self.timings:
             row = [str(t.batch_size), f"{t.latency_ms:.2f}", f"{t.min_ms:.2f}", f"{t.throughput:.1f}",
-                   f"{t.macs / 1e9:.4g}", f"{t.gmacs_per_s:.4g}"]
-            rows.append(row + ([f"{t.fft_macs / 1e9:.4g}"] if has_fft else []))
+                   gmacs_cell(t.macs), value_cell(t.gmacs_per_s)]
+            rows.append(row + ([gmacs_cell(t.fft_macs)] if has_fft else []))
         where = f"{self.device}, {self.threads} threads" if self.device == "cpu" else self.device
         title = (f"{self.name}  ({self.params:,} params, input {self.input_size}x{self.input_size}, {where}, "
                  f"eval, inference_mode)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .plan import EnsemblePlan, Plan
-from .spec.units import format_count
+from .spec.units import FFT_GMACS_HEADER, GMACS_HEADER, gmacs_cell, params_cell
 
 
 def _table(rows: list[list[str]], align: str) -> str:
@@ -21,11 +21,11 @@ def ensemble_table(p: EnsemblePlan) -> str:
     """One row per member (its layout, params, GMACs, FFT GMACs) and the ensemble's totals (their sums)."""
     est = p.estimate()
     has_fft = est.fft_macs > 0
-    header = ["member", "spec", "layout", "params", "GMACs"] + (["FFT GMACs"] if has_fft else [])
+    header = ["member", "spec", "layout", "params", GMACS_HEADER] + ([FFT_GMACS_HEADER] if has_fft else [])
 
     def row(index, name, layout, e):
-        r = [index, name, layout, f"{e.params:,}", f"{e.macs / 1e9:.3f}"]
-        return r + ([f"{e.fft_macs / 1e9:.3f}"] if has_fft else [])
+        r = [index, name, layout, params_cell(e.params), gmacs_cell(e.macs)]
+        return r + ([gmacs_cell(e.fft_macs)] if has_fft else [])
 
     rows = [header]
     for i, (member, m) in enumerate(zip(p.members, est.members)):
@@ -35,8 +35,8 @@ def ensemble_table(p: EnsemblePlan) -> str:
     spec = p.spec
     title = (f"{spec.name or 'ensemble'}  (ensemble of {len(p.members)}: mean of the members' logits, input "
              f"{spec.input_size}x{spec.input_size}, {spec.num_classes} classes)")
-    foot = (f"MACs = multiply-accumulates at batch 1, summed over the members: {format_count(est.macs)}"
-            + (f" + {format_count(est.fft_macs)} in FFTs" if has_fft else ""))
+    foot = "MACs = multiply-accumulates at batch 1, summed over the members" + (
+        " (FFTs apart)" if has_fft else "")
     return f"{title}\n{_table(rows, 'lllrr' + ('r' if has_fft else ''))}\n{foot}"
 
 
@@ -47,11 +47,12 @@ def stage_table(p: Plan | EnsemblePlan) -> str:
         return ensemble_table(p)
     est = p.estimate()
     has_fft = est.fft_macs > 0
-    header = ["stage", "mixer", "depth", "width", "feature map", "params", "GMACs"] + (["FFT GMACs"] if has_fft else [])
+    header = ["stage", "mixer", "depth", "width", "feature map", "params", GMACS_HEADER] + (
+        [FFT_GMACS_HEADER] if has_fft else [])
 
     def row(stage, mixer, depth, width, fmap, cost):
-        r = [stage, mixer, depth, width, fmap, f"{cost.params:,}", f"{cost.macs / 1e9:.3f}"]
-        return r + ([f"{cost.fft_macs / 1e9:.3f}"] if has_fft else [])
+        r = [stage, mixer, depth, width, fmap, params_cell(cost.params), gmacs_cell(cost.macs)]
+        return r + ([gmacs_cell(cost.fft_macs)] if has_fft else [])
 
     stem = p.node("stem")
     rows = [header, row("stem", "-", "-", str(stem["out_shape"][0]),
@@ -61,10 +62,9 @@ def stage_table(p: Plan | EnsemblePlan) -> str:
                         f"{s.feature_map[0]}x{s.feature_map[1]}", s.cost))
     rows.append(row("head", p.spec.head.type if p.spec.num_classes else "none", "-",
                     str(p.spec.num_classes or "-"), "1x1", est.head))
-    total = ["total", "", str(sum(p.spec.depths)), "", "", f"{est.params:,}", f"{est.macs / 1e9:.3f}"]
-    rows.append(total + ([f"{est.fft_macs / 1e9:.3f}"] if has_fft else []))
+    total = ["total", "", str(sum(p.spec.depths)), "", "", params_cell(est.params), gmacs_cell(est.macs)]
+    rows.append(total + ([gmacs_cell(est.fft_macs)] if has_fft else []))
     title = (f"{p.spec.name or 'spec'}  (macro {p.spec.macro}, input {p.spec.input_size}x{p.spec.input_size}, "
              f"{p.spec.num_classes} classes)")
-    foot = (f"MACs = multiply-accumulates at batch 1 (paper 'FLOPs'): {format_count(est.macs)}"
-            + (f" + {format_count(est.fft_macs)} in FFTs" if has_fft else ""))
+    foot = "MACs = multiply-accumulates at batch 1 (paper 'FLOPs')" + (", FFTs apart" if has_fft else "")
     return f"{title}\n{_table(rows, 'llrrrrr' + ('r' if has_fft else ''))}\n{foot}"

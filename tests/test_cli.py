@@ -38,7 +38,7 @@ def test_validate_reports_every_invalid_file(run_cli, write_spec):
 def test_list_shows_presets_symbols_and_parameters(run_cli):
     code, out, _ = run_cli("list")
     assert code == 0
-    assert "caformer_s18" in out and "26.34M" in out
+    assert "caformer_s18" in out and "26,341,656 params    4.107 GMACs" in out
     assert "Conv     -> sep_conv" in out
     assert "kernel_size=7" in out and "head_dim=32" in out
     assert "metaformer" in out
@@ -51,6 +51,15 @@ def test_list_shows_the_search_spaces_one_line_each(run_cli):
     assert [line.split()[0] for line in spaces] == ["hornet_orders", "hyenapixel_stages", "metaformer_s18",
                                                    "small_images", "transnext_micro", "transnext_table9"]
     assert "base caformer_s18, budget 5.00G MACs" in spaces[2] and "default of `composer search`" in spaces[2]
+
+
+def test_list_columns_are_as_wide_as_the_longest_name(run_cli):
+    _, out, _ = run_cli("list")
+    presets = out[:out.index("\n\n")].splitlines()[1:]
+    longest = max(len(line.split()[0]) for line in presets)
+    assert longest == len("ensemble_hpx_hb_conv_ca_s18")
+    # every preset's figures start in one column, however long its name
+    assert len({line.index(line.split()[1]) + len(line.split()[1]) for line in presets}) == 1, presets
 
 
 def test_version(run_cli, capsys):

@@ -27,7 +27,7 @@ CASES = {
     "depths and widths disagree": (BASE.replace("[3, 3, 9, 3]", "[3, 3, 9]"),
                                    ["spec.yaml:3:", "depths", "3 stages", "widths has 4"]),
     "layout has too few stages": (BASE.replace("Conv-Conv-A-A", "Conv-Conv-A"),
-                                  ["spec.yaml:4:", "layout", "3 stages", "one symbol per stage"]),
+                                  ["spec.yaml:4:", "layout", "3 stages", "one entry per stage"]),
     "per-block list of wrong length": (BASE.replace("Conv-Conv-A-A", "[Conv, Conv, [A, M], A]"),
                                        ["spec.yaml:4:", "layout[2]", "2 mixers", "depths[2] is 9"]),
     "width not divisible by head_dim": (BASE.replace("320", "300"),
@@ -94,6 +94,33 @@ def test_a_union_mismatch_is_reported_once(run_cli, write_spec, monkeypatch):
     monkeypatch.chdir(path.parent)
     _, _, err = run_cli("validate", path.name)
     assert err.count("\n") == 1, err  # one line: the list item, not also "layout should be a string"
+
+
+@pytest.mark.parametrize("command", ["validate", "build"])
+def test_a_stage_count_mismatch_names_every_field_at_its_line_each_an_error(command, run_cli, write_spec,
+                                                                              monkeypatch):
+    # the user edited widths (line 2) down to three stages: depths (3) and layout (4) still have four
+    path = write_spec(BASE.replace("[64, 128, 320, 512]", "[64, 128, 320]"))
+    monkeypatch.chdir(path.parent)
+    code, out, err = run_cli(command, path.name)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "error: spec.yaml:2: widths: has 3 stages but depths has 4 and layout has 4; widths, depths and layout need "
+        "one entry per stage",
+        "error: spec.yaml:3: depths: has 4 stages but widths has 3 and layout has 4; widths, depths and layout need "
+        "one entry per stage",
+        "error: spec.yaml:4: layout: has 4 stages but widths has 3 and depths has 4; widths, depths and layout need "
+        "one entry per stage"]
+
+
+def test_build_validates_before_it_imports_torch(write_spec):
+    # a fresh interpreter: a bad spec is refused as fast as `composer validate` refuses it
+    path = write_spec(BASE.replace("[64, 128, 320, 512]", "[64, 128, 320]"))
+    code = ("import sys\nfrom composer.cli import main\n"
+            f"rc = main(['build', {str(path)!r}])\nprint(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert out.stderr.count("error: ") == 3
 
 
 def test_there_are_at_least_fifteen_distinct_broken_specs():

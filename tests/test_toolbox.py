@@ -347,7 +347,7 @@ def test_profile_a_tiny_spec_on_cpu(run_cli, write_spec):
     for batch, latency, minimum, per_s, gmacs, gmac_s in ((int(r[0]), *map(float, r[1:])) for r in rows):
         assert latency > 0 and 0 < minimum <= latency and per_s > 0 and gmac_s > 0
         assert per_s == pytest.approx(batch / latency * 1e3, rel=0.02)
-        assert gmacs == pytest.approx(est.macs / 1e9, rel=1e-3)
+        assert gmacs == pytest.approx(est.macs / 1e9, abs=5e-4)  # GMACs to three decimals, as every table
         assert gmac_s == pytest.approx(est.macs * batch / latency / 1e6, rel=0.02, abs=1e-3)
 
 

@@ -27,3 +27,14 @@ def test_format_count():
     assert format_count(4_106_941_440) == "4.11G"
     assert format_count(26_341_656, digits=1) == "26.3M"
     assert format_count(512) == "512"
+
+
+def test_every_table_shows_params_exact_gmacs_to_three_decimals_and_values_to_four_digits():
+    from composer.spec.units import gmacs_cell, params_cell, value_cell
+
+    assert params_cell(26_341_656) == "26,341,656" and params_cell(0) == "0"
+    # one format down a column: never 4.34 beside 4.363, never 0G
+    assert [gmacs_cell(m) for m in (4_340_000_000, 4_363_000_000, 0, 176_900_000)] == ["4.340", "4.363", "0.000",
+                                                                                       "0.177"]
+    assert gmacs_cell(183_000_000, sign=True) == "+0.183" and gmacs_cell(-5e8, sign=True) == "-0.500"
+    assert [value_cell(v) for v in (218.0, 218.2, 0.9, 91.984)] == ["218.0", "218.2", "0.9000", "91.98"]

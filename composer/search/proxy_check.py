@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..spec import SpecError
 from ..spec.errors import Problem
+from ..spec.units import gmacs_cell, params_cell
 from .space import SearchSpace, load_space
 
 PROXIES = ("naswot", "gradnorm", "zico", "params", "macs", "latency_ms")
@@ -212,7 +213,7 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
             handle.flush()
             rows.append(row)
             log(f"  sample {i + 1}/{len(drawn_samples)}: accuracy {row['accuracy']:.3f}, naswot {row['naswot']:.1f}, "
-                f"zico {row['zico']:.1f}, {row['params'] / 1e6:.2f}M params, {row['macs'] / 1e9:.3f} GMACs "
+                f"zico {row['zico']:.1f}, {params_cell(row['params'])} params, {gmacs_cell(row['macs'])} GMACs "
                 f"({row['seconds']:.1f} s)")
     proxies = [p for p in PROXIES if p != "latency_ms" or latency]
     correlations = _correlations(rows, proxies)

@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..spec import dump_spec, load_spec
-from ..spec.units import format_count
+from ..spec.units import GMACS_HEADER, format_count, gmacs_cell, params_cell, value_cell
 from .results import Settings, best_trial, maximize, pareto_front, trials_table
 
 
@@ -81,9 +81,9 @@ def _row(t, settings) -> str:
     spec = t.user_attrs.get("spec", {})
     layout = spec.get("layout")
     layout = layout if isinstance(layout, str) else "-".join(map(str, layout or []))
-    values = " ".join(f"{v:>10.4g}" for v in t.values)
-    return (f"{t.number:>5} {values} {t.user_attrs['macs'] / 1e9:>7.3f} {t.user_attrs['params'] / 1e6:>8.2f} "
-            f"{t.user_attrs['slack_macs'] / 1e9:>+7.3f}  {layout:<24} {spec.get('depths')}")
+    values = " ".join(f"{value_cell(v):>10}" for v in t.values)
+    return (f"{t.number:>5} {values} {gmacs_cell(t.user_attrs['macs']):>7} {params_cell(t.user_attrs['params']):>11} "
+            f"{gmacs_cell(t.user_attrs['slack_macs'], sign=True):>7}  {layout:<24} {spec.get('depths')}")
 
 
 def _keep_earlier(path: Path, rows: int) -> None:
@@ -147,7 +147,7 @@ def write_report(study: optuna.Study, settings: Settings, run_dir: Path, space) 
              f"{counts[TrialState.PRUNED]} pruned), {_failed(trials, counts)}, "
              f"{counts[TrialState.RUNNING]} running; {len(feasible)} feasible, {len(built)} models built, "
              f"{len(over)} over-budget models built",
-             f"{'trial':>5} {head} {'GMACs':>7} {'Mparams':>8} {'slack':>7}  {'layout':<24} depths"]
+             f"{'trial':>5} {head} {GMACS_HEADER:>7} {'params':>11} {'slack':>7}  {'layout':<24} depths"]
     lines += [_row(t, settings) for t in shown]
     if specs:
         lines.append(f"{'best spec' if len(specs) == 1 else 'Pareto specs'}: "

@@ -410,10 +410,17 @@ def _check_options(space_base: Spec, base_data: dict, choice: Choice, problems: 
             try:
                 validate_data(data, Locations())
             except SpecError as exc:
-                msg = exc.problems[0].message if exc.problems else str(exc)
+                msg = _message_about(exc, choice.path[:1])
                 where = key_path + ((i, j) if _is_per_stage_form(choice) else (j,))
                 problems.add(where, f"option {value!r}{f' (stage {i})' if choice.per_stage else ''}: {msg}")
                 return
+
+
+def _message_about(exc: SpecError, field: tuple) -> str:
+    """The message of the problem an option caused: the one at the option's own field (a layout of three stages
+    in a four-stage base also makes widths and depths disagree with it), else the first."""
+    here = [p for p in exc.problems if tuple(p.path[:len(field)]) == tuple(field)]
+    return (here or exc.problems)[0].message if exc.problems else str(exc)
 
 
 def whole_label(value: Any) -> Any:
@@ -473,7 +480,7 @@ def _whole_choice(key: str, path: tuple, value: Mapping, base: Spec, base_data: 
         try:
             validate_data(data, Locations())
         except SpecError as exc:
-            msg = exc.problems[0].message if exc.problems else str(exc)
+            msg = _message_about(exc, path[:1])
             problems.add(here, f"whole value {option!r}: {msg}")
             return None
     if path == ("layout",):   # whole layouts, as the layout: [A-A-A-M, ...] form gives them
@@ -535,7 +542,7 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
                 try:
                     validate_data({**copy.deepcopy(base_data), "layout": option}, Locations())
                 except SpecError as exc:
-                    msg = exc.problems[0].message if exc.problems else str(exc)
+                    msg = _message_about(exc, ("layout",))
                     problems.add(where + (j,), f"layout {option!r}: {msg}")
             choices.append(Choice(str(key), path, False, [Domain(options=list(value))], whole_layouts=True))
             continue

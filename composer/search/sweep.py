@@ -18,6 +18,7 @@ from typing import Any
 
 from ..spec import SpecError
 from ..spec.errors import Problem
+from ..spec.units import FFT_GMACS_HEADER, GMACS_HEADER, gmacs_cell, params_cell, value_cell
 from .space import Domain, SearchSpace, load_space
 
 MAX_POINTS = 10_000
@@ -81,7 +82,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return value_cell(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_cell(v) for v in value) + "]"
     return str(value)
@@ -112,17 +113,19 @@ def write_tables(study, space: SearchSpace, objectives: list[str], run_dir: Path
         writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows)
-    shown = [k for k in keys if k not in ("trial", "name")]
-    lines = [f"| {' | '.join(shown)} |", "|" + "|".join("---:" if k in ("params", "macs", "fft_macs") else "---"
-                                                       for k in shown) + "|"]
+    no_fft = all(not r.get("fft_macs") for r in rows)  # a column of zeros says nothing: shown only where FFTs are
+    shown = [k for k in keys if k not in ("trial", "name") and not (k == "fft_macs" and no_fft)]
+    headers = {"macs": GMACS_HEADER, "fft_macs": FFT_GMACS_HEADER}
+    lines = [f"| {' | '.join(headers.get(k, k) for k in shown)} |",
+             "|" + "|".join("---:" if k in ("params", "macs", "fft_macs") else "---" for k in shown) + "|"]
     for r in rows:
         cells = []
         for k in shown:
             v = r.get(k)
             if k == "params" and v is not None:
-                cells.append(f"{v:,}")
+                cells.append(params_cell(v))
             elif k in ("macs", "fft_macs") and v is not None:
-                cells.append(f"{v / 1e9:.4g}G")
+                cells.append(gmacs_cell(v))
             else:
                 cells.append(_cell(v))
         lines.append(f"| {' | '.join(cells)} |")

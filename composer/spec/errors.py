@@ -49,6 +49,11 @@ class SpecError(ValueError):
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
 
+    def report(self) -> str:
+        """The text the command line prints: one ``error: `` line per problem, so none of them reads as the
+        continuation of another."""
+        return "\n".join(f"error: {p}" for p in self.problems)
+
     @classmethod
     def at(cls, path: Sequence, message: str, locator=None) -> SpecError:
         """An error at ``path``; ``locator`` (a :class:`~composer.spec.source.Locations`) adds file:line."""

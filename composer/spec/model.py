@@ -173,13 +173,25 @@ def unknown_symbol_message(symbol: str, macro: str, user_symbols: list[str]) -> 
             f"(or define it under mixers: with a type)")
 
 
+def stage_count_disagreement(counts: dict[str, int]) -> list[Problem]:
+    """One problem per field when ``widths``, ``depths`` and ``layout`` give different numbers of stages: the
+    spec does not say which one is right (the one just edited, usually), so each is named at its own line."""
+    if len(set(counts.values())) <= 1:
+        return []
+    def others(field: str) -> str:
+        return " and ".join(f"{other} has {count}" for other, count in counts.items() if other != field)
+
+    return [Problem(f"has {count} stages but {others(field)}; widths, depths and layout need one entry per stage",
+                    (field,)) for field, count in counts.items()]
+
+
 def check_spec(spec: Spec) -> list[Problem]:
     """Cross-field checks: stage counts agree, every symbol is known, per-stage lists fit."""
     problems: list[Problem] = []
     n = len(spec.widths)
-    if len(spec.depths) != n:
-        problems.append(Problem(f"has {len(spec.depths)} stages but widths has {n}; give one depth per stage",
-                                ("depths",)))
+    stages = parse_layout(spec.layout)
+    problems += stage_count_disagreement({"widths": n, "depths": len(spec.depths), "layout": len(stages)})
+    counts_agree = not problems
     macro = MACROS[spec.macro]
     if not macro.empty_stages:
         for i, depth in enumerate(spec.depths):
@@ -190,12 +202,7 @@ def check_spec(spec: Spec) -> list[Problem]:
     if spec.downsample_ratio is not None and not macro.downsample_expands:
         problems.append(Problem(f"macro {spec.macro} downsamples with a plain conv, which has no expansion ratio; "
                                 "remove downsample_ratio (macro lowformer has one)", ("downsample_ratio",)))
-    stages = parse_layout(spec.layout)
     layout_text = spec.layout if isinstance(spec.layout, str) else None
-    if len(stages) != n:
-        problems.append(Problem(
-            f"has {len(stages)} stages ({'-'.join(map(str, stages))}) but widths has {n}; write one "
-            f"symbol per stage, e.g. {'-'.join(['Conv'] * n)}", ("layout",)))
     user_symbols = list(spec.mixers)
     for i, entry in enumerate(stages):
         symbols = entry if isinstance(entry, list) else [entry]
@@ -213,6 +220,8 @@ def check_spec(spec: Spec) -> list[Problem]:
                                                                      else ("layout", i))
                 where = f"stage {i}: " if layout_text is not None else ""
                 problems.append(Problem(where + unknown_symbol_message(symbol, spec.macro, user_symbols), path))
+    if not counts_agree:  # the number of stages is unknown: per-stage lists cannot be judged against it
+        return problems
     for field in ("res_scale", "layer_scale", "downsample_ratio"):
         msg = stage_count_problem(getattr(spec, field), n)
         if msg:

@@ -1,4 +1,5 @@
-"""Human units for counts: ``5GFLOPs``, ``4.1G``, ``30M``, ``1.5e9``, ``800K params``.
+"""Human units for counts: ``5GFLOPs``, ``4.1G``, ``30M``, ``1.5e9``, ``800K params``; and the one way every table
+the command line prints shows params and MACs (:func:`params_cell`, :func:`gmacs_cell`).
 
 Magnitudes are decimal (K=1e3, M=1e6, G=1e9, T=1e12), as papers use them. A FLOP here is a MAC
 (see docs/flop-conventions.md), so ``5GFLOPs`` and ``5GMACs`` both mean 5e9 multiply-accumulates.
@@ -63,3 +64,26 @@ def format_count(n: float, unit: str = "", digits: int = 2) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.{digits}f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
+
+
+# Every table the command line prints (build, list, sweep, the search summary, profile) shows a count the same way:
+# parameters exact, as the presets are checked against the papers to the unit; MACs in a column headed GMACS_HEADER
+# with three decimals, so a column never mixes 4.34 with 4.363, nor prints 0G.
+GMACS_HEADER = "GMACs"
+FFT_GMACS_HEADER = "FFT GMACs"
+
+
+def params_cell(n: float) -> str:
+    """``26341656`` -> ``26,341,656``."""
+    return f"{round(n):,}"
+
+
+def gmacs_cell(n: float, sign: bool = False) -> str:
+    """``4_106_941_440`` -> ``4.107`` (GMACs, three decimals); ``sign`` for a difference such as budget slack."""
+    return f"{n / 1e9:{'+' if sign else ''}.3f}"
+
+
+def value_cell(value: float) -> str:
+    """An objective's value (a proxy score, an accuracy, ms): four significant digits, trailing zeros kept, so a
+    column shows ``218.0`` beside ``218.2``, never ``218``."""
+    return f"{value:#.4g}"
