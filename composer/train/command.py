@@ -276,14 +276,14 @@ def train_best(run_dir: str, top: int, flags: dict, *, seed: int = 0, test: bool
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    from ..spec.units import format_count
+    from ..spec.units import GMACS_HEADER, gmacs_cell, params_cell
 
     test_head = f"{'test':>8}" if test else ""
-    log(f"{'rank':>4} {'trial':>5} {'search val':>10} {'val':>7}{test_head} {'params':>8} {'MACs':>8}  layout")
+    log(f"{'rank':>4} {'trial':>5} {'search val':>10} {'val':>7}{test_head} {'params':>12} {GMACS_HEADER:>7}  layout")
     for r in sorted(rows, key=lambda r: -r["val_top1"]):
         test_cell = f"{r['test_top1']:>8.4f}" if test else ""
         log(f"{r['rank']:>4} {r['trial']:>5} {r['search_val_top1']:>10.4f} {r['val_top1']:>7.4f}{test_cell} "
-            f"{format_count(r['params']):>8} {format_count(r['macs']):>8}  {r['layout']}")
+            f"{params_cell(r['params']):>12} {gmacs_cell(r['macs']):>7}  {r['layout']}")
     log(f"leaderboard: {path}")
     return path
 

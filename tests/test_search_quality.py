@@ -1,0 +1,40 @@
+"""benchmarks/search_quality.py --quick runs end to end, and no stage before the final evaluation opens a file of
+the test split (an audit hook records the stage of every open)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from conftest import ROOT, write_idx_set
+
+
+def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(tmp_path):
+    spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = write_idx_set(tmp_path / "fm", n_train=400, n_test=60)
+    opened: list[str] = []
+    watching = [True]
+
+    def hook(event, args):
+        if watching[0] and event == "open" and args and "t10k" in str(args[0]):
+            opened.append(module.STAGE)
+
+    sys.addaudithook(hook)
+    try:
+        results = module.main(["--quick", "--data", f"fashion-mnist:{data}", "--results", str(tmp_path / "sq")])
+    finally:
+        watching[0] = False
+    assert opened and set(opened) == {"test"}   # read, and only by the final evaluation
+    out = json.loads((results / "results.json").read_text())
+    methods = {row["method"] for row in out["methods"]}
+    assert {"composer", "random-search", "random-arch", "ConvFormer-like", "EfficientFormer-like"} <= methods
+    assert all(0 <= row["test_mean"] <= 1 for row in out["methods"])
+    assert (results / "accuracy_vs_macs.png").stat().st_size > 1000
+    assert "proxy-check" in (results / "results.md").read_text()
+    # resumable: a second run reuses every cached stage and trains nothing
+    before = sorted(p.name for p in (results / "final").iterdir())
+    module.main(["--quick", "--data", f"fashion-mnist:{data}", "--results", str(tmp_path / "sq")])
+    assert sorted(p.name for p in (results / "final").iterdir()) == before
