@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import paths
 from ..nn.layers import ACTIVATIONS
 
 _ACT_TYPES = tuple({cls for cls in ACTIVATIONS.values() if isinstance(cls, type)} | {nn.ReLU, nn.GELU, nn.SiLU})
@@ -175,22 +176,37 @@ def natural_size(source: str) -> int:
     """The resolution a dataset comes at: 8 for digits, the smaller side of an ImageFolder's first image."""
     if source == "digits":
         return DIGITS_SIZE
-    from pathlib import Path
-
     from PIL import Image
 
-    root = Path(source)
-    if not root.is_dir():
-        raise ValueError(f"--data: {source!r} is neither 'digits' nor an ImageFolder directory "
+    root = image_folder(source)
+
+    def first_size() -> int | None:
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            for image in sorted(folder.iterdir()):
+                try:
+                    with Image.open(image) as img:
+                        return min(img.size)
+                except OSError:  # not an image: ImageFolder skips it too
+                    continue
+        return None
+
+    size = paths.guarded(DATA_AT, root, first_size, "cannot read it")
+    if size is None:
+        raise ValueError(f"--data: no images in the class folders of {source!r}")
+    return size
+
+
+DATA_AT = paths.At("--data")
+
+
+def image_folder(source: str):
+    """The ImageFolder ``--data`` names, through composer.paths: a name the OS refuses, a folder that cannot be
+    listed, is a located error; a path that is no folder gets the hint of what --data takes."""
+    path = paths.check_name(source, DATA_AT)
+    if not paths.guarded(DATA_AT, path, path.is_dir):
+        raise ValueError(f"--data: {paths.shown(source)!r} is neither 'digits' nor an ImageFolder directory "
                          "(one sub-folder of images per class)")
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for image in sorted(folder.iterdir()):
-            try:
-                with Image.open(image) as img:
-                    return min(img.size)
-            except OSError:  # not an image: ImageFolder skips it too
-                continue
-    raise ValueError(f"--data: no images in the class folders of {source!r}")
+    return paths.readable_folder(path, DATA_AT)
 
 
 def default_train_size(natural: int, stride: int, input_size: int) -> int:
@@ -212,17 +228,17 @@ def load_dataset(source: str, size: int, in_chans: int, seed: int = 0, val_fract
         y = torch.tensor(digits.target, dtype=torch.long)
         classes = 10
     else:
-        from pathlib import Path
-
         from torchvision import datasets, transforms
 
-        if not Path(source).is_dir():
-            raise ValueError(f"--data: {source!r} is neither 'digits' nor an ImageFolder directory "
-                             "(one sub-folder of images per class)")
+        root = image_folder(source)
         tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
                                  transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-        folder = datasets.ImageFolder(source, transform=tf)
-        xs, ys = zip(*(folder[i] for i in range(len(folder))))
+
+        def read_images():
+            folder = datasets.ImageFolder(str(root), transform=tf)
+            return folder, zip(*(folder[i] for i in range(len(folder))))
+
+        folder, (xs, ys) = paths.guarded(DATA_AT, root, read_images, "cannot read it")
         x, y = torch.stack(xs), torch.tensor(ys)
         classes = len(folder.classes)
     if x.shape[1] != in_chans:

@@ -138,7 +138,7 @@ def proxy_check(space, *, data: str = "digits", samples: int = 20, epochs: int =
 
     from ..composed import compose
     from .objectives import load_dataset, proxy_scores, train_and_validate
-    from .study import _count, _train_size
+    from .study import _count, _train_size, prepare_run_dir
 
     t_start = time.perf_counter()
     space = load_space(space)
@@ -154,13 +154,7 @@ def proxy_check(space, *, data: str = "digits", samples: int = 20, epochs: int =
     except ValueError as exc:
         raise SpecError(Problem(str(exc), ())) from None
     space.base_data["num_classes"] = dataset.num_classes
-    run_path = Path(run_dir or Path("runs") / f"{space.name}-proxy-check")
-    try:
-        run_path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise SpecError(Problem(f"--run-dir {run_path} is a file, not a folder", ())) from None
-    except OSError as exc:
-        raise SpecError(Problem(f"--run-dir {run_path}: cannot write there ({exc.strerror or exc})", ())) from None
+    run_path = prepare_run_dir(run_dir or Path("runs") / f"{space.name}-proxy-check")
     drawn_samples = draw_samples(space, samples, seed, macs, params)
     if len(drawn_samples) < samples:
         log(f"note: only {len(drawn_samples)} distinct valid samples within the budget were found")

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from ..latency import parse_latency
 from ..mixers import MIXERS, resolve_symbol
+from ..paths import At
 from ..perstage import first_message, pick
 from ..plan import Estimate, estimate, walk
 from ..spec import Spec, SpecError, load_spec, spec_to_data, validate_data
@@ -56,6 +57,7 @@ from ..spec.source import (
     resolve_extends,
     space_names,
     space_search_path,
+    spec_file,
 )
 from ..spec.units import parse_count
 
@@ -323,9 +325,7 @@ def _domain(value: Any, path: tuple, problems: _Problems) -> Domain | None:
 def _load_base(raw: Any, locs: Locations, space_dir: Path) -> tuple[Spec, dict]:
     if isinstance(raw, str):
         if looks_like_path(raw):
-            path = space_dir / raw
-            if not path.is_file():
-                raise SpecError.at(("base",), f"no such spec file: {raw} (looked for {path})", locs)
+            path = spec_file(raw, space_dir, At("base", ("base",), locs))
             data, base_locs = read_spec_file(path, os.path.relpath(path))
             data, base_locs = resolve_extends(data, base_locs, path.parent, (str(path.resolve()),))
             spec = validate_data(data, base_locs, default_name=path.stem)
