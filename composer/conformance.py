@@ -410,40 +410,70 @@ def _with(data: dict, path: tuple, value) -> dict:
     return out
 
 
-def hostile_cases(kind: str, name: str) -> list[tuple[str, str]]:
-    """(what is set, spec YAML) for every numeric field of ``name`` in registry ``kind`` (``mixer``,
-    ``channel_mixer`` or ``macro``) and every hostile value of its kind, in the small network: a mixer type as
-    symbol X in every stage; a channel mixer and the spec's own fields (widths, depths, head, norms, ...) in every
-    macro with identity token mixers."""
-    import yaml
-
+def _registry(kind: str):
     from composer.channel import CHANNEL_MIXERS
+    from composer.macro import MACROS
     from composer.mixers import MIXERS
 
+    registries = {"mixer": MIXERS, "channel_mixer": CHANNEL_MIXERS, "macro": MACROS}
+    if kind not in registries:
+        raise ValueError(f"kind must be mixer, channel_mixer or macro, got {kind!r}")
+    return registries[kind]
+
+
+_FIELDS: dict = {}
+
+
+def hostile_fields(kind: str, name: str) -> tuple[dict, list[tuple[tuple, str]]]:
+    """(the small network's data, [(field path in it, ``integer`` | ``number``)]) for ``name`` in registry ``kind``
+    (``mixer``, ``channel_mixer`` or ``macro``): a mixer type as symbol X in every stage; a channel mixer, or the
+    spec's own fields (widths, depths, head, norms, ...) under a macro, with identity token mixers. Memoized per
+    registry state (JSON Schemas take a while to make)."""
+    from composer.channel import CHANNEL_MIXERS
+    from composer.macro import MACROS
+    from composer.mixers import MIXERS
+
+    key = (kind, name, MIXERS.version, CHANNEL_MIXERS.version, MACROS.version)
+    if key in _FIELDS:
+        return _FIELDS[key]
+    entry = _registry(kind).lookup(name)
     if kind == "mixer":
         base = {**SMALL, "macro": "metaformer", "layout": "X-X-X-X", "mixers": {"X": {"type": name}}}
-        fields = [(("mixers", "X") + path, k) for path, k in numeric_fields(MIXERS[name].model_json_schema())]
+        fields = [(("mixers", "X") + path, k) for path, k in numeric_fields(entry.model_json_schema())]
     elif kind == "channel_mixer":
         base = {**SMALL, "macro": "metaformer", "layout": "Id-Id-Id-Id", "channel_mixer": {"type": name}}
-        fields = [(("channel_mixer",) + path, k) for path, k in
-                  numeric_fields(CHANNEL_MIXERS[name].model_json_schema())]
-    elif kind == "macro":
-        from composer.macro import MACROS
+        fields = [(("channel_mixer",) + path, k) for path, k in numeric_fields(entry.model_json_schema())]
+    else:
         from composer.spec.model import Spec
 
         base = {**SMALL, "macro": name, "layout": "Id-Id-Id-Id"}
-        head = MACROS[name].spec_defaults(dict(base)).get("head")
+        head = entry.spec_defaults(dict(base)).get("head")
         if isinstance(head, dict) and head.get("widths"):  # a head of its own widths (efficientvit): small too
             base["head"] = {"widths": SMALL["widths"][-1:] * 2}
         fields = numeric_fields(Spec.model_json_schema(), ("type", "mixers", "channel_mixer"))
-    else:
-        raise ValueError(f"kind must be mixer, channel_mixer or macro, got {kind!r}")
-    cases = []
-    for path, number_kind in fields:
-        for value in HOSTILE_NUMBERS if number_kind == "number" else HOSTILE_INTEGERS:
-            label = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-            cases.append((f"{label} = {value!r}", yaml.safe_dump(_with(base, path, value), sort_keys=False)))
-    return cases
+    _FIELDS[key] = (base, fields)
+    return base, fields
+
+
+def field_label(path: tuple) -> str:
+    """``("mixers", "X", "kernel_size")`` -> ``mixers.X.kernel_size``; ``("widths", 0)`` -> ``widths[0]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def hostile_spec(base: dict, path: tuple, value) -> str:
+    """The YAML of ``base`` with ``value`` at ``path``."""
+    import yaml
+
+    return yaml.safe_dump(_with(base, path, value), sort_keys=False)
+
+
+def hostile_cases(kind: str, name: str) -> list[tuple[str, str]]:
+    """(what is set, spec YAML) for every numeric field of ``name`` in registry ``kind`` (:func:`hostile_fields`)
+    and every hostile value of its kind."""
+    base, fields = hostile_fields(kind, name)
+    return [(f"{field_label(path)} = {value!r}", hostile_spec(base, path, value))
+            for path, number_kind in fields
+            for value in (HOSTILE_NUMBERS if number_kind == "number" else HOSTILE_INTEGERS)]
 
 
 def try_hostile(text: str) -> tuple[str, str]:
@@ -552,4 +582,5 @@ def check_mixer(name: str, macros: list[str] | None = None, quick: bool = False,
     return Report(name, mixer_type, origin, kit.results, time.perf_counter() - t0)
 
 
-__all__ = ["Report", "Result", "check_mixer", "hostile_cases", "numeric_fields", "try_hostile"]
+__all__ = ["Report", "Result", "check_mixer", "field_label", "hostile_cases", "hostile_fields", "hostile_spec",
+           "numeric_fields", "try_hostile"]

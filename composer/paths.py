@@ -38,8 +38,9 @@ def short_name(text: str, limit: int = 120) -> str:
 def shown(path: Any) -> str:
     """A path as messages name it: shortened when long, control characters (a NUL) escaped."""
     text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
-    if any(ord(c) < 32 for c in text):
-        text = text.encode("unicode_escape").decode("ascii")
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in text):  # a NUL, a lone surrogate: escaped
+        text = "".join(c.encode("unicode_escape").decode("ascii") if ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF
+                       else c for c in text)
     return short_name(text)
 
 
@@ -106,6 +107,11 @@ def check_name(path: Any, at: At) -> Path:
     text = os.fspath(path)
     if "\x00" in text:
         raise at.error(path, reason(ValueError(), path))
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:  # "\ud800" in YAML: a lone surrogate, which no encoding can write
+        raise at.error(path, f"it contains {exc.object[exc.start:exc.end].encode('unicode_escape').decode()}, "
+                             "which no file name can hold") from None
     too_long = _too_long(text)
     if too_long:
         raise at.error(path, too_long)
@@ -235,6 +241,19 @@ def write(path: Any, at: At, action: Callable[[], T]) -> T:
 PROBE_PREFIX = ".composer-write-test-"
 
 
+def _not_a_folder(taken: Path, path: Path) -> str:
+    """Why ``taken`` (``path`` or one of its parents) cannot be made a folder: what holds its name."""
+    where = "it" if taken == path else shown(taken)
+    try:
+        mode = os.lstat(taken).st_mode
+    except OSError:
+        return f"{where} cannot be made a folder"
+    if stat.S_ISLNK(mode) and not os.path.exists(taken):
+        return _dangling(taken).replace("it is", f"{where} is", 1) + "; give a folder"
+    kind = "a file" if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else _kind(mode)
+    return f"{where} is {kind}, not a folder; give a folder"
+
+
 def writable_folder(path: Any, at: At) -> Path:
     """``path`` as a folder composer writes into: made (with its parents) when missing, and proven writable by
     a probe file. Each process's probe has a name of its own (``tempfile.mkstemp``: pid-independent random
@@ -242,9 +261,8 @@ def writable_folder(path: Any, at: At) -> Path:
     path = check_name(path, at)
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:   # a file (or a dangling link) holds the name
-        what = "a symbolic link to nothing" if os.path.islink(path) else "a file"
-        raise at.error(path, f"it is {what}, not a folder; give a folder") from None
+    except FileExistsError as exc:   # something that is no folder holds the name (or a parent's)
+        raise at.error(path, _not_a_folder(Path(exc.filename or path), path)) from None
     except NotADirectoryError:
         raise at.error(path, "a part of it is a file, not a folder") from None
     except OSError as exc:

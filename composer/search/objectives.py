@@ -202,11 +202,11 @@ DATA_AT = paths.At("--data")
 def image_folder(source: str):
     """The ImageFolder ``--data`` names, through composer.paths: a name the OS refuses, a folder that cannot be
     listed, is a located error; a path that is no folder gets the hint of what --data takes."""
-    path = paths.check_name(source, DATA_AT)
-    if not paths.guarded(DATA_AT, path, path.is_dir):
-        raise ValueError(f"--data: {paths.shown(source)!r} is neither 'digits' nor an ImageFolder directory "
-                         "(one sub-folder of images per class)")
-    return paths.readable_folder(path, DATA_AT)
+    try:
+        return paths.readable_folder(source, DATA_AT)
+    except ValueError as exc:  # a SpecError: say what --data takes too
+        raise ValueError(f"{exc}; --data takes 'digits' or an ImageFolder directory (one sub-folder of images per "
+                         "class)") from None
 
 
 def default_train_size(natural: int, stride: int, input_size: int) -> int:

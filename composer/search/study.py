@@ -31,7 +31,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from ..paths import At, read_bytes, short_name, writable_file, writable_folder
+from ..paths import At, read_bytes, shown, writable_file, writable_folder
 from ..registry import OBJECTIVES
 from ..spec import SpecError
 from ..spec.errors import Problem
@@ -164,7 +164,7 @@ def check_storage(url: str) -> None:
     folder, a file that is not an SQLite database (an empty or overwritten study.db would otherwise be taken
     for a new study, and its run's results overwritten). The storage is left untouched. File paths go through
     composer.paths (a name the OS refuses, a folder, a FIFO or a dangling link in the file's place)."""
-    at = At(f"--storage {short_name(shown_url(url))}:")
+    at = At("--storage")
     if _is_journal(url):
         writable_file(url.removeprefix("journal:"), at, "study.log")
         return
@@ -764,7 +764,7 @@ def _warm_starts(space: SearchSpace, given) -> list[dict]:
         try:
             out.append(warm_start_params(space, name))
         except ValueError as exc:
-            raise SpecError(Problem(f"--warm-start {name}: {exc}", ())) from None
+            raise SpecError(Problem(f"--warm-start {shown(name)}: {exc}", ())) from None
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..paths import At, check_name, read_bytes, regular_file, short_name
+from ..paths import exists as path_exists
 from .errors import Problem, SpecError
 
 _SPEC_SUFFIXES = (".yaml", ".yml")
@@ -323,8 +324,7 @@ def read_spec_file(path: FsPath, display: str | None = None) -> tuple[Any, Locat
     OS refuses is a located error too."""
     display = short_name(display or str(path))
     at = At("cannot read spec file", file=display)
-    check_name(path, at)
-    if not exists(path):
+    if not path_exists(path, at):  # a name no file can have, a file where a folder should be: said as such
         hint = named_instead(display, preset_names(), "build")
         raise SpecError(Problem(f"no such file: {display}{hint}", (), display))
     regular_file(path, at, "spec file")
@@ -346,7 +346,7 @@ def spec_file(ref: str, base_dir: FsPath | None, at: At) -> FsPath:
     ``base_dir``: it must be a regular file, else ``at``'s located error says why (missing, a folder, a dangling
     link, a name too long, a NUL byte, ...)."""
     path = (base_dir or FsPath.cwd()) / check_name(ref, at)
-    if not exists(path):
+    if not path_exists(path, at):
         raise at.error(ref, f"no such spec file (looked for {short_name(str(path))})")
     return regular_file(path, at, "spec file")
 
