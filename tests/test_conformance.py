@@ -106,6 +106,46 @@ def test_a_check_that_misses_an_impossible_width_fails(registry):
                            for r in refused)
 
 
+def test_a_ratio_the_check_forgets_fails_the_hostile_values(registry):
+    """Issue 27: a plugin's ratio that leaves no channel at small widths must be refused by its check (located),
+    not crash in the cost; check-mixer feeds every numeric field 0, negatives, tiny and huge values."""
+    from pydantic import PositiveFloat
+
+    @register_mixer
+    class Squeezed(_DepthwiseBase):
+        """A grouped conv of int(ratio·C) groups: a ratio of 0.01 at width 8 leaves none."""
+
+        type: Literal["squeezed_unchecked"] = "squeezed_unchecked"
+        ratio: PositiveFloat = 1.0   # depthwise at its default: it passes every other check of the kit
+
+        def cost(self, ctx):
+            return conv_cost(ctx.dim, ctx.dim, 3, (ctx.height, ctx.width), groups=int(self.ratio * ctx.dim))
+
+        def build(self, ctx):
+            from torch import nn
+
+            return nn.Conv2d(ctx.dim, ctx.dim, 3, padding=1, groups=int(self.ratio * ctx.dim))
+
+    report = check_mixer("squeezed_unchecked", quick=True)
+    failed = {r.where: r.detail for r in report.failed}
+    assert {r.check for r in report.failed} == {"hostile values"}, report.table()
+    assert "mixers.X.ratio = 1e-09" in failed and "ZeroDivisionError" in failed["mixers.X.ratio = 1e-09"]
+    hostile = {r.where: r.status for r in report.results if r.check == "hostile values"}
+    assert hostile["mixers.X.ratio = -1.0"] == "refused"   # PositiveFloat: located by the schema
+
+    @register_mixer
+    class SqueezedChecked(Squeezed):
+        type: Literal["squeezed_checked"] = "squeezed_checked"
+
+        def check(self, ctx):
+            groups = int(self.ratio * ctx.dim)
+            if groups < 1 or ctx.dim % groups:
+                raise MixerCheckError(f"ratio {self.ratio} gives {groups} groups of width {ctx.dim}", "ratio")
+
+    report = check_mixer("squeezed_checked", quick=True)
+    assert not [r for r in report.failed if r.check == "hostile values"], report.table()
+
+
 def test_a_claim_of_torchscript_is_tested(registry):
     @register_mixer
     class Unscriptable(_DepthwiseBase):
