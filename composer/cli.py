@@ -278,20 +278,18 @@ def _cmd_proxy_check(args) -> int:
 
 
 def _writable(path: str) -> Path:
-    out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"{path} is a folder; give a file name, e.g. {Path(path) / 'out.png'}")
-    if not out.parent.is_dir():
-        raise UsageError(f"cannot write {path}: folder {out.parent} does not exist")
-    return out
+    """An ``-o`` file: checked through composer.paths (its folder exists; no folder, FIFO, dangling link or name
+    the OS refuses in its place) before anything is computed."""
+    from .paths import At, writable_file
+
+    return writable_file(path, At("--output"), "out.png")
 
 
 def _write(out: Path, action) -> None:
-    """Run ``action`` (which writes ``out``); a folder that refuses the file is a usage error, not a crash."""
-    try:
-        action()
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    """Run ``action`` (which writes ``out``); a folder that refuses the file is a located error, not a crash."""
+    from .paths import At, write
+
+    write(out, At("--output"), action)
 
 
 def _cmd_schema(args) -> int:

@@ -259,6 +259,13 @@ class _Kit:
                     continue
                 self.add("impossible context", where, "ok", "works here")
 
+    def hostile_values(self) -> None:
+        """Every numeric field of the mixer's config fed 0, negatives, tiny ratios and huge values
+        (:func:`hostile_cases`): refused with a located message, or built and run."""
+        for what, text in hostile_cases("mixer", self.mixer_type):
+            status, detail = try_hostile(text)
+            self.add("hostile values", what, status, detail)
+
     def round_trip(self, macro: str, stage: int) -> None:
         import jsonschema
 
@@ -349,6 +356,159 @@ class _Kit:
                 self.add(check, where, "ok", "equals eager")
 
 
+# -- hostile values: every numeric field of a registered config ------------------------------------------------
+
+HOSTILE_INTEGERS = (0, -1, 1, 2**31 - 1)
+HOSTILE_NUMBERS = (0.0, -1.0, 1e-9, 0.01, 1e9)
+"""What every numeric field is fed (tiny ratios, 0, negatives, huge values): each must be refused with a located
+message or give a network that builds and runs."""
+
+SMALL = {"name": "hostile", "input_size": 64, "num_classes": 10, "widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1]}
+"""The small network the values are tried in: widths 8-32, maps 16, 8, 4, 2 (in the 4-stride-2 macros)."""
+REAL_BUILD = (10_000_000, 1_000_000_000)
+"""(params, MACs) up to which a case is built and run for real; larger ones are built and run on the meta device
+(shapes and code paths, nothing allocated)."""
+
+
+def numeric_fields(schema: dict, skip: tuple[str, ...] = ("type",), prefix: tuple = (),
+                   defs: dict | None = None) -> list[tuple[tuple, str]]:
+    """(field path, ``integer`` | ``number``) for every numeric field of a config, from its JSON Schema (so per-stage
+    fields, optional ones and nested models are found whatever their Python annotation); a list of numbers is
+    the path of its first item."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+    out: list[tuple[tuple, str]] = []
+    for name, prop in schema.get("properties", {}).items():
+        if name in skip:
+            continue
+        options = prop.get("anyOf") or prop.get("oneOf") or prop.get("allOf") or [prop]
+        kinds = [o["type"] for o in options if o.get("type") in ("integer", "number")]
+        items = [o["items"] for o in options if o.get("type") == "array" and isinstance(o.get("items"), dict)]
+        if kinds:
+            out.append((prefix + (name,), "number" if "number" in kinds else "integer"))
+        elif items:
+            inner = items[0].get("anyOf") or [items[0]]
+            kinds = [o["type"] for o in inner if o.get("type") in ("integer", "number")]
+            if kinds:
+                out.append((prefix + (name, 0), "number" if "number" in kinds else "integer"))
+        for option in options:
+            ref = option.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                out += numeric_fields(defs[ref.split("/")[-1]], ("type",), prefix + (name,), defs)
+    return out
+
+
+def _with(data: dict, path: tuple, value) -> dict:
+    """``data`` with ``value`` at ``path`` (a list item replaced, a missing mapping made)."""
+    out = json.loads(json.dumps(data))
+    node = out
+    for key, nxt in zip(path[:-1], path[1:]):
+        if isinstance(node, dict) and not isinstance(node.get(key), (dict, list)):
+            node[key] = [] if isinstance(nxt, int) else {}
+        node = node[key]
+    last = path[-1]
+    if isinstance(node, list):
+        node.extend([value] * (last + 1 - len(node)))
+    node[last] = value
+    return out
+
+
+def _registry(kind: str):
+    from composer.channel import CHANNEL_MIXERS
+    from composer.macro import MACROS
+    from composer.mixers import MIXERS
+
+    registries = {"mixer": MIXERS, "channel_mixer": CHANNEL_MIXERS, "macro": MACROS}
+    if kind not in registries:
+        raise ValueError(f"kind must be mixer, channel_mixer or macro, got {kind!r}")
+    return registries[kind]
+
+
+_FIELDS: dict = {}
+
+
+def hostile_fields(kind: str, name: str) -> tuple[dict, list[tuple[tuple, str]]]:
+    """(the small network's data, [(field path in it, ``integer`` | ``number``)]) for ``name`` in registry ``kind``
+    (``mixer``, ``channel_mixer`` or ``macro``): a mixer type as symbol X in every stage; a channel mixer, or the
+    spec's own fields (widths, depths, head, norms, ...) under a macro, with identity token mixers. Memoized per
+    registry state (JSON Schemas take a while to make)."""
+    from composer.channel import CHANNEL_MIXERS
+    from composer.macro import MACROS
+    from composer.mixers import MIXERS
+
+    key = (kind, name, MIXERS.version, CHANNEL_MIXERS.version, MACROS.version)
+    if key in _FIELDS:
+        return _FIELDS[key]
+    entry = _registry(kind).lookup(name)
+    if kind == "mixer":
+        base = {**SMALL, "macro": "metaformer", "layout": "X-X-X-X", "mixers": {"X": {"type": name}}}
+        fields = [(("mixers", "X") + path, k) for path, k in numeric_fields(entry.model_json_schema())]
+    elif kind == "channel_mixer":
+        base = {**SMALL, "macro": "metaformer", "layout": "Id-Id-Id-Id", "channel_mixer": {"type": name}}
+        fields = [(("channel_mixer",) + path, k) for path, k in numeric_fields(entry.model_json_schema())]
+    else:
+        from composer.spec.model import Spec
+
+        base = {**SMALL, "macro": name, "layout": "Id-Id-Id-Id"}
+        head = entry.spec_defaults(dict(base)).get("head")
+        if isinstance(head, dict) and head.get("widths"):  # a head of its own widths (efficientvit): small too
+            base["head"] = {"widths": SMALL["widths"][-1:] * 2}
+        fields = numeric_fields(Spec.model_json_schema(), ("type", "mixers", "channel_mixer"))
+    _FIELDS[key] = (base, fields)
+    return base, fields
+
+
+def field_label(path: tuple) -> str:
+    """``("mixers", "X", "kernel_size")`` -> ``mixers.X.kernel_size``; ``("widths", 0)`` -> ``widths[0]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def hostile_spec(base: dict, path: tuple, value) -> str:
+    """The YAML of ``base`` with ``value`` at ``path``."""
+    import yaml
+
+    return yaml.safe_dump(_with(base, path, value), sort_keys=False)
+
+
+def hostile_cases(kind: str, name: str) -> list[tuple[str, str]]:
+    """(what is set, spec YAML) for every numeric field of ``name`` in registry ``kind`` (:func:`hostile_fields`)
+    and every hostile value of its kind."""
+    base, fields = hostile_fields(kind, name)
+    return [(f"{field_label(path)} = {value!r}", hostile_spec(base, path, value))
+            for path, number_kind in fields
+            for value in (HOSTILE_NUMBERS if number_kind == "number" else HOSTILE_INTEGERS)]
+
+
+def try_hostile(text: str) -> tuple[str, str]:
+    """(status, detail) of one hostile spec: ``refused`` with a located message (``<string>:LINE: ...``), ``ok``
+    when it plans, builds and runs a forward (for real when small, else on the meta device), ``FAIL`` otherwise."""
+    import torch
+
+    import composer
+    from composer.composed import build
+
+    try:
+        p = composer.plan(text)
+        est = p.estimate()
+        small = est.params <= REAL_BUILD[0] and est.macs <= REAL_BUILD[1]
+        with torch.device("cpu" if small else "meta"):
+            model = build(p).eval()
+            x = torch.randn(1, p.spec.in_chans, p.spec.input_size, p.spec.input_size)
+        with torch.no_grad():
+            out = model(x)
+    except composer.SpecError as exc:
+        message = str(exc)
+        if message.startswith("<string>:") and all(problem.line is not None for problem in exc.problems):
+            return "refused", message.splitlines()[0][:160]
+        return "FAIL", f"refused without a line: {message[:160]}"
+    except Exception as exc:  # noqa: BLE001  (a crash in a check, a cost, a build or a forward is what we look for)
+        return "FAIL", _first_line(exc)
+    expected = (1, p.node("head")["out_shape"][0])
+    if tuple(out.shape) != expected:
+        return "FAIL", f"output {tuple(out.shape)}, the Plan says {expected}"
+    # a finite output is not asked for: a layer_scale of 1e9 overflows float32 and is still a network that runs
+    return "ok", f"{est.params:,} params" + ("" if small else " (run on the meta device)")
+
+
 def _scripted(model):
     import warnings
 
@@ -419,8 +579,10 @@ def check_mixer(name: str, macros: list[str] | None = None, quick: bool = False,
         else:
             kit.jit_fx(macro, stage)
     kit.hostile(macros[0])
+    kit.hostile_values()
     origin = MIXERS.origin(mixer_type)
     return Report(name, mixer_type, origin, kit.results, time.perf_counter() - t0)
 
 
-__all__ = ["Report", "Result", "check_mixer"]
+__all__ = ["Report", "Result", "check_mixer", "field_label", "hostile_cases", "hostile_fields", "hostile_spec",
+           "numeric_fields", "try_hostile"]

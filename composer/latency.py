@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import paths
+
 # 2: Swin's odd blocks timed with their shift (1 timed them as even blocks); 3: parts timed cold; 4: each part's input
 # laid out in memory as the part before actually leaves it (3 assumed each part's own layout: wrong after
 # LayerNorms computed through a permute, as U-DWConv's, whose downsamplings ran 2.8x their table entry)
@@ -196,6 +198,13 @@ def cache_dir() -> Path:
     return Path(base) / "composer"
 
 
+MAX_TABLE_BYTES = 64 << 20   # a table holds a line per timed part: thousands of lines, well below this
+
+
+def _table_at() -> paths.At:
+    return paths.At("latency table (in $COMPOSER_CACHE_DIR, else $XDG_CACHE_HOME/composer or ~/.cache/composer)")
+
+
 class LatencyTable:
     """Milliseconds per part key for one fingerprint, in ``cache_dir()/latency/<fingerprint key>.jsonl``: a
     header line, then one line per timed part, appended under a file lock (search workers share it). The first
@@ -210,12 +219,11 @@ class LatencyTable:
         self._read()
 
     def _read(self) -> None:
-        try:
-            lines = self.path.read_text().splitlines()
-        except FileNotFoundError:
+        at = _table_at()
+        if not paths.exists(self.path, at):
             return
-        except OSError as exc:
-            raise ValueError(f"cannot read the latency table {self.path}: {exc.strerror or exc}") from None
+        raw = paths.read_bytes(self.path, at, MAX_TABLE_BYTES)
+        lines = raw[:MAX_TABLE_BYTES].decode("utf-8", errors="replace").splitlines()
         for line in lines[1:]:
             try:
                 row = json.loads(line)
@@ -236,18 +244,28 @@ class LatencyTable:
     def add(self, key: str, ms: float, what: str, out: str | None = None) -> float:
         """Record a timing and the layout the part's output is contiguous in (unless another process recorded this
         key first: then that one is returned)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path.with_suffix(".lock")):
-            self.rows.clear()
-            self._read()  # what other workers added meanwhile
-            if key in self.rows:
-                return self.rows[key]
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            with open(self.path, "a") as handle:
-                if new:
-                    handle.write(json.dumps({"fingerprint": asdict(self.fingerprint), "version": TABLE_VERSION})
-                                 + "\n")
-                handle.write(json.dumps({"key": key, "ms": ms, "what": what, "out": out}) + "\n")
+        at = _table_at()
+        paths.writable_folder(self.path.parent, at)
+        lock = paths.writable_file(self.path.with_suffix(".lock"), at)
+        paths.writable_file(self.path, at)  # no FIFO (an append would block) or folder in the table's place
+
+        def append() -> float:
+            with _locked(lock):
+                self.rows.clear()
+                self._read()  # what other workers added meanwhile
+                if key in self.rows:
+                    return self.rows[key]
+                new = not self.path.exists() or self.path.stat().st_size == 0
+                with open(self.path, "a") as handle:
+                    if new:
+                        handle.write(json.dumps({"fingerprint": asdict(self.fingerprint), "version": TABLE_VERSION})
+                                     + "\n")
+                    handle.write(json.dumps({"key": key, "ms": ms, "what": what, "out": out}) + "\n")
+            return ms
+
+        recorded = paths.guarded(at, self.path, append, "cannot write there")
+        if recorded != ms:
+            return recorded
         self.rows[key], self.what[key], self.out[key] = ms, what, out
         return ms
 

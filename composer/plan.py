@@ -238,10 +238,17 @@ def memory_problem(est: Estimate) -> str | None:
             f"{format_count(free)}B available")
 
 
-def _channel_hidden(spec: Spec, stage: int, dim: int) -> int | None:
+def _channel_problem(spec: Spec, stage: int, dim: int) -> Problem | None:
+    """Why the channel mixer cannot work in ``stage`` at width ``dim`` (its ``check``), or None."""
     channel = spec.channel_mixer.at_stage(stage)
-    hidden = getattr(channel, "hidden", None)
-    return hidden(dim) if hidden is not None else None
+    check = getattr(channel, "check", None)
+    try:
+        if check is not None:
+            check(dim)
+    except MixerCheckError as exc:
+        path = ("channel_mixer", exc.field) if exc.field else ("widths", stage)
+        return Problem(f"stage {stage} (width {dim}): {exc}", path)
+    return None
 
 
 def walk(spec: Spec, costs_only: bool = False) -> Walk:
@@ -253,10 +260,12 @@ def walk(spec: Spec, costs_only: bool = False) -> Walk:
     ``cost_depends_on_block``), only its build closure and drop-path rate would differ, so such a Walk gives
     costs and must not be built from. Every block's ``check`` still runs at its own position."""
     macro = MACROS[spec.macro]
+    problems = [Problem(message, tuple(path)) for message, path in macro.check(spec)]
+    if problems:  # the macro's own conventions (a stem of widths[0] // 2 channels) cannot be costed
+        raise _spec_error(spec, problems)
     stem = macro.stem(spec)
     shape = stem.out_shape
     rates = _drop_path_rates(spec.drop_path_rate, spec.depths)
-    problems: list[Problem] = []
     stages = []
     for i, symbols in enumerate(spec.stage_symbols()):
         stage = StageWalk(i, symbols, shape)
@@ -269,10 +278,11 @@ def walk(spec: Spec, costs_only: bool = False) -> Walk:
                     ("input_size",))])
             stage.members.append((f"stages.{i}.downsample", down, {"stage": i}))
             shape = down.out_shape
-        hidden = _channel_hidden(spec, i, shape[0])
-        if hidden is not None and hidden < 1:
-            problems.append(Problem(f"stage {i} (width {shape[0]}): channel_mixer ratio leaves {hidden} hidden "
-                                    "channels; it must give at least 1", ("channel_mixer", "ratio")))
+        channel_problem = _channel_problem(spec, i, shape[0])
+        if channel_problem is not None:  # the stage's blocks are not costed: a 0-channel layer divides by 0
+            problems.append(channel_problem)
+            stage.out_shape = shape
+            continue
         mixers = {symbol: resolve_mixer(spec, symbol, i) for symbol in dict.fromkeys(symbols)}
         for j, symbol in enumerate(symbols):
             mixer = mixers[symbol]

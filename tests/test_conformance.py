@@ -25,7 +25,7 @@ def test_every_builtin_mixer_passes_the_kit(name):
     assert [r for r in report.results if r.check == "compile" and r.status != "ok"] == [], report.table()
     checks = {r.check for r in report.results}
     assert {"compile", "params", "macs", "forward/backward", "yaml round trip", "json schema", "state dict",
-            "torchscript", "fx", "impossible context"} <= checks
+            "torchscript", "fx", "impossible context", "hostile values"} <= checks
 
 
 class _DepthwiseBase(MixerConfig):
@@ -104,6 +104,50 @@ def test_a_check_that_misses_an_impossible_width_fails(registry):
     refused = [r for r in report.results if r.status == "refused"]
     assert refused and all(r.detail.startswith("<string>:") and "not a multiple of 4" in r.detail
                            for r in refused)
+
+
+def test_a_ratio_the_check_forgets_fails_the_hostile_values(registry):
+    """Issue 27: a plugin's ratio that leaves no channel at small widths must be refused by its check (located),
+    not crash in the cost; check-mixer feeds every numeric field 0, negatives, tiny and huge values."""
+    from pydantic import PositiveFloat
+
+    @register_mixer
+    class Squeezed(_DepthwiseBase):
+        """A grouped conv of int(ratio·C) groups: a ratio of 0.01 at width 8 leaves none."""
+
+        type: Literal["squeezed_unchecked"] = "squeezed_unchecked"
+        ratio: PositiveFloat = 1.0   # depthwise at its default: it passes every other check of the kit
+
+        def cost(self, ctx):
+            return conv_cost(ctx.dim, ctx.dim, 3, (ctx.height, ctx.width), groups=int(self.ratio * ctx.dim))
+
+        def build(self, ctx):
+            from torch import nn
+
+            return nn.Conv2d(ctx.dim, ctx.dim, 3, padding=1, groups=int(self.ratio * ctx.dim))
+
+    report = check_mixer("squeezed_unchecked", quick=True)
+    failed = {r.where: r.detail for r in report.failed}
+    assert {r.check for r in report.failed} == {"hostile values"}, report.table()
+    assert "mixers.X.ratio = 1e-09" in failed and "ZeroDivisionError" in failed["mixers.X.ratio = 1e-09"]
+    hostile = {r.where: r.status for r in report.results if r.check == "hostile values"}
+    assert hostile["mixers.X.ratio = -1.0"] == "refused"   # PositiveFloat: located by the schema
+
+    @register_mixer
+    class SqueezedChecked(Squeezed):
+        type: Literal["squeezed_checked"] = "squeezed_checked"
+
+        def check(self, ctx):
+            groups = int(self.ratio * ctx.dim)
+            if groups < 1 or ctx.dim % groups:
+                raise MixerCheckError(f"ratio {self.ratio} gives {groups} groups of width {ctx.dim}", "ratio")
+
+    from composer.conformance import hostile_cases, try_hostile
+
+    outcomes = [try_hostile(text) for _, text in hostile_cases("mixer", "squeezed_checked")]
+    assert "FAIL" not in {status for status, _ in outcomes}, outcomes
+    assert any(status == "refused" and "mixers.X.ratio: stage 0 (X, width 8" in detail and "gives 0 groups" in detail
+               for status, detail in outcomes), outcomes
 
 
 def test_a_claim_of_torchscript_is_tested(registry):

@@ -161,11 +161,11 @@ def test_ensemble_members_through_extends_are_found_next_to_the_ensemble(run_cli
 def test_outputs_that_cannot_be_written(run_cli, tmp_path, tiny):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    _fails(run_cli, "search", tiny, "--run-dir", a_file, expect=[f"--run-dir {a_file} is a file, not a folder"])
+    _fails(run_cli, "search", tiny, "--run-dir", a_file, expect=[f"--run-dir {a_file}: it is a file, not a folder"])
     _fails(run_cli, "search", tiny, "--run-dir", "/proc/composer-run", expect=["--run-dir /proc/composer-run: cannot "
                                                                                 "write there"])
-    _fails(run_cli, "schema", "-o", "/proc/schema.json", expect=["cannot write /proc/schema.json"])
-    _fails(run_cli, "graph", "caformer_s18", "-o", "/proc/g.dot", expect=["cannot write /proc/g.dot"])
+    _fails(run_cli, "schema", "-o", "/proc/schema.json", expect=["--output /proc/schema.json: cannot write there"])
+    _fails(run_cli, "graph", "caformer_s18", "-o", "/proc/g.dot", expect=["--output /proc/g.dot: cannot write there"])
     assert a_file.read_text() == "x"
 
 

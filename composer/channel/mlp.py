@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat
 from ..cost_types import ACTIVATION_PARAMS, Cost, linear_cost
 from ..fields import Probability
 from ..layout import Layout
+from ..mixers.base import MixerCheckError
 from ..perstage import StageValues, per_stage
 from ..registry import CHANNEL_MIXERS, register_channel_mixer  # noqa: F401  (CHANNEL_MIXERS: re-exported)
 
@@ -19,6 +20,19 @@ if TYPE_CHECKING:  # annotations only: importing this module must not import tor
 class ChannelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: no bool as int (YAML yes/no)
     type: str
+
+    hidden_field: ClassVar[str] = "ratio"
+    """The field that sets ``hidden(dim)`` (where the config has one), named when it leaves no channel."""
+
+    def check(self, dim: int) -> None:
+        """Raise :class:`~composer.mixers.MixerCheckError` if this config cannot work at width ``dim``. By
+        default: a config with ``hidden(dim)`` must leave at least one hidden channel (a ratio of 0.01 at width 64
+        leaves none, and a layer of 0 channels divides by zero in its cost and fails in its build)."""
+        hidden = getattr(self, "hidden", None)
+        if hidden is not None and hidden(dim) < 1:
+            value = getattr(self, self.hidden_field, None)
+            raise MixerCheckError(f"channel_mixer {self.hidden_field} {value} leaves {hidden(dim)} hidden channels "
+                                  f"of width {dim}; it must give at least 1", self.hidden_field)
 
     def at_stage(self, stage: int) -> ChannelConfig:
         """This config with its per-stage values (fields typed ``per_stage(...)``) picked for ``stage``."""

@@ -80,6 +80,11 @@ class Macro:
         """Values for the spec fields this macro fixes by convention (the user may override any)."""
         return {}
 
+    def check(self, spec: Spec) -> list[tuple[str, tuple]]:
+        """(message, spec field to change) for what this macro's own conventions cannot build in ``spec``: a width
+        they derive that leaves no channel. The Plan checks it before any part is costed."""
+        return []
+
     def stem(self, spec: Spec) -> Part:
         raise NotImplementedError
 

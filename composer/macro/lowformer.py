@@ -87,6 +87,16 @@ class LowFormerMacro(Macro):
 
         return Part("stem", cost, (spec.in_chans, spec.input_size, spec.input_size), (dim, size, size), build)
 
+    def check(self, spec) -> list[tuple[str, tuple]]:
+        problems = []
+        for stage in range(1, spec.num_stages):  # stage i's downsampling expands the width of stage i - 1
+            cin, ratio = spec.widths[stage - 1], pick(spec.downsample_ratio, stage)
+            if ratio is not None and expanded(cin, ratio) < 1:
+                problems.append((f"stage {stage}: downsample_ratio {ratio} leaves round({cin}·{ratio}) = "
+                                 f"{expanded(cin, ratio)} hidden channels; it must give at least 1",
+                                 ("downsample_ratio",)))
+        return problems
+
     def downsample(self, spec, stage: int, in_shape: Shape) -> Part | None:
         if stage == 0:
             return None

@@ -51,6 +51,12 @@ class UnifiedMacro(MetaFormerMacro):
 
     first_conv = "stem.0"
 
+    def check(self, spec) -> list[tuple[str, tuple]]:
+        if spec.widths[0] // 2 < 1:  # the stem's first conv has half the first stage's channels
+            return [(f"width {spec.widths[0]} leaves the stem's first conv (widths[0] // 2 channels) none; the "
+                     "unified macro needs widths[0] of at least 2", ("widths", 0))]
+        return []
+
     def stem(self, spec) -> Part:
         dim, half = spec.widths[0], spec.widths[0] // 2
         s1 = conv_out(spec.input_size, 3, 2, 1)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # annotations only: importing this module must not import tor
     from torch import nn
 
 
+MAX_FOCAL_LEVEL = 32   # FocalNet uses 2-4 levels
+
+
 def focal_kernel_sizes(focal_level: int, focal_window: int, focal_factor: int) -> list[int]:
     """The depthwise kernel of every focal level: focal_window, focal_window + factor, ..."""
     return [focal_window + focal_factor * level for level in range(focal_level)]
@@ -34,7 +37,9 @@ def focal_kernel_sizes(focal_level: int, focal_window: int, focal_factor: int) -
 @register_mixer
 class FocalModulationConfig(MixerConfig):
     type: Literal["focal_modulation"] = "focal_modulation"
-    focal_level: NonNegativeInt = Field(default=2, description="number of depthwise levels L (FocalNet srf 2, lrf 3)")
+    # bounded: the levels are a Python list (a huge L would exhaust memory before any check ran)
+    focal_level: NonNegativeInt = Field(default=2, le=MAX_FOCAL_LEVEL,
+                                        description="number of depthwise levels L (FocalNet srf 2, lrf 3)")
     focal_window: PositiveInt = Field(default=3, description="kernel of the first level (odd)")
     focal_factor: NonNegativeInt = Field(default=2, description="kernel growth per level: k_l = window + factor·l")
     bias: bool = Field(default=True, description="biases of f and h (proj always has one)")

@@ -142,7 +142,7 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
     from ..composed import compose
     from ..train.trial import prepare, train_spec
     from .objectives import proxy_scores
-    from .study import _count, _train_settings
+    from .study import _count, _train_settings, prepare_run_dir
 
     t_start = time.perf_counter()
     space = load_space(space)
@@ -159,13 +159,7 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
     size, epochs, data = training.size, settings.recipe.epochs, settings.data
     space.base_data["num_classes"] = training.source.num_classes
     space.base_data["in_chans"] = training.source.in_chans
-    run_path = Path(run_dir or Path("runs") / f"{space.name}-proxy-check")
-    try:
-        run_path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise SpecError(Problem(f"--run-dir {run_path} is a file, not a folder", ())) from None
-    except OSError as exc:
-        raise SpecError(Problem(f"--run-dir {run_path}: cannot write there ({exc.strerror or exc})", ())) from None
+    run_path = prepare_run_dir(run_dir or Path("runs") / f"{space.name}-proxy-check")
     drawn_samples = draw_samples(space, samples, seed, macs, params)
     if len(drawn_samples) < samples:
         log(f"note: only {len(drawn_samples)} distinct valid samples within the budget were found")

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from ..latency import parse_latency
 from ..mixers import MIXERS, resolve_symbol
+from ..paths import At, check_name, shown
 from ..perstage import first_message, pick
 from ..plan import Estimate, estimate, walk
 from ..spec import Spec, SpecError, load_spec, spec_to_data, validate_data
@@ -54,8 +55,10 @@ from ..spec.source import (
     parse_yaml,
     read_spec_file,
     resolve_extends,
+    short_name,
     space_names,
     space_search_path,
+    spec_file,
 )
 from ..spec.units import parse_count
 
@@ -326,9 +329,7 @@ def _domain(value: Any, path: tuple, problems: _Problems) -> Domain | None:
 def _load_base(raw: Any, locs: Locations, space_dir: Path) -> tuple[Spec, dict]:
     if isinstance(raw, str):
         if looks_like_path(raw):
-            path = space_dir / raw
-            if not path.is_file():
-                raise SpecError.at(("base",), f"no such spec file: {raw} (looked for {path})", locs)
+            path = spec_file(raw, space_dir, At("base", ("base",), locs))
             data, base_locs = read_spec_file(path, os.path.relpath(path))
             data, base_locs = resolve_extends(data, base_locs, path.parent, (str(path.resolve()),))
             spec = validate_data(data, base_locs, default_name=path.stem)
@@ -627,7 +628,7 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
                 try:
                     space.warm_start.append((start, warm_start_params(space, start, space_dir)))
                 except ValueError as exc:
-                    problems.add(("warm_start", j), f"{start}: {exc}")
+                    problems.add(("warm_start", j), f"{shown(start)}: {exc}")
     problems.raise_if_any()
     return space
 
@@ -808,10 +809,12 @@ def space_path(name_or_path: str) -> Path:
         if found is not None:
             return found
         hint = not_found_hint(name_or_path, space_names(), space_search_path(), "search spaces")
-        raise SpecError(Problem(f"no search-space file or search space named {name_or_path!r}{hint}", (),
-                                name_or_path))
+        raise SpecError(Problem(f"no search-space file or search space named {short_name(name_or_path)!r}{hint}",
+                                (), short_name(name_or_path)))
     hint = named_instead(name_or_path, space_names(), "search")
-    raise SpecError(Problem(f"no such search-space file: {name_or_path}{hint}", (), name_or_path))
+    shown = short_name(name_or_path)
+    check_name(name_or_path, At("cannot read search-space file", file=shown))  # a name too long, a NUL: say so
+    raise SpecError(Problem(f"no such search-space file: {shown}{hint}", (), shown))
 
 
 def load_space(source: str | os.PathLike | Mapping | SearchSpace) -> SearchSpace:

@@ -31,6 +31,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from ..paths import At, read_bytes, shown, writable_file, writable_folder
 from ..registry import OBJECTIVES
 from ..spec import SpecError
 from ..spec.errors import Problem
@@ -161,13 +162,11 @@ def _storage_problem(message: str) -> SpecError:
 def check_storage(url: str) -> None:
     """Refuse, before Optuna touches anything, a storage that cannot be one: not a URL, a file in a missing
     folder, a file that is not an SQLite database (an empty or overwritten study.db would otherwise be taken
-    for a new study, and its run's results overwritten). The storage is left untouched."""
+    for a new study, and its run's results overwritten). The storage is left untouched. File paths go through
+    composer.paths (a name the OS refuses, a folder, a FIFO or a dangling link in the file's place)."""
+    at = At("--storage")
     if _is_journal(url):
-        path = Path(url.removeprefix("journal:"))
-        if not path.parent.is_dir():
-            raise _storage_problem(f"--storage {url}: folder {path.parent} does not exist")
-        if path.exists() and not path.is_file():
-            raise _storage_problem(f"--storage {url}: {path} is not a file")
+        writable_file(url.removeprefix("journal:"), at, "study.log")
         return
     try:
         parsed = sqlalchemy.engine.make_url(url)
@@ -175,15 +174,10 @@ def check_storage(url: str) -> None:
         raise _storage_problem(f"--storage {shown_url(url)}: not a storage URL; use {_STORAGE_FORMS}") from None
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return
-    path = Path(parsed.database)
-    if not path.parent.is_dir():
-        raise _storage_problem(f"--storage {url}: folder {path.parent} does not exist")
-    if not path.exists():
+    path = writable_file(parsed.database, at, "study.db")
+    if not os.path.exists(path):
         return
-    if not path.is_file():
-        raise _storage_problem(f"--storage {url}: {path} is not a file")
-    with open(path, "rb") as handle:
-        header = handle.read(len(_SQLITE_HEADER))
+    header = read_bytes(path, at, len(_SQLITE_HEADER))[:len(_SQLITE_HEADER)]
     if header != _SQLITE_HEADER:
         what = "empty (0 bytes)" if not header else "not an SQLite database"
         raise _storage_problem(f"--storage {url}: {path} is {what}, so it holds no study; it is left as it is: "
@@ -707,17 +701,7 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
                 log(f"note: {source.name} has {source.in_chans} input channel{'s' if source.in_chans > 1 else ''}; "
                     f"the sampled specs use in_chans {source.in_chans} (the base has {space.base.in_chans})")
             space.base_data["in_chans"] = source.in_chans
-    run_path = Path(run_dir or Path("runs") / f"{space.name}-{_slug(objectives)}")
-    try:
-        run_path.mkdir(parents=True, exist_ok=True)
-        probe = run_path / ".composer-write-test"
-        probe.write_text("")  # a read-only folder fails here, before any trial is run
-        probe.unlink()
-    except FileExistsError:
-        raise SpecError(Problem(f"--run-dir {run_path} is a file, not a folder; give a folder for the run", ())) \
-            from None
-    except OSError as exc:
-        raise SpecError(Problem(f"--run-dir {run_path}: cannot write there ({exc.strerror or exc})", ())) from None
+    run_path = prepare_run_dir(run_dir or Path("runs") / f"{space.name}-{_slug(objectives)}")
     storage_url = storage or f"sqlite:///{(run_path / 'study.db').resolve()}"
     study_name = study_name or f"{space.name}-{_slug(objectives)}"
     store = open_storage(storage_url, heartbeat)
@@ -799,6 +783,13 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     return SearchResult(study, run_path, settings, c, best_specs, time.perf_counter() - t_start, summary)
 
 
+def prepare_run_dir(path: str | os.PathLike) -> Path:
+    """The run folder, made when missing and proven writable before any trial runs (a read-only folder, a file
+    in its place, a name the OS refuses: a located ``--run-dir`` error). Every process probes with a file name of
+    its own, so workers starting at once on one new folder never remove each other's probe."""
+    return writable_folder(path, At("--run-dir"))
+
+
 def _pruner(settings: Settings):
     """Epochs are the resource: a trial reports its accuracy after epoch e as step e + 1."""
     if settings.pruner == "hyperband":
@@ -839,7 +830,7 @@ def _warm_starts(space: SearchSpace, given) -> list[dict]:
         try:
             out.append(warm_start_params(space, name))
         except ValueError as exc:
-            raise SpecError(Problem(f"--warm-start {name}: {exc}", ())) from None
+            raise SpecError(Problem(f"--warm-start {shown(name)}: {exc}", ())) from None
     return out
 
 

@@ -315,10 +315,11 @@ def load_spec(source: SpecLike) -> AnySpec:
         if not is_file(path) and not looks_like_path(text):
             preset = find_preset(text)
             if preset is None:
-                from .source import not_found_hint, preset_names, spec_search_path
+                from .source import not_found_hint, preset_names, short_name, spec_search_path
 
                 hint = not_found_hint(text, preset_names(), spec_search_path(), "presets")
-                raise SpecError(Problem(f"no spec file or preset named {text!r}{hint}", (), text))
+                raise SpecError(Problem(f"no spec file or preset named {short_name(text)!r}{hint}", (),
+                                        short_name(text)))
             path = preset
             text = display_path(preset)
         data, locs = read_spec_file(path, text)

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ..paths import At, check_name, read_bytes, regular_file, short_name
+from ..paths import exists as path_exists
 from .errors import Problem, SpecError
 
 _SPEC_SUFFIXES = (".yaml", ".yml")
@@ -316,44 +318,37 @@ def _deep_merge(base: Mapping, override: Mapping) -> dict:
 MAX_FILE_BYTES = 1 << 20  # a spec or search space is a few KB; 1 MiB leaves room and stops /dev/zero
 
 
-def short_name(text: str, limit: int = 120) -> str:
-    """``text`` for a message: whole when short, else its start and end and its length."""
-    return text if len(text) <= limit else f"{text[:60]}...{text[-40:]} ({len(text):,} characters)"
-
-
 def read_spec_file(path: FsPath, display: str | None = None) -> tuple[Any, Locations]:
     """The YAML of a spec or search-space file. Only regular files are read (a FIFO would block forever,
-    /dev/zero never end), at most MAX_FILE_BYTES, as UTF-8."""
+    /dev/zero never end), at most MAX_FILE_BYTES, as UTF-8; the path goes through composer.paths, so a name the
+    OS refuses is a located error too."""
     display = short_name(display or str(path))
-    import stat
-
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
+    at = At("cannot read spec file", file=display)
+    if not path_exists(path, at):  # a name no file can have, a file where a folder should be: said as such
         hint = named_instead(display, preset_names(), "build")
-        raise SpecError(Problem(f"no such file: {display}{hint}", (), display)) from None
-    except (OSError, ValueError) as exc:  # a name too long, a folder that is no folder, an embedded NUL
-        raise SpecError(Problem(f"cannot read spec file: {exc.strerror if isinstance(exc, OSError) else exc}",
-                                (), display)) from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, a device or a socket)"
-        raise SpecError(Problem(f"cannot read spec file: it is {kind}; give a YAML file", (), display))
-    if info.st_size > MAX_FILE_BYTES:
-        raise SpecError(Problem(f"cannot read spec file: {info.st_size:,} bytes; a spec is a few KB (at most "
-                                f"{MAX_FILE_BYTES:,} bytes are read)", (), display))
+        raise SpecError(Problem(f"no such file: {display}{hint}", (), display))
+    regular_file(path, at, "spec file")
+    raw = read_bytes(path, at, MAX_FILE_BYTES)
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(Problem(f"cannot read spec file: more than {MAX_FILE_BYTES:,} bytes; a spec is a few KB",
+                                (), display))
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise SpecError(Problem(f"the file is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
                                 "(save it as UTF-8)", (), display, line)) from None
-    except OSError as exc:  # no permission, a file that vanished
-        raise SpecError(Problem(f"cannot read spec file: {exc.strerror or exc}", (), display)) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SpecError(Problem(f"cannot read spec file: more than {MAX_FILE_BYTES:,} bytes", (), display))
     return parse_yaml(text, display)
+
+
+def spec_file(ref: str, base_dir: FsPath | None, at: At) -> FsPath:
+    """The spec file a field (``extends``, ``base``, an ensemble member) names by path, relative to
+    ``base_dir``: it must be a regular file, else ``at``'s located error says why (missing, a folder, a dangling
+    link, a name too long, a NUL byte, ...)."""
+    path = (base_dir or FsPath.cwd()) / check_name(ref, at)
+    if not path_exists(path, at):
+        raise at.error(ref, f"no such spec file (looked for {short_name(str(path))})")
+    return regular_file(path, at, "spec file")
 
 
 def resolve_extends(data: Any, locs: Locations, base_dir: FsPath | None,
@@ -365,14 +360,12 @@ def resolve_extends(data: Any, locs: Locations, base_dir: FsPath | None,
     if not isinstance(ref, str) or not ref.strip():
         raise SpecError.at(("extends",), f"expected a preset name or a path to a spec file, got {ref!r}", locs)
     if looks_like_path(ref):
-        parent_path = (base_dir or FsPath.cwd()) / ref
-        if not is_file(parent_path):
-            raise SpecError.at(("extends",), f"no such spec file: {ref} (looked for {parent_path})", locs)
+        parent_path = spec_file(ref, base_dir, At("extends", ("extends",), locs))
     else:
         parent_path = find_preset(ref)
         if parent_path is None:
             hint = not_found_hint(ref, preset_names(), spec_search_path(), "presets")
-            raise SpecError.at(("extends",), f"unknown preset {ref!r}{hint}", locs)
+            raise SpecError.at(("extends",), f"unknown preset {short_name(ref)!r}{hint}", locs)
     key = str(parent_path.resolve())
     if len(chain) >= MAX_EXTENDS:
         first = FsPath(chain[0]).name if chain else "?"

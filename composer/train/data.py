@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import At, check_name, exists, readable_folder
 from ..registry import DATASETS
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -179,7 +180,7 @@ def _idx_source(name: str, folder: Path, classes: list[str], flip: bool, flag: s
 
 def fashion_mnist(argument: str | None = None, flag: str = "--data") -> DataSource:
     if argument:
-        root = Path(argument)
+        root = check_name(argument, At(flag))   # a name no file can have: one located line, not an OSError
         candidates = [root, root / "FashionMNIST" / "raw", root / "raw"]
     else:
         candidates = []
@@ -196,7 +197,7 @@ def mnist(argument: str | None = None, flag: str = "--data") -> DataSource:
     if not argument:
         raise DataError(f"{flag} mnist: give the folder, --data mnist:DIR (torchvision's MNIST/raw layout or the "
                         "four IDX files); nothing is downloaded")
-    root = Path(argument)
+    root = check_name(argument, At(flag))
     folder = _idx_folder([root, root / "MNIST" / "raw", root / "raw"], flag, "MNIST",
                          "give the folder that holds them (or torchvision's root, with MNIST/raw inside)")
     return _idx_source("mnist", folder, [str(i) for i in range(10)], False, flag)
@@ -238,7 +239,7 @@ def _cifar(name: str, argument: str | None, flag: str) -> DataSource:
     if not argument:
         raise DataError(f"{flag} {name}: give the folder, --data {name}:DIR (the folder torchvision's {name.upper()} "
                         f"leaves, with {sub} inside); nothing is downloaded")
-    root = Path(argument)
+    root = check_name(argument, At(flag))
     folder = root / sub if (root / sub).is_dir() else root
     train_files = [folder / "train"] if hundred else [folder / f"data_batch_{i}" for i in range(1, 6)]
     missing = [p.name for p in train_files if not p.is_file()]
@@ -346,11 +347,11 @@ def open_source(text: str, flag: str = "--data") -> DataSource:
         if not isinstance(source, DataSource):
             raise DataError(f"{flag} {text}: the dataset plugin returned a {type(source).__name__}, not a DataSource")
         return source
-    path = Path(text)
-    if path.is_dir():
-        return image_folder(text, flag)
-    if path.exists():
-        raise DataError(f"{flag} {text}: a file, not a folder; give {DATA_FORMS}")
+    at = At(flag)
+    if exists(text, at):   # a name no file can have (too long, a NUL) is a located error here, not an OSError
+        if not os.path.isdir(text):
+            raise DataError(f"{flag} {text}: not a folder; give {DATA_FORMS}")
+        return image_folder(str(readable_folder(text, at)), flag)
     import difflib
 
     known = [*_BUILTIN, *DATASETS]
