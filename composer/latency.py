@@ -20,6 +20,11 @@ cached, then its input written, as the previous part leaves it), the fastest of 
 sessions with freshly built modules, until the two fastest agree within 5%, and the fastest counts. ``measure``
 times a whole model in ``repeats`` runs of enough calls to last >= 2 ms, in sessions alike. On CUDA, CUDA events
 around the calls.
+
+A table must not trust a timing taken on a busy machine: each row records the conditions it was timed under (load
+average, the CPU time other processes took, steal), a part timed while others kept >= SUSPECT_OTHERS cores busy
+is *suspect*, and ``Predictor.self_check`` sets one whole-model measurement beside a prediction (new table,
+unchecked network, or a check that disagreed), re-timing the suspect parts first when they disagree.
 """
 
 from __future__ import annotations
