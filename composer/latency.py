@@ -707,7 +707,8 @@ class Predictor:
         self.measure_seconds = 0.0
         self._evict = None  # EVICT_MB on the device, made at the first miss
         self._retimed: set[str] = set()  # keys re-timed by this Predictor (once each)
-        self._noted = False  # the search's note on suspect parts, once per process
+        self._checked = False  # checked_predict's self-check, once per process
+        self._noted = False  # checked_predict's note on suspect parts, once per process
 
     def predict(self, source, measure_missing: bool = True, retime: set[str] | None = None) -> Prediction:
         """The prediction from the table, timing the parts it lacks (unless ``measure_missing`` is False: then a
@@ -796,19 +797,21 @@ class Predictor:
 
     def checked_predict(self, source) -> Prediction:
         """For a search's latency budget: the first prediction of this process runs the self-check (once per
-        table); later ones are plain. Says once when a prediction rests on suspect parts."""
-        if not self._noted:
-            self._noted = True
+        table, said in one line on stderr); later ones are plain. Says once (stderr) when a prediction rests on
+        suspect parts."""
+        check = None
+        if not self._checked:
+            self._checked = True
             check = self.self_check(source)
             if check is not None:
                 print(f"latency table {self.table.path.name}: {check.describe()}", file=sys.stderr)
-            prediction = check.prediction if check is not None else self.predict(source)
-            if prediction.suspect:
-                print(f"note: the latency budget rests on {len(prediction.suspect)} parts timed while the machine "
-                      f"was busy (suspect: composer latency --tables; composer latency SPEC --retime mends them)",
-                      file=sys.stderr)
-            return prediction
-        return self.predict(source)
+        prediction = check.prediction if check is not None else self.predict(source)
+        if prediction.suspect and not self._noted:
+            self._noted = True
+            print(f"note: the latency budget rests on {len(prediction.suspect)} parts timed while the machine was "
+                  "busy (suspect: composer latency --tables lists them, composer latency SPEC --retime mends them)",
+                  file=sys.stderr)
+        return prediction
 
     def _time_part(self, item: _PartToTime) -> tuple[float, str | None, Conditions]:
         """(ms, the layout its output is contiguous in, the conditions it was timed under)."""

@@ -620,3 +620,25 @@ def test_a_table_timed_under_a_memory_bound_load_is_mended_by_its_self_check(cac
     if f"the table predicted {stale:.2f} ms" in check:  # the stale table disagreed: its parts were re-timed
         assert "re-timed" in check, out.stdout
     print(built.stdout, out.stdout, sep="\n")  # the figures, with -s
+
+
+def test_a_search_checks_its_table_once_and_says_when_its_budget_rests_on_suspect_parts(cache, monkeypatch, capsys):
+    from composer import latency
+
+    p = Predictor(threads=1, repeats=1)
+    p.predict(TINY)
+    p.table.conditions = {key: latency.Conditions(3.0, 1.7, 0.0) for key in p.table.rows}  # all timed busy
+    measured = []
+
+    def agreeing(*args, **kwargs):
+        measured.append(args[0])
+        return [p.predict(TINY).ms] * 2
+
+    monkeypatch.setattr(latency, "measure_sessions", agreeing)
+    first = p.checked_predict(TINY)
+    err = capsys.readouterr().err.splitlines()
+    assert len(measured) == 1 and len(first.suspect) == len(p.table) == 9
+    assert err[0].startswith(f"latency table {p.table.path.name}: self-check: predicted ") and "agrees" in err[0]
+    assert err[1].startswith("note: the latency budget rests on 9 parts timed while the machine was busy") and \
+        len(err) == 2
+    assert p.checked_predict(TINY).ms == first.ms and len(measured) == 1 and not capsys.readouterr().err
