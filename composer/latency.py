@@ -763,7 +763,8 @@ class Predictor:
         now), it was never checked, its last check disagreed, or ``force``; None when none is needed (or the
         spec is an ensemble). When prediction and measurement disagree by more than the machine's repeatability
         (REPEATABILITY, or the spread of the measurement's own sessions if larger), the network's suspect parts
-        are re-timed and, if it still disagrees, the rest of its parts; the check is recorded in the table."""
+        are re-timed and, if it still disagrees, the rest of its parts, quiet permitting (not while other processes
+        keep the machine busy during the measurement itself); the check is recorded in the table."""
         prediction = prediction or self.predict(source)
         if prediction.members:
             return None
@@ -780,7 +781,7 @@ class Predictor:
         check = SelfCheck(prediction.ms, measured, max(REPEATABILITY, spread), watch.conditions,
                           len(prediction.suspect), prediction)
         for which in ("suspect", "all"):
-            if check.agrees:
+            if check.agrees or check.conditions.suspect:  # quiet permitting: busy now, a re-timing is no better
                 break
             keys = {p.key for p in check.prediction.parts if which == "all" or p.suspect} - self._retimed
             if not keys:
@@ -866,7 +867,10 @@ class SelfCheck:
         busy = f"; measured while the machine was busy ({self.conditions.describe()})" \
             if self.conditions.suspect else ""
         if self.retimed == 0:
-            verdict = "agrees" if self.agrees else "DISAGREES (nothing left to re-time)"
+            if not self.agrees and self.conditions.suspect:
+                verdict, busy = f"DISAGREES, not re-timed: the machine is busy now ({self.conditions.describe()})", ""
+            else:
+                verdict = "agrees" if self.agrees else "DISAGREES (nothing left to re-time)"
             return (f"self-check: predicted {self.prediction.ms:.2f} ms, measured {self.measured:.2f} ms "
                     f"({ratio:.2f}x, this machine repeats within +-{self.tolerance:.0%}): {verdict}{busy}")
         first = f"the table predicted {self.first_ms:.2f} ms ({self.first_ms / self.measured:.2f}x the measured " \

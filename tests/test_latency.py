@@ -600,17 +600,14 @@ def test_a_table_timed_under_a_memory_bound_load_is_mended_by_its_self_check(cac
     spec["input_size"] = 64  # an eighth of the pixels: the table builds in about a minute under the load
     (tmp_path / "s12.yaml").write_text(yaml.safe_dump(spec))
     load = [subprocess.Popen([sys.executable, "-c", MEMORY_LOAD]) for _ in range(8)]
-    try:
-        built = _latency_cli(cache, str(tmp_path / "s12.yaml"), "--threads", "1", "--no-check")
+    try:  # in this process with one timed call per session (the CLI's 5 took 139 s under this load)
+        built = Predictor(threads=1, repeats=1, folder=cache / "latency").predict(tmp_path / "s12.yaml")
     finally:
         for process in load:
             process.kill()
             process.wait()
-    assert built.returncode == 0, built.stderr
-    assert "timed while the machine was busy (suspect)" in built.stdout
-    table = LatencyTable(fingerprint(threads=1), cache / "latency")
-    assert len(table) and all(table.suspect(key) for key in table.rows)
-    stale = float(next(line for line in built.stdout.splitlines() if "predicted" in line).split()[1])
+    assert built.measured_now == len(built.suspect) == 9  # every part timed under the load is suspect
+    stale = built.ms
     out = _latency_cli(cache, str(tmp_path / "s12.yaml"), "--threads", "1", "--measure")
     assert out.returncode == 0, out.stderr
     ratio = _assert_sound_or_flagged(out.stdout)
@@ -619,7 +616,9 @@ def test_a_table_timed_under_a_memory_bound_load_is_mended_by_its_self_check(cac
         assert "DISAGREES" in check, out.stdout
     if f"the table predicted {stale:.2f} ms" in check:  # the stale table disagreed: its parts were re-timed
         assert "re-timed" in check, out.stdout
-    print(built.stdout, out.stdout, sep="\n")  # the figures, with -s
+    elif "DISAGREES" in check:  # disagreed and nothing re-timed: only because the machine is busy now
+        assert "not re-timed: the machine is busy now" in check and f"predicted {stale:.2f} ms" in check, out.stdout
+    print(f"stale {stale:.2f} ms", out.stdout, sep="\n")  # the figures, with -s
 
 
 def test_a_search_checks_its_table_once_and_says_when_its_budget_rests_on_suspect_parts(cache, monkeypatch, capsys):
