@@ -2,6 +2,7 @@
 
     python benchmarks/latency_predictor.py [--samples 30] [--batch-sizes 1,8] [--threads 2] [--presets]
                                            [--remeasure] [--flush-denormal] [--keep-freed-memory]
+                                           [--busy-then-quiet PRESET]
 
 For every shipped search space, ``--samples`` seeded random valid samples (Optuna's RandomSampler, seed 0) are
 predicted from a table built from empty in a temporary folder (composer.latency) and measured end to end
@@ -16,6 +17,10 @@ sample measured again at the end, against its first measurement (how well the ma
 ceiling of any prediction from a table timed once). ``--presets`` prints a
 markdown table of every preset at batch 1: MACs, predicted and measured latency, img/s (docs/latency.md).
 
+``--busy-then-quiet PRESET`` (issue 33): PRESET's table built from empty while eight processes each add 1.0 to a
+64 MB numpy array in a loop, then, with the load gone, the stale prediction against a measurement, and what the
+table's self-check makes of it (parts re-timed, the final prediction against the measurement, whether it agrees).
+
 Machines here are noisy: the figures are only as good as the load allows; the script prints the load average
 at its start and end.
 """
@@ -26,6 +31,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +91,34 @@ def load() -> str:
         return "n/a"
 
 
+MEMORY_LOAD = "import numpy as np\na = np.zeros(8 * 2**20)\nwhile True:\n    a += 1.0\n"  # 64 MB, memory-bound
+
+
+def busy_then_quiet(preset: str, threads: int) -> None:
+    """A table timed under a memory-bound load, then predicted, measured and self-checked with the load gone."""
+    from composer.latency import Predictor
+
+    folder = Path(tempfile.mkdtemp(prefix="composer-latency-busy-"))
+    load_processes = [subprocess.Popen([sys.executable, "-c", MEMORY_LOAD]) for _ in range(8)]
+    try:
+        t0 = time.perf_counter()
+        busy = Predictor(threads=threads, folder=folder).predict(preset)
+        build = time.perf_counter() - t0
+    finally:
+        for process in load_processes:
+            process.kill()
+            process.wait()
+    print(f"\nbusy then quiet, {preset}: table built under eight memory-bound processes in {build:.1f} s, "
+          f"{len(busy.parts)} parts, {len(busy.suspect)} distinct suspect; load average now {load()}")
+    predictor = Predictor(threads=threads, folder=folder)
+    check = predictor.self_check(preset, force=True)
+    print(f"  stale prediction {check.first_ms:.1f} ms, measured {check.measured:.1f} ms: "
+          f"{check.first_ms / check.measured:.2f}x; the measurement's conditions: {check.conditions.describe()}")
+    print(f"  {check.describe()}")
+    print(f"  final prediction {check.prediction.ms:.1f} ms: {check.prediction.ms / check.measured:.2f}x the "
+          f"measured, {len(check.prediction.suspect)} parts still suspect", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=30)
@@ -99,6 +134,8 @@ def main() -> None:
                                                                      "run (composer latency --keep-freed-memory)")
     ap.add_argument("--dump", type=Path, default=None, help="write every sample's figures to this JSON-lines file "
                                                              "(space, batch, sample, MACs, predicted, measured ms)")
+    ap.add_argument("--busy-then-quiet", metavar="PRESET", default=None,
+                    help="PRESET's table timed under a memory-bound load, then self-checked with the load gone")
     args = ap.parse_args()
 
     from composer.latency import Predictor, keep_freed_memory, measure
@@ -114,6 +151,8 @@ def main() -> None:
     settings = ", denormals flushed" if args.flush_denormal else ""
     settings += ", malloc keeps freed memory" if args.keep_freed_memory else ""
     print(f"torch {torch.__version__}, {threads} threads{settings}; load average at start: {load()}")
+    if args.busy_then_quiet:
+        busy_then_quiet(args.busy_then_quiet, threads)
     folder = Path(tempfile.mkdtemp(prefix="composer-latency-"))
     for space in filter(None, args.spaces.split(",")):  # --spaces "": the presets only
         specs = samples(space, args.samples)

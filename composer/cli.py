@@ -184,14 +184,31 @@ def _set_process_latency_settings(args) -> None:
 
 
 def _cmd_latency(args) -> int:
-    from .latency import measure, predictor
+    from .latency import clear_tables, list_tables, predictor, tables_folder
 
+    if args.tables or args.clear is not None:
+        if args.spec is not None or args.retime or args.measure:
+            raise UsageError("--tables and --clear take no SPEC, --retime or --measure")
+        try:
+            if args.tables:
+                return _print_tables(list_tables(), tables_folder())
+            removed = clear_tables(args.clear or None)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"removed {len(removed)} latency table{'s' * (len(removed) != 1)} from {tables_folder()}")
+        return 0
+    if args.spec is None:
+        raise UsageError("composer latency: give a SPEC (a file, a preset name or YAML text), or --tables or --clear")
     _set_process_latency_settings(args)
     try:
         p = predictor(args.device, args.batch_size, args.threads)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    prediction = p.predict(args.spec)
+    counted_before, seconds_before = p.measured, p.measure_seconds
+    prediction = p.retime(args.spec) if args.retime else p.predict(args.spec)
+    check = None if args.no_check else p.self_check(args.spec, prediction, force=args.measure)
+    if check is not None:
+        prediction = check.prediction
     fp = prediction.fingerprint
     print(f"{prediction.spec_name}: latency of one forward on {fp.describe()}")
     rows = prediction.by_stage() if not prediction.members else [
@@ -199,15 +216,49 @@ def _cmd_latency(args) -> int:
     total = prediction.ms
     for label, ms in rows:
         print(f"  {label:<28} {ms:9.2f} ms  {ms / total:6.1%}")
-    print(f"  {'predicted':<28} {total:9.2f} ms  ({fp.batch_size / total * 1e3:.1f} img/s)")
-    if args.measure:
+    unsound = "  NOT SOUND: see the self-check" if check is not None and not check.agrees else ""
+    print(f"  {'predicted':<28} {total:9.2f} ms  ({fp.batch_size / total * 1e3:.1f} img/s){unsound}")
+    if check is not None and args.measure:
+        print(f"  {'measured (fastest of 7)':<28} {check.measured:9.2f} ms  (prediction {total / check.measured:.2f}x "
+              "the measured)")
+    elif args.measure:  # an ensemble: no self-check
+        from .latency import measure
+
         measured = measure(args.spec, args.device, args.batch_size, args.threads)
         print(f"  {'measured (fastest of 7)':<28} {measured:9.2f} ms  (prediction {total / measured:.2f}x the "
               "measured)")
-    timed = f"; {prediction.measured_now} parts timed now in {prediction.measure_seconds:.1f} s" \
-        if prediction.measured_now else ""
-    print(f"table: {prediction.table_path} ({len(p.table)} parts{timed})")
+    if check is not None:
+        print(check.describe())
+    timed_now, seconds = p.measured - counted_before, p.measure_seconds - seconds_before
+    timed = f"; {timed_now} parts timed now in {seconds:.1f} s" if timed_now else ""
+    suspect = prediction.suspect
+    busy = f"; {len(suspect)} of this spec's parts timed while the machine was busy (suspect)" if suspect else ""
+    print(f"table: {prediction.table_path} ({len(p.table)} parts{timed}{busy})")
     return 0
+
+
+def _print_tables(tables, folder) -> int:
+    import time
+
+    if not tables:
+        print(f"no latency tables in {folder}")
+        return 0
+    print(f"latency tables in {folder}:")
+    print(f"  {'fingerprint':<16}  {'parts':>5}  {'suspect':>7}  {'age':>6}  {'last self-check':<26}  device")
+    for t in tables:
+        age = "?" if t.created is None else _age(time.time() - t.created)
+        check = "never" if t.last_check is None else (
+            f"{t.last_check.get('error', 0):+.1%} ({t.last_check.get('spec', '?')}"
+            f"{'' if t.last_check.get('agrees') else ', disagrees'})")
+        print(f"  {t.key:<16}  {t.parts:>5}  {t.suspect:>7}  {age:>6}  {check:<26}  {t.describe}")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
 
 
 def _cmd_check_mixer(args) -> int:
@@ -416,11 +467,20 @@ def make_parser() -> argparse.ArgumentParser:
     add_train_flags(s)
     s.set_defaults(func=_cmd_search)
     la = sub.add_parser("latency", help="latency predicted on this device from timed parts (and --measure)")
-    la.add_argument("spec", help="a spec file, a preset name or YAML text")
+    la.add_argument("spec", nargs="?", help="a spec file, a preset name or YAML text")
     la.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     la.add_argument("--batch-size", type=int, default=1, help="default 1")
     la.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    la.add_argument("--measure", action="store_true", help="also time the whole built model")
+    la.add_argument("--measure", action="store_true",
+                    help="also time the whole built model (the self-check: parts re-timed when they disagree)")
+    la.add_argument("--retime", action="store_true",
+                    help="time the spec's parts again, replacing the table's timings (after a busy spell)")
+    la.add_argument("--no-check", action="store_true",
+                    help="trust the table: no whole-model self-check, even for a new table or suspect parts")
+    la.add_argument("--tables", action="store_true",
+                    help="list the latency tables: fingerprint, parts, suspect parts, age, last self-check")
+    la.add_argument("--clear", nargs="?", const="", metavar="FINGERPRINT",
+                    help="remove every latency table, or the one with this fingerprint (composer latency --tables)")
     la.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
     la.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
     la.set_defaults(func=_cmd_latency)

@@ -20,6 +20,11 @@ cached, then its input written, as the previous part leaves it), the fastest of 
 sessions with freshly built modules, until the two fastest agree within 5%, and the fastest counts. ``measure``
 times a whole model in ``repeats`` runs of enough calls to last >= 2 ms, in sessions alike. On CUDA, CUDA events
 around the calls.
+
+A table must not trust a timing taken on a busy machine: each row records the conditions it was timed under (load
+average, the CPU time other processes took, steal), a part timed while others kept >= SUSPECT_OTHERS cores busy
+is *suspect*, and ``Predictor.self_check`` sets one whole-model measurement beside a prediction (new table,
+unchecked network, or a check that disagreed), re-timing the suspect parts first when they disagree.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,6 +54,12 @@ PART_CALLS = 2     # a part is timed in PART_CALLS x repeats single cold calls p
 WARMUP_MS = 100.0  # untimed calls first, at least this long (FFT plans, allocator, caches)
 SESSIONS = (2, 5)  # a part is timed in 2 to 5 sessions, each with a freshly built module, until its two fastest
 AGREE = 0.05       # sessions agree within 5%; the fastest counts
+# A part timed while other processes kept >= SUSPECT_OTHERS cores busy on average (or the hypervisor stole that
+# much) is *suspect*: half a core, against 1.56-1.61 cores measured during timings on this project's 2-core machine
+# while other engineers' work (load average 10-20) or eight memory-bound processes ran (docs/latency.md). A quiet
+# machine leaves well under it (its background daemons); one busy process beside a one-thread timing, over it.
+SUSPECT_OTHERS = 0.5
+REPEATABILITY = 0.10  # the self-check's tolerance at least: a whole model measured twice here agrees within +-10%
 
 
 # -- device fingerprint and the table on disk ------------------------------------------------------------------
@@ -208,15 +220,24 @@ def _table_at() -> paths.At:
 class LatencyTable:
     """Milliseconds per part key for one fingerprint, in ``cache_dir()/latency/<fingerprint key>.jsonl``: a
     header line, then one line per timed part, appended under a file lock (search workers share it). The first
-    timing of a key wins, so a prediction never changes once its parts are in the table."""
+    timing of a key wins, so a prediction never changes once its parts are in the table, unless the part is
+    *re-timed* (``--retime``, or the self-check): a row marked ``retimed`` replaces the key's earlier one. Each
+    row records the conditions it was timed under (``cond``; rows from before have none and are not suspect), and
+    the self-check appends its findings as ``check`` rows (tables written before are read as they were)."""
 
     def __init__(self, fp: Fingerprint, folder: Path | None = None):
         self.fingerprint = fp
         self.path = (folder or cache_dir() / "latency") / f"{fp.key}.jsonl"
+        self._clear()
+        self._read()
+
+    def _clear(self) -> None:
         self.rows: dict[str, float] = {}
         self.what: dict[str, str] = {}
         self.out: dict[str, str | None] = {}  # the layout the part's output is contiguous in (the next part's input)
-        self._read()
+        self.conditions: dict[str, Conditions | None] = {}
+        self.checks: dict[str, dict] = {}  # the last self-check of each network (by its parts), as recorded
+        self.created: float | None = None
 
     def _read(self) -> None:
         at = _table_at()
@@ -224,16 +245,22 @@ class LatencyTable:
             return
         raw = paths.read_bytes(self.path, at, MAX_TABLE_BYTES)
         lines = raw[:MAX_TABLE_BYTES].decode("utf-8", errors="replace").splitlines()
+        with contextlib.suppress(ValueError, TypeError, AttributeError, IndexError):
+            self.created = float(json.loads(lines[0]).get("created"))
         for line in lines[1:]:
             try:
                 row = json.loads(line)
+                if isinstance(row, dict) and "check" in row:
+                    self.checks[str(row["check"])] = row
+                    continue
                 key, ms = row["key"], float(row["ms"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a killed writer: that part is timed again
-            if key not in self.rows and math.isfinite(ms) and ms >= 0:
+            if (key not in self.rows or row.get("retimed")) and math.isfinite(ms) and ms >= 0:
                 self.rows[key] = ms
                 self.what[key] = row.get("what", "")
                 self.out[key] = row.get("out")
+                self.conditions[key] = Conditions.from_row(row.get("cond"))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -241,33 +268,64 @@ class LatencyTable:
     def get(self, key: str) -> float | None:
         return self.rows.get(key)
 
-    def add(self, key: str, ms: float, what: str, out: str | None = None) -> float:
-        """Record a timing and the layout the part's output is contiguous in (unless another process recorded this
-        key first: then that one is returned)."""
+    def suspect(self, key: str) -> bool:
+        """Whether the part was timed while the machine was busy (SUSPECT_OTHERS)."""
+        cond = self.conditions.get(key)
+        return cond is not None and cond.suspect
+
+    def add(self, key: str, ms: float, what: str, out: str | None = None, cond: Conditions | None = None,
+            retimed: bool = False) -> float:
+        """Record a timing, the layout the part's output is contiguous in and the conditions it was timed under
+        (unless another process recorded this key first and this is no re-timing: then that one is returned)."""
+        row = {"key": key, "ms": ms, "what": what, "out": out}
+        if cond is not None:
+            row["cond"] = cond.as_row()
+        if retimed:
+            row["retimed"] = True
+        with self._appending() as append:
+            if key in self.rows and not retimed:
+                return self.rows[key]
+            append(row)
+        self.rows[key], self.what[key], self.out[key], self.conditions[key] = ms, what, out, cond
+        return ms
+
+    def add_check(self, network: str, row: dict) -> None:
+        """Record a self-check of the network whose parts hash to ``network``."""
+        with self._appending() as append:
+            append({"check": network, **row})
+        self.checks[network] = {"check": network, **row}
+
+    @contextlib.contextmanager
+    def _appending(self) -> Iterator[Any]:
+        """Under the table's lock, after reading what other workers added meanwhile: ``append(row)``. The folder,
+        the lock and the table go through composer.paths (no FIFO an append would block on, no folder in the
+        table's place); an OSError on the way is one located line."""
         at = _table_at()
         paths.writable_folder(self.path.parent, at)
         lock = paths.writable_file(self.path.with_suffix(".lock"), at)
-        paths.writable_file(self.path, at)  # no FIFO (an append would block) or folder in the table's place
+        paths.writable_file(self.path, at)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(_locked(lock))
+            except OSError as exc:
+                raise at.error(self.path, f"cannot write there ({paths.reason(exc, self.path)})") from None
+            self._clear()
+            self._read()
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            try:
+                handle = open(self.path, "a")
+            except OSError as exc:
+                raise at.error(self.path, f"cannot write there ({paths.reason(exc, self.path)})") from None
+            with handle:
+                if new:
+                    self.created = time.time()
+                    handle.write(json.dumps({"fingerprint": asdict(self.fingerprint), "version": TABLE_VERSION,
+                                             "created": self.created}) + "\n")
 
-        def append() -> float:
-            with _locked(lock):
-                self.rows.clear()
-                self._read()  # what other workers added meanwhile
-                if key in self.rows:
-                    return self.rows[key]
-                new = not self.path.exists() or self.path.stat().st_size == 0
-                with open(self.path, "a") as handle:
-                    if new:
-                        handle.write(json.dumps({"fingerprint": asdict(self.fingerprint), "version": TABLE_VERSION})
-                                     + "\n")
-                    handle.write(json.dumps({"key": key, "ms": ms, "what": what, "out": out}) + "\n")
-            return ms
+                def append(row: dict) -> None:
+                    handle.write(json.dumps(row) + "\n")
 
-        recorded = paths.guarded(at, self.path, append, "cannot write there")
-        if recorded != ms:
-            return recorded
-        self.rows[key], self.what[key], self.out[key] = ms, what, out
-        return ms
+                yield append
 
 
 @contextlib.contextmanager
@@ -285,6 +343,95 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# -- the conditions a timing was taken under ---------------------------------------------------------------------
+
+def _cpu_ticks() -> tuple[float, float, float] | None:
+    """(busy ticks of all CPUs, steal ticks, this process's own ticks) from /proc, or None where unreadable."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [float(v) for v in handle.readline().split()[1:]]
+        with open("/proc/self/stat") as handle:
+            own = handle.read().rsplit(")", 1)[1].split()  # the name may hold spaces; fields from the state on
+    except (OSError, ValueError, IndexError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
+    steal = fields[7] if len(fields) > 7 else 0.0
+    return busy, steal, float(own[11]) + float(own[12])  # utime, stime (fields 14 and 15 of stat(5))
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+@dataclass
+class Conditions:
+    """What the machine was doing while something was timed: the 1-minute load average at the start, the CPU time
+    other processes took (cores, on average over the timing), the CPU time the hypervisor stole (cores)."""
+
+    load: float | None = None
+    others: float | None = None
+    steal: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def suspect(self) -> bool:
+        if self.others is not None:
+            return self.others >= SUSPECT_OTHERS or (self.steal or 0.0) >= SUSPECT_OTHERS
+        # no /proc (macOS): the load average, which counts this process too, over the machine's cores
+        return self.load is not None and self.load >= (os.cpu_count() or 1) + SUSPECT_OTHERS
+
+    def describe(self) -> str:
+        parts = [f"other processes {self.others:.2f} cores"] if self.others is not None else []
+        if self.steal:
+            parts.append(f"steal {self.steal:.2f} cores")
+        if self.load is not None:
+            parts.append(f"load average {self.load:.2f}")
+        return ", ".join(parts) or "conditions unknown"
+
+    def as_row(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None} | {"suspect": self.suspect}
+
+    @classmethod
+    def from_row(cls, row: Any) -> Conditions | None:
+        if not isinstance(row, dict):
+            return None  # timed before conditions were recorded
+        try:
+            return cls(*(None if row.get(k) is None else float(row[k]) for k in ("load", "others", "steal")),
+                       float(row.get("seconds", 0.0)))
+        except (TypeError, ValueError):
+            return None
+
+
+class _Watch:
+    """``with _Watch() as w: ...`` then ``w.conditions``: the conditions over the block."""
+
+    def __enter__(self) -> _Watch:
+        self.load, self.start, self.ticks = _load_average(), time.perf_counter(), _cpu_ticks()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        seconds = time.perf_counter() - self.start
+        after = _cpu_ticks()
+        others = steal = None
+        if self.ticks is not None and after is not None and seconds > 0:
+            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            others = max(0.0, (after[0] - self.ticks[0]) - (after[2] - self.ticks[2])) / hz / seconds
+            steal = max(0.0, after[1] - self.ticks[1]) / hz / seconds
+            others, steal = round(others, 3), round(steal, 3)
+        self.conditions = Conditions(self.load, others, steal, round(seconds, 3))
+
+
+def quiet_now(seconds: float = 0.5) -> Conditions:
+    """The machine's conditions over the next ``seconds`` (this process idle meanwhile)."""
+    with _Watch() as watch:
+        time.sleep(seconds)
+    return watch.conditions
+
+
 # -- the parts of a spec ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -296,6 +443,7 @@ class PartLatency:
     ms: float = 0.0
     measured_now: bool = False
     permuted: bool = False  # its input was timed as a permuted view (as the part before hands it on)
+    suspect: bool = False   # timed while the machine was busy
 
 
 @dataclass
@@ -485,6 +633,11 @@ def _fastest(session) -> float:
     """``session(i)`` (ms) for i = 0, 1, ... until the two fastest agree within AGREE (at most SESSIONS[1]); the
     fastest. On this project's machines one freshly built FFT block in two runs 1.5x slower than the others
     (where its buffers land), so one session may be slow; two that agree are not both an accident."""
+    return min(_sessions(session))
+
+
+def _sessions(session) -> list[float]:
+    """The session timings ``_fastest`` takes its minimum of."""
     timings: list[float] = []
     while len(timings) < SESSIONS[1]:
         timings.append(session(len(timings)))
@@ -492,7 +645,7 @@ def _fastest(session) -> float:
             first, second = sorted(timings)[:2]
             if second <= first * (1 + AGREE):
                 break
-    return min(timings)
+    return timings
 
 
 def _prepare(module, fp: Fingerprint, device):
@@ -538,6 +691,21 @@ class Prediction:
             return sum(m.ms for m in self.members)
         return sum(p.ms for p in self.parts)
 
+    @property
+    def suspect(self) -> list[PartLatency]:
+        """The parts (distinct keys) of this prediction timed while the machine was busy."""
+        seen: dict[str, PartLatency] = {}
+        for p in [q for m in self.members for q in m.parts] + self.parts:
+            if p.suspect:
+                seen.setdefault(p.key, p)
+        return list(seen.values())
+
+    @property
+    def network(self) -> str:
+        """What identifies the network to the self-check: its parts' keys in order."""
+        keys = [q.key for m in self.members for q in m.parts] + [p.key for p in self.parts]
+        return _key(keys)[:16]
+
     def by_stage(self) -> list[tuple[str, float]]:
         """(stem | stage i | head, ms) in order."""
         rows: dict[str, float] = {}
@@ -559,13 +727,18 @@ class Predictor:
         self.measured = 0
         self.measure_seconds = 0.0
         self._evict = None  # EVICT_MB on the device, made at the first miss
+        self._retimed: set[str] = set()  # keys re-timed by this Predictor (once each)
+        self._checked = False  # checked_predict's self-check, once per process
+        self._noted = False  # checked_predict's note on suspect parts, once per process
 
-    def predict(self, source, measure_missing: bool = True) -> Prediction:
+    def predict(self, source, measure_missing: bool = True, retime: set[str] | None = None) -> Prediction:
+        """The prediction from the table, timing the parts it lacks (unless ``measure_missing`` is False: then a
+        KeyError) and re-timing those whose keys are in ``retime`` (each once per Predictor: ``_retimed``)."""
         from .spec import EnsembleSpec, load_spec
 
         spec = load_spec(source)
         if isinstance(spec, EnsembleSpec):
-            members = [self.predict(m, measure_missing) for m in spec.members]
+            members = [self.predict(m, measure_missing, retime) for m in spec.members]
             return Prediction(spec.name or "ensemble", self.fingerprint, [], self.table.path,
                               sum(m.measured_now for m in members), sum(m.measure_seconds for m in members),
                               members)
@@ -582,17 +755,88 @@ class Predictor:
             if ms is None:
                 if not measure_missing:
                     raise KeyError(f"{item.name} ({item.what}) is not in the latency table {self.table.path}")
-                timed, out = self._time_part(item)
-                ms = self.table.add(key, timed, item.what, out)
+                timed, out, cond = self._time_part(item)
+                ms = self.table.add(key, timed, item.what, out, cond)
+                self.measured += 1
+                now = True
+            elif retime is not None and key in retime and key not in self._retimed:
+                timed, out, cond = self._time_part(item)
+                ms = self.table.add(key, timed, item.what, out, cond, retimed=True)
+                self._retimed.add(key)
                 self.measured += 1
                 now = True
             stored = self.table.out.get(key) or item.layout
-            parts.append(PartLatency(item.name, item.stage, item.what, key, ms, now, item.permuted))
+            parts.append(PartLatency(item.name, item.stage, item.what, key, ms, now, item.permuted,
+                                     self.table.suspect(key)))
         return Prediction(spec.name or "spec", self.fingerprint, parts, self.table.path, self.measured - before,
                           time.perf_counter() - t0 if self.measured > before else 0.0)
 
-    def _time_part(self, item: _PartToTime) -> tuple[float, str | None]:
-        """(ms, the layout its output is contiguous in)."""
+    def retime(self, source) -> Prediction:
+        """Time every part of ``source`` again (``composer latency SPEC --retime``): the new timings replace the
+        table's, for every later prediction too."""
+        keys = {p.key for m in (lambda q: q.members or [q])(self.predict(source)) for p in m.parts}
+        self._retimed -= keys
+        return self.predict(source, retime=keys)
+
+    def self_check(self, source, prediction: Prediction | None = None, force: bool = False,
+                   repeats: int = 7) -> SelfCheck | None:
+        """One whole-model measurement beside the prediction, when the table is new for this network (parts timed
+        now), it was never checked, its last check disagreed, or ``force``; None when none is needed (or the
+        spec is an ensemble). When prediction and measurement disagree by more than the machine's repeatability
+        (REPEATABILITY, or the spread of the measurement's own sessions if larger), the network's suspect parts
+        are re-timed and, if it still disagrees, the rest of its parts, quiet permitting (not while other processes
+        keep the machine busy during the measurement itself); the check is recorded in the table."""
+        prediction = prediction or self.predict(source)
+        if prediction.members:
+            return None
+        last = self.table.checks.get(prediction.network)
+        # a network whose last check agreed is vouched for, suspect parts and all
+        if not (force or prediction.measured_now > 0 or last is None or not last.get("agrees", False)):
+            return None
+        fp = self.fingerprint
+        with _Watch() as watch:
+            sessions = measure_sessions(source, fp.device, fp.batch_size, self.threads, repeats, fp.dtype,
+                                        fp.memory_format)
+        measured = min(sessions)
+        spread = sorted(sessions)[1] / measured - 1 if len(sessions) > 1 else 0.0
+        check = SelfCheck(prediction.ms, measured, max(REPEATABILITY, spread), watch.conditions,
+                          len(prediction.suspect), prediction)
+        for which in ("suspect", "all"):
+            if check.agrees or check.conditions.suspect:  # quiet permitting: busy now, a re-timing is no better
+                break
+            keys = {p.key for p in check.prediction.parts if which == "all" or p.suspect} - self._retimed
+            if not keys:
+                continue
+            before = self.measured
+            check.prediction = self.predict(source, retime=keys)
+            check.retimed += self.measured - before
+        self.table.add_check(prediction.network, {
+            "spec": prediction.spec_name, "at": round(time.time(), 1), "predicted": round(check.first_ms, 4),
+            "measured": round(measured, 4), "final": round(check.prediction.ms, 4),
+            "error": round(check.error, 4), "tolerance": round(check.tolerance, 4), "agrees": check.agrees,
+            "retimed": check.retimed, "cond": check.conditions.as_row()})
+        return check
+
+    def checked_predict(self, source) -> Prediction:
+        """For a search's latency budget: the first prediction of this process runs the self-check (once per
+        table, said in one line on stderr); later ones are plain. Says once (stderr) when a prediction rests on
+        suspect parts."""
+        check = None
+        if not self._checked:
+            self._checked = True
+            check = self.self_check(source)
+            if check is not None:
+                print(f"latency table {self.table.path.name}: {check.describe()}", file=sys.stderr)
+        prediction = check.prediction if check is not None else self.predict(source)
+        if prediction.suspect and not self._noted:
+            self._noted = True
+            print(f"note: the latency budget rests on {len(prediction.suspect)} parts timed while the machine was "
+                  "busy (suspect: composer latency --tables lists them, composer latency SPEC --retime mends them)",
+                  file=sys.stderr)
+        return prediction
+
+    def _time_part(self, item: _PartToTime) -> tuple[float, str | None, Conditions]:
+        """(ms, the layout its output is contiguous in, the conditions it was timed under)."""
         import torch
 
         from .profile import resolve_device
@@ -612,10 +856,50 @@ class Predictor:
                     out.append(_stored_layout(module(x), item.layout))
             return _time_cold_ms(module, x, device, PART_CALLS * self.repeats, self._evict)
 
-        with _threads(self.threads):
+        with _threads(self.threads), _Watch() as watch:
             ms = _fastest(session)
         self.measure_seconds += time.perf_counter() - t0
-        return ms, out[0]
+        return ms, out[0], watch.conditions
+
+
+@dataclass
+class SelfCheck:
+    """A prediction set beside one whole-model measurement (``Predictor.self_check``)."""
+
+    first_ms: float            # what the table predicted before the check
+    measured: float
+    tolerance: float           # the machine's repeatability: REPEATABILITY, or the measurement's own spread
+    conditions: Conditions     # while the model was measured
+    suspect_before: int
+    prediction: Prediction     # after any re-timing
+    retimed: int = 0
+
+    @property
+    def error(self) -> float:
+        return self.prediction.ms / self.measured - 1
+
+    @property
+    def agrees(self) -> bool:
+        return abs(self.error) <= self.tolerance
+
+    def describe(self) -> str:
+        """One line."""
+        ratio = self.prediction.ms / self.measured
+        busy = f"; measured while the machine was busy ({self.conditions.describe()})" \
+            if self.conditions.suspect else ""
+        if self.retimed == 0:
+            if not self.agrees and self.conditions.suspect:
+                verdict, busy = f"DISAGREES, not re-timed: the machine is busy now ({self.conditions.describe()})", ""
+            else:
+                verdict = "agrees" if self.agrees else "DISAGREES (nothing left to re-time)"
+            return (f"self-check: predicted {self.prediction.ms:.2f} ms, measured {self.measured:.2f} ms "
+                    f"({ratio:.2f}x, this machine repeats within +-{self.tolerance:.0%}): {verdict}{busy}")
+        first = f"the table predicted {self.first_ms:.2f} ms ({self.first_ms / self.measured:.2f}x the measured " \
+                f"{self.measured:.2f} ms, beyond this machine's +-{self.tolerance:.0%})"
+        if self.agrees:
+            return f"self-check: {first}; re-timed {self.retimed} parts, now {ratio:.2f}x: agrees{busy}"
+        return (f"self-check: {first}; re-timed {self.retimed} parts and it still DISAGREES ({ratio:.2f}x): this "
+                f"prediction is not sound on this machine now{busy}")
 
 
 _PREDICTORS: dict[tuple, Predictor] = {}
@@ -641,6 +925,12 @@ def measure(spec, device: str = "cpu", batch_size: int = 1, threads: int | None 
             dtype: str = "float32", memory_format: str = "contiguous") -> float:
     """Measured ms of one forward of the whole built model, timed as the parts are: the fastest of ``repeats`` runs
     after >= 100 ms of warm-up, in 2-5 sessions with freshly built models until two agree."""
+    return min(measure_sessions(spec, device, batch_size, threads, repeats, dtype, memory_format))
+
+
+def measure_sessions(spec, device: str = "cpu", batch_size: int = 1, threads: int | None = None, repeats: int = 7,
+                     dtype: str = "float32", memory_format: str = "contiguous") -> list[float]:
+    """``measure``'s session timings (ms), whose spread is the machine's repeatability at that moment."""
     import torch
 
     from .composed import compose
@@ -658,7 +948,85 @@ def measure(spec, device: str = "cpu", batch_size: int = 1, threads: int | None 
         return _time_ms(model, x, dev, repeats)
 
     with _threads(fp.threads):
-        return _fastest(session)
+        return _sessions(session)
+
+
+
+# -- the tables on disk: listed and removed (composer latency --tables | --clear) --------------------------------
+
+@dataclass
+class TableInfo:
+    key: str
+    path: Path
+    describe: str        # the fingerprint in words, or why it cannot be read
+    parts: int
+    suspect: int
+    created: float | None
+    last_check: dict | None
+
+
+def tables_folder() -> Path:
+    return cache_dir() / "latency"
+
+
+def _listing(folder: Path) -> list[Path]:
+    """The table files in ``folder`` ([] when it does not exist); ValueError when it cannot be read."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix == ".jsonl")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ValueError(f"cannot read the latency tables folder {folder}: {exc.strerror or exc}") from None
+
+
+def list_tables(folder: Path | None = None) -> list[TableInfo]:
+    """Every table in the folder, oldest first: its fingerprint, parts, suspect parts, age, last self-check."""
+    folder = folder or tables_folder()
+    out = []
+    for path in _listing(folder):
+        try:
+            header = json.loads(path.read_text().split("\n", 1)[0])
+            fp = Fingerprint(**header["fingerprint"])
+            table = LatencyTable(fp, folder)
+            table.path = path  # an older version's table keeps its own name
+            table._clear()
+            table._read()
+            describe = fp.describe() + ("" if header.get("version") == TABLE_VERSION
+                                        else f" (table version {header.get('version')}: not read by this composer)")
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            out.append(TableInfo(path.stem, path, f"unreadable: {exc}", 0, 0, None, None))
+            continue
+        created = table.created
+        if created is None:
+            with contextlib.suppress(OSError):
+                created = path.stat().st_mtime
+        last = max(table.checks.values(), key=lambda r: r.get("at", 0), default=None)
+        out.append(TableInfo(path.stem, path, describe, len(table), sum(map(table.suspect, table.rows)), created,
+                             last))
+    return sorted(out, key=lambda t: t.created or 0)
+
+
+def clear_tables(fingerprint_key: str | None = None, folder: Path | None = None) -> list[Path]:
+    """Remove every table, or the one whose fingerprint key is (or starts with) ``fingerprint_key``; the removed
+    files. ValueError for a malformed key, one that matches no table or several."""
+    folder = folder or tables_folder()
+    paths = _listing(folder)
+    if fingerprint_key is not None:
+        if not (1 <= len(fingerprint_key) <= 16 and all(c in "0123456789abcdef" for c in fingerprint_key)):
+            raise ValueError(f"--clear: a fingerprint is up to 16 hexadecimal digits (composer latency --tables "
+                             f"lists them), got {fingerprint_key!r}")
+        paths = [p for p in paths if p.stem.startswith(fingerprint_key)]
+        if len(paths) != 1:
+            many = f"{len(paths)} tables" if paths else "no table"
+            raise ValueError(f"--clear: {many} in {folder} with fingerprint {fingerprint_key!r} "
+                             "(composer latency --tables lists them)")
+    for path in paths:
+        try:
+            path.unlink()
+            path.with_suffix(".lock").unlink(missing_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--clear: cannot remove {path}: {exc.strerror or exc}") from None
+    return paths
 
 
 def parse_latency(value, flag: str = "--max-latency") -> float:
@@ -683,5 +1051,6 @@ def parse_latency(value, flag: str = "--max-latency") -> float:
     return ms
 
 
-__all__ = ["Fingerprint", "LatencyTable", "PartLatency", "Prediction", "Predictor", "cache_dir", "fingerprint",
-           "flush_denormal", "keep_freed_memory", "measure", "parse_latency", "predict", "predictor"]
+__all__ = ["Conditions", "Fingerprint", "LatencyTable", "PartLatency", "Prediction", "Predictor", "SelfCheck",
+           "TableInfo", "cache_dir", "clear_tables", "fingerprint", "flush_denormal", "keep_freed_memory",
+           "list_tables", "measure", "measure_sessions", "parse_latency", "predict", "predictor", "quiet_now"]

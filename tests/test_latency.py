@@ -34,7 +34,9 @@ def test_the_table_is_reused_across_processes(cache, tmp_path):
     env = {**os.environ, "COMPOSER_CACHE_DIR": str(cache)}
 
     def run():
-        out = subprocess.run([sys.executable, "-m", "composer.cli", "latency", "tiny.yaml", "--threads", "1"],
+        # --no-check: the table alone (the self-check may re-time parts on a busy machine: tested below)
+        out = subprocess.run([sys.executable, "-m", "composer.cli", "latency", "tiny.yaml", "--threads", "1",
+                              "--no-check"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         return out.stdout
@@ -418,3 +420,226 @@ def test_the_prepared_gpu_script_runs_here_on_the_cpu(tmp_path):
                  "Hpx (hpxformer_s18", "done in"):
         assert line in log, line
     assert f"from {ROOT / 'composer' / '__init__.py'}" in done.stdout  # composer from this source tree
+
+
+# -- conditions, suspect parts, the self-check, --tables / --clear / --retime (issue 33) -------------------------
+
+def _busy_children(n: int, seconds: float) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", f"import time\nend = time.time() + {seconds}\n"
+                              "while time.time() < end: pass"]) for _ in range(n)]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="other processes' CPU time is read from /proc")
+def test_other_processes_cpu_time_is_measured_and_marks_a_timing_suspect():
+    from composer.latency import SUSPECT_OTHERS, Conditions, quiet_now
+
+    children = _busy_children(2, 10)
+    try:
+        busy = quiet_now(1.0)  # this process sleeps: what the children (and the rest of the machine) took
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert busy.others >= SUSPECT_OTHERS and busy.suspect and busy.load is not None and 0.9 < busy.seconds < 2
+    assert not Conditions(0.3, 0.05, 0.0).suspect and Conditions(0.3, 0.05, SUSPECT_OTHERS).suspect
+    assert Conditions.from_row(Conditions(1.5, 0.7, 0.0, 2.0).as_row()) == Conditions(1.5, 0.7, 0.0, 2.0)
+    assert Conditions.from_row(None) is None and Conditions.from_row({"others": "x"}) is None
+
+
+def test_every_timed_part_records_its_conditions_and_old_rows_still_read(cache, monkeypatch):
+    import json
+
+    from composer import latency
+
+    p = Predictor(threads=1, repeats=1)
+    p.predict(TINY)
+    rows = [json.loads(line) for line in p.table.path.read_text().splitlines()]
+    assert "created" in rows[0] and all({"load", "others", "seconds", "suspect"} <= set(r["cond"]) for r in rows[1:])
+    # a row as written before conditions were recorded: read, not suspect; a re-timed row replaces the first
+    key = rows[1]["key"]
+    with open(p.table.path, "a") as handle:
+        handle.write(json.dumps({"key": key, "ms": 99.0, "what": "ignored: the first timing wins"}) + "\n")
+        handle.write(json.dumps({"check": "abc", "spec": "tiny", "error": 0.5, "agrees": False}) + "\n")
+    again = LatencyTable(p.fingerprint, p.table.path.parent)
+    assert again.get(key) == rows[1]["ms"] and again.checks["abc"]["error"] == 0.5
+    again.add(key, 7.0, "re-timed", None, latency.Conditions(0.1, 2.0, 0.0), retimed=True)
+    third = LatencyTable(p.fingerprint, p.table.path.parent)
+    assert third.get(key) == 7.0 and third.suspect(key) and len(third) == len(rows) - 1
+    assert sum(map(third.suspect, third.rows)) == 1 + sum(r["cond"]["suspect"] for r in rows[2:])
+
+
+def test_the_self_check_retimes_suspect_parts_first_and_says_when_it_still_disagrees(cache, monkeypatch):
+    from composer import latency
+
+    p = Predictor(threads=1, repeats=1)
+    first = p.predict(TINY)
+    suspect_key = first.parts[0].key  # the stem alone as timed on a busy machine (this machine may be busier)
+    p.table.conditions = {key: latency.Conditions(0.1, 0.0, 0.0) for key in p.table.rows}
+    p.table.conditions[suspect_key] = latency.Conditions(4.0, 1.8, 0.0)
+    asked: list[set] = []
+    original = Predictor.predict
+
+    def spy(self, source, measure_missing=True, retime=None):
+        if retime:
+            asked.append(set(retime))
+        return original(self, source, measure_missing, retime)
+
+    monkeypatch.setattr(Predictor, "predict", spy)
+    monkeypatch.setattr(latency, "measure_sessions", lambda *a, **k: [first.ms / 50, first.ms / 49])
+    monkeypatch.setattr(latency, "_cpu_ticks", lambda: None)  # a quiet machine, as far as the check can tell
+    monkeypatch.setattr(latency, "_load_average", lambda: 0.1)
+    check = p.self_check(TINY)
+    assert asked[0] == {suspect_key} and asked[1] == {q.key for q in first.parts} - {suspect_key}
+    assert check.retimed == len(p.table) and not check.agrees and check.suspect_before == 1
+    assert "re-timed 9 parts and it still DISAGREES" in check.describe() and "\n" not in check.describe()
+    assert p.table.checks[check.prediction.network]["agrees"] is False
+    # a network whose last check disagreed is checked again; once one agrees, it is vouched for
+    monkeypatch.setattr(latency, "measure_sessions", lambda *a, **k: [p.predict(TINY).ms] * 2)
+    agreed = p.self_check(TINY)
+    assert agreed.agrees and agreed.retimed == 0 and "agrees" in agreed.describe()
+    assert p.self_check(TINY) is None and p.self_check(TINY, force=True) is not None
+    assert Predictor(threads=1, repeats=1).self_check(TINY) is None  # read back from the table
+
+
+def _latency_cli(cache, *args):
+    env = {**os.environ, "COMPOSER_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-m", "composer.cli", "latency", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_tables_lists_and_clear_removes_them(cache):
+    assert _latency_cli(cache, "--tables").stdout.strip() == f"no latency tables in {cache / 'latency'}"
+    keys = []
+    for batch in (1, 2):
+        p = Predictor(threads=1, repeats=1, batch_size=batch)
+        p.predict(TINY)
+        keys.append(p.table.path.stem)
+    listed = _latency_cli(cache, "--tables")
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[:5] == ["fingerprint", "parts", "suspect", "age", "last"]
+    assert [line.split()[0] for line in lines[2:]] == keys and all(" 9 " in line for line in lines[2:])
+    assert "never" in lines[2] and "batch 2" in lines[3]
+    removed = _latency_cli(cache, "--clear", keys[0][:6])
+    assert removed.returncode == 0 and removed.stdout.startswith("removed 1 latency table from")
+    assert [p.stem for p in (cache / "latency").glob("*.jsonl")] == [keys[1]]
+    assert _latency_cli(cache, "--clear").stdout.startswith("removed 1 latency table from")
+    assert not list((cache / "latency").glob("*"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--clear", "xyz"], "error: --clear: a fingerprint is up to 16 hexadecimal digits (composer latency --tables "
+                         "lists them), got 'xyz'"),
+    (["--clear", "0123abcd"], "error: --clear: no table in {folder} with fingerprint '0123abcd' (composer latency "
+                              "--tables lists them)"),
+    (["--tables", "tiny.yaml"], "error: --tables and --clear take no SPEC, --retime or --measure"),
+    ([], "error: composer latency: give a SPEC (a file, a preset name or YAML text), or --tables or --clear"),
+])
+def test_bad_table_commands_exit_2_with_one_line(cache, args, message):
+    (cache / "latency").mkdir(parents=True)
+    out = _latency_cli(cache, *args)
+    assert out.returncode == 2 and out.stderr.strip() == message.format(folder=cache / "latency")
+
+
+@pytest.mark.parametrize("args", [["--tables"], ["--clear"]])
+def test_an_unreadable_tables_folder_exits_2_with_one_line(cache, args):
+    cache.mkdir()
+    (cache / "latency").write_text("a file where the folder should be")
+    out = _latency_cli(cache, *args)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: cannot read the latency tables folder {cache / 'latency'}: Not a directory"
+
+
+def test_retime_times_every_part_of_the_spec_again(cache, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(composer.dump_spec(composer.load_spec(TINY)))
+    first = _latency_cli(cache, str(tmp_path / "tiny.yaml"), "--threads", "1", "--no-check")
+    again = _latency_cli(cache, str(tmp_path / "tiny.yaml"), "--threads", "1", "--no-check", "--retime")
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert "(9 parts; 9 parts timed now in" in first.stdout and "(9 parts; 9 parts timed now in" in again.stdout
+    table = next((cache / "latency").glob("*.jsonl")).read_text().splitlines()
+    assert len(table) == 1 + 9 + 9 and sum('"retimed": true' in line for line in table) == 9
+    reread = Predictor(threads=1, folder=cache / "latency").predict(TINY, measure_missing=False)
+    predicted = next(line for line in again.stdout.splitlines() if "predicted" in line)
+    assert f"{reread.ms:9.2f} ms" in predicted  # the re-timed figures are the ones read from now on
+
+
+def test_measure_never_prints_a_prediction_as_sound_that_its_check_found_wrong(cache, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(composer.dump_spec(composer.load_spec(TINY)))
+    out = _latency_cli(cache, str(tmp_path / "tiny.yaml"), "--threads", "1", "--measure")
+    assert out.returncode == 0, out.stderr
+    _assert_sound_or_flagged(out.stdout)
+
+
+def _assert_sound_or_flagged(stdout: str) -> float:
+    """The final prediction agrees with the measurement within the tolerance the check states, or the output says
+    it does not (on the predicted line and in the self-check's one line); the final ratio."""
+    lines = stdout.splitlines()
+    check = [line for line in lines if line.startswith("self-check: ")]
+    predicted = next(line for line in lines if line.strip().startswith("predicted "))
+    ratio = float(next(line for line in lines if "measured (fastest of 7)" in line).split("(prediction ")[1]
+                  .split("x")[0])
+    assert len(check) == 1
+    tolerance = float(check[0].split("+-")[1].split("%")[0]) / 100
+    if "DISAGREES" in check[0]:
+        assert "NOT SOUND" in predicted
+    else:
+        assert "NOT SOUND" not in predicted and abs(ratio - 1) <= tolerance + 0.01, stdout
+    return ratio
+
+
+MEMORY_LOAD = "import numpy as np\na = np.zeros(8 * 2**20)\nwhile True:\n    a += 1.0\n"  # 64 MB, memory-bound
+
+
+@pytest.mark.slow
+def test_a_table_timed_under_a_memory_bound_load_is_mended_by_its_self_check(cache, tmp_path):
+    """Issue 33's acceptance: a table built while eight memory-bound processes ran (3.77x the measured, once the
+    load was gone, in the issue) is suspect, and `--measure` afterwards either predicts within 25% (re-timing
+    the parts as needed) or says the prediction is not sound; never the stale prediction as if sound. The
+    machine is shared: what is asserted is what the self-check itself decides, not times."""
+    import yaml
+
+    spec = yaml.safe_load(composer.dump_spec(composer.load_spec("identityformer_s12")))
+    spec["input_size"] = 64  # an eighth of the pixels: the table builds in about a minute under the load
+    (tmp_path / "s12.yaml").write_text(yaml.safe_dump(spec))
+    load = [subprocess.Popen([sys.executable, "-c", MEMORY_LOAD]) for _ in range(8)]
+    try:  # in this process with one timed call per session (the CLI's 5 took 139 s under this load)
+        built = Predictor(threads=1, repeats=1, folder=cache / "latency").predict(tmp_path / "s12.yaml")
+    finally:
+        for process in load:
+            process.kill()
+            process.wait()
+    assert built.measured_now == len(built.suspect) == 9  # every part timed under the load is suspect
+    stale = built.ms
+    out = _latency_cli(cache, str(tmp_path / "s12.yaml"), "--threads", "1", "--measure")
+    assert out.returncode == 0, out.stderr
+    ratio = _assert_sound_or_flagged(out.stdout)
+    check = next(line for line in out.stdout.splitlines() if line.startswith("self-check: "))
+    if abs(ratio - 1) > 0.25:
+        assert "DISAGREES" in check, out.stdout
+    if f"the table predicted {stale:.2f} ms" in check:  # the stale table disagreed: its parts were re-timed
+        assert "re-timed" in check, out.stdout
+    elif "DISAGREES" in check:  # disagreed and nothing re-timed: only because the machine is busy now
+        assert "not re-timed: the machine is busy now" in check and f"predicted {stale:.2f} ms" in check, out.stdout
+    print(f"stale {stale:.2f} ms", out.stdout, sep="\n")  # the figures, with -s
+
+
+def test_a_search_checks_its_table_once_and_says_when_its_budget_rests_on_suspect_parts(cache, monkeypatch, capsys):
+    from composer import latency
+
+    p = Predictor(threads=1, repeats=1)
+    p.predict(TINY)
+    p.table.conditions = {key: latency.Conditions(3.0, 1.7, 0.0) for key in p.table.rows}  # all timed busy
+    measured = []
+
+    def agreeing(*args, **kwargs):
+        measured.append(args[0])
+        return [p.predict(TINY).ms] * 2
+
+    monkeypatch.setattr(latency, "measure_sessions", agreeing)
+    first = p.checked_predict(TINY)
+    err = capsys.readouterr().err.splitlines()
+    assert len(measured) == 1 and len(first.suspect) == len(p.table) == 9
+    assert err[0].startswith(f"latency table {p.table.path.name}: self-check: predicted ") and "agrees" in err[0]
+    assert err[1].startswith("note: the latency budget rests on 9 parts timed while the machine was busy") and \
+        len(err) == 2
+    assert p.checked_predict(TINY).ms == first.ms and len(measured) == 1 and not capsys.readouterr().err

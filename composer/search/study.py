@@ -288,7 +288,7 @@ class Searcher:
         constraints = [over_macs, over_params]
         if self.predictor is not None and feasible:
             # only now: predicting may time a part the table lacks (that part alone is built, not the model)
-            predicted = self.predictor.predict(check.spec).ms
+            predicted = self.predictor.checked_predict(check.spec).ms  # the first: self-check (latency.py)
             trial.set_user_attr("latency_ms_predicted", predicted)
             self.latency_ms[trial.number] = predicted
             if latency_budget:
