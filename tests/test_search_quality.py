@@ -7,9 +7,12 @@ import importlib.util
 import json
 import sys
 
+import pytest
+
 from conftest import ROOT, write_idx_set
 
 
+@pytest.mark.slow   # 6 min on the loaded 2-core machine: python -m pytest -m slow tests/test_search_quality.py
 def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(tmp_path):
     spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
     module = importlib.util.module_from_spec(spec)
