@@ -137,6 +137,20 @@ def test_every_mixer_with_a_kernel_specialized_equals_general(name, mixer_type, 
         assert rel_error(special(x), general(x)) < 1e-5
 
 
+@pytest.mark.parametrize("size", MAPS)
+def test_convglu_channel_mixer_specialized_equals_general(size):
+    from composer.channel.convglu import ConvGLUConfig
+
+    torch.manual_seed(0)
+    general = ConvGLUConfig(ratio=2.0).build(8, "channels_first").eval()
+    special = copy.deepcopy(general)
+    assert specialize(special, size, size) == (1 if size == 1 else 0)   # its 3x3 depthwise: all live from 2x2 on
+    x = torch.randn(2, 8, size, size)
+    _assert_fast_path_taken(special, x)
+    with torch.no_grad():
+        assert rel_error(special(x), general(x)) < 1e-5
+
+
 # every macro family at small widths, at sizes where maps get smaller than the kernels
 FAMILIES = {
     "convformer": {"extends": "convformer_s18", "widths": [16, 16, 32, 32], "depths": [1, 1, 1, 1]},
