@@ -38,8 +38,10 @@ from typing import Any
 
 # 2: Swin's odd blocks timed with their shift (1 timed them as even blocks); 3: parts timed cold; 4: each part's input
 # laid out in memory as the part before actually leaves it (3 assumed each part's own layout: wrong after
-# LayerNorms computed through a permute, as U-DWConv's, whose downsamplings ran 2.8x their table entry)
-TABLE_VERSION = 4
+# LayerNorms computed through a permute, as U-DWConv's, whose downsamplings ran 2.8x their table entry); 5: parts
+# built as compose builds them, convolutions specialized for their map (nn/specialize.py: a 7x7 depthwise conv on
+# a 1x1 map ran ~80x its specialized time)
+TABLE_VERSION = 5
 MIN_RUN_MS = 2.0   # a timed run of a whole model repeats the call until it lasts this long (timer resolution)
 EVICT_MB = 64      # before each timed call of a part, this much other memory is written (its weights go cold)
 PART_CALLS = 2     # a part is timed in PART_CALLS x repeats single cold calls per session
@@ -477,6 +479,16 @@ def _fastest(session) -> float:
     return min(timings)
 
 
+def _built(part):
+    """The part's module as ``compose`` builds it: convolutions specialized for the part's input map."""
+    from .nn.specialize import specialize
+
+    module = part.build()
+    _, height, width = part.in_shape
+    specialize(module, height, width)
+    return module
+
+
 def _prepare(module, fp: Fingerprint, device):
     import torch
 
@@ -587,7 +599,7 @@ class Predictor:
 
         def session(i: int) -> float:
             torch.manual_seed(i)
-            module = _prepare(item.part.build(), self.fingerprint, device)
+            module = _prepare(_built(item.part), self.fingerprint, device)
             x = _input(item.part.in_shape, item.layout, item.permuted, self.fingerprint, device)
             if not out:
                 with torch.inference_mode():
