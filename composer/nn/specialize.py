@@ -6,8 +6,8 @@ contributes nothing but time: with 'same' padding ``k // 2`` on an ``H x W`` map
 oneDNN and cuDNN still run the whole kernel over the padding, which on the small maps of a CPU search is most of a
 model's time (a 7x7 depthwise conv on a 1x1 map: ~80x slower than its 1x1 centre on 2 cores).
 
-:class:`MapConv2d` is an ``nn.Conv2d`` (same class for ``isinstance``, same parameters, same state-dict keys and
-shapes: checkpoints load strictly) whose forward, on the map size it was specialized for, slices the live taps out
+:class:`MapConv2d` is an ``nn.Conv2d`` (a subclass, so ``isinstance`` holds; the same parameters, so the same
+state-dict keys and shapes: checkpoints load strictly) whose forward, on the map size it was specialized for, slices the live taps out
 of the full weight and runs them with the padding that keeps every output where it was. The result equals the
 general convolution's up to summation order; gradients reach the live taps only, which is all the general
 convolution gives a nonzero gradient to. On any other map size it runs the general convolution, so a model
@@ -68,19 +68,28 @@ def live_taps(size: int, kernel: int, stride: int, padding: int, dilation: int) 
 
 def conv2d_on_map(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: tuple[int, int],
                   padding: tuple[int, int], dilation: tuple[int, int], groups: int, map_size: tuple[int, int],
-                  rows: tuple[int, int], cols: tuple[int, int], crop_padding: tuple[int, int]) -> torch.Tensor:
+                  rows: tuple[int, int], cols: tuple[int, int], crop_padding: tuple[int, int],
+                  per_channel: bool) -> torch.Tensor:
     """The convolution with the live taps ``rows x cols`` of ``weight`` when ``x`` has the map size they were
-    worked out for, the general one otherwise (a leaf of FX graphs: its branch reads the input's shape)."""
+    worked out for, the general one otherwise (a leaf of FX graphs: its branch reads the input's shape).
+
+    ``per_channel``: the live kernel is one tap of a depthwise convolution (a k x k kernel on a 1x1 map), i.e. a
+    per-channel scale: computed as one, since oneDNN's 1x1 depthwise convolution is pathologically slow (at batch
+    1 with 512 channels: 18 ms against 4 us for the product, one thread)."""
     if x.shape[-2] == map_size[0] and x.shape[-1] == map_size[1]:
-        live = weight[:, :, rows[0]:rows[1], cols[0]:cols[1]].contiguous()
-        return F.conv2d(x, live, bias, stride, crop_padding, dilation, groups)
+        live = weight[:, :, rows[0]:rows[1], cols[0]:cols[1]]
+        if per_channel:
+            scale = live.reshape(1, -1, 1, 1)
+            x = x[:, :, ::stride[0], ::stride[1]]
+            return x * scale if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), x, scale)
+        return F.conv2d(x, live.contiguous(), bias, stride, crop_padding, dilation, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 torch.fx.wrap("conv2d_on_map")
 
 
-@register_notrace_module  # FX (timm's tracer): one leaf, as an nn.Conv2d is; plain torch.fx: conv2d_on_map is
+@register_notrace_module  # FX with timm's tracer: one leaf, as an nn.Conv2d; plain torch.fx: conv2d_on_map's node
 class MapConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that computes with the taps that can meet its map on the map size it was specialized for
     (:func:`specialize_conv`), and as a plain ``nn.Conv2d`` on any other."""
@@ -89,14 +98,16 @@ class MapConv2d(nn.Conv2d):
     rows: tuple[int, int]
     cols: tuple[int, int]
     crop_padding: tuple[int, int]
+    per_channel: bool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv2d_on_map(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                             self.map_size, self.rows, self.cols, self.crop_padding)
+                             self.map_size, self.rows, self.cols, self.crop_padding, self.per_channel)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, on {self.map_size[0]}x{self.map_size[1]} maps: "
-                f"taps [{self.rows[0]}:{self.rows[1]}, {self.cols[0]}:{self.cols[1]}], padding={self.crop_padding}")
+                f"taps [{self.rows[0]}:{self.rows[1]}, {self.cols[0]}:{self.cols[1]}], "
+                + ("a per-channel scale" if self.per_channel else f"padding={self.crop_padding}"))
 
 
 def crops(conv: nn.Conv2d, height: int, width: int) -> tuple[AxisCrop | None, AxisCrop | None] | None:
@@ -122,6 +133,8 @@ def specialize_conv(conv: nn.Conv2d, height: int, width: int) -> bool:
     conv.map_size = (height, width)
     conv.rows, conv.cols = (rows.start, rows.stop), (cols.start, cols.stop)
     conv.crop_padding = (rows.padding, cols.padding)
+    conv.per_channel = (rows.stop - rows.start, cols.stop - cols.start, rows.padding, cols.padding) == (1, 1, 0, 0) \
+        and conv.groups == conv.in_channels == conv.out_channels
     return True
 
 
@@ -138,7 +151,7 @@ def generalize(module: nn.Module) -> int:
     for m in module.modules():
         if type(m) is MapConv2d:
             m.__class__ = nn.Conv2d
-            for name in ("map_size", "rows", "cols", "crop_padding"):
+            for name in ("map_size", "rows", "cols", "crop_padding", "per_channel"):
                 delattr(m, name)
             count += 1
     return count
