@@ -12,7 +12,7 @@ from torch import nn
 import composer
 from composer.cost import count_macs
 from composer.mixers import MIXERS, MixerCheckError, MixerContext
-from composer.nn.specialize import MapConv2d, generalize, live_taps, specialize
+from composer.nn.specialize import MapConv2d, conv2d_on_map, generalize, live_taps, specialize
 from composer.resolution import at_input_size
 
 MAPS = (1, 2, 3, 4, 7, 8)
@@ -224,6 +224,23 @@ def test_generalize_undoes_specialize_and_scripting_keeps_the_fast_path():
     assert not any(isinstance(m, MapConv2d) for m in model.modules())
     with torch.no_grad():
         assert rel_error(model(x), expected) < 1e-5
+
+
+def test_fx_traces_specialized_models_with_timms_tracer_and_plain_torch_fx():
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = composer.compose(_family("convformer", 32)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    tracer = {"leaf_modules": get_notrace_modules(), "autowrap_functions": get_notrace_functions()}
+    _, nodes = get_graph_node_names(model, tracer_kwargs=tracer)
+    traced = create_feature_extractor(model, return_nodes=[nodes[-1]], tracer_kwargs=tracer)
+    plain = torch.fx.symbolic_trace(model)   # MapConv2d traced into: conv2d_on_map is one wrapped call
+    assert any(n.target is conv2d_on_map for n in plain.graph.nodes)
+    with torch.no_grad():
+        expected = model(x)
+        assert rel_error(next(iter(traced(x).values())), expected) < 1e-5
+        assert rel_error(plain(x), expected) < 1e-5
 
 
 def test_macs_keep_the_convention_and_the_specialized_count_says_what_runs():
