@@ -6,9 +6,9 @@ contributes nothing but time: with 'same' padding ``k // 2`` on an ``H x W`` map
 oneDNN and cuDNN still run the whole kernel over the padding, which on the small maps of a CPU search is most of a
 model's time (a 7x7 depthwise conv on a 1x1 map: ~80x slower than its 1x1 centre on 2 cores).
 
-:class:`MapConv2d` is an ``nn.Conv2d`` (a subclass, so ``isinstance`` holds; the same parameters, so the same state-
-dict keys and shapes: checkpoints load strictly) whose forward, on the map size it was specialized for, slices the
-live taps out of the full weight and runs them with the padding that keeps every output where it was. The result
+:class:`MapConv2d` is an ``nn.Conv2d`` (a subclass, so ``isinstance`` holds; the same parameters, so the same
+state-dict keys and shapes: checkpoints load strictly) whose forward, on the map size it was specialized for, slices
+the live taps out of the full weight and runs them with the padding that keeps every output where it was. The result
 equals the general convolution's up to summation order; gradients reach the live taps only, which is all the general
 convolution gives a nonzero gradient to. On any other map size it runs the general convolution, so a model compiled
 at one size and run at another is never wrong (only, there, as fast as an unspecialized one; build it for that size
