@@ -278,3 +278,30 @@ def test_torch_compile_of_every_family_equals_eager(family):
     with torch.no_grad():
         expected = model(x)
         assert rel_error(torch.compile(model)(x), expected) < 1e-4
+
+
+def test_live_taps_kept_for_inference_follow_every_change_of_the_weight():
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    general = copy.deepcopy(conv)
+    assert specialize(conv, 2, 2)
+    x = torch.randn(2, 8, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), general(x))
+        kept = conv.__dict__["_live"]
+        conv(x)
+        assert conv.__dict__["_live"] is kept        # no copy per call
+        for module in (conv, general):
+            module.weight.mul_(-2.0)                 # in place: the version counter moves
+        torch.testing.assert_close(conv(x), general(x))
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), general(x))
+    conv.load_state_dict(nn.Conv2d(8, 16, 3, stride=2, padding=1).state_dict())   # copy_ into the same storage
+    general.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), general(x))
+    conv.double(), general.double()                   # a new storage and dtype
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x.double()), general(x.double()))
+    out = conv(x.double())                            # gradients on: sliced in the graph, nothing kept is used
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad[:, :, 0].abs().sum() == 0
