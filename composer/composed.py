@@ -39,13 +39,9 @@ def _general(plan: Plan, name: str) -> nn.Module:
 def _specialized(plan: Plan, name: str) -> nn.Module:
     """The part's module with its convolutions specialized for the map the Plan says it takes (nn/specialize.py):
     kernel taps that can never meet that map are skipped; same parameters, same outputs."""
-    from .nn.specialize import specialize
+    from .nn.specialize import build_for_its_map
 
-    part = plan.node(name)["part"]
-    module = part.build()
-    _, height, width = part.in_shape
-    specialize(module, height, width)
-    return module
+    return build_for_its_map(plan.node(name)["part"])
 
 
 class ComposedModel(nn.Module):

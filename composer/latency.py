@@ -479,16 +479,6 @@ def _fastest(session) -> float:
     return min(timings)
 
 
-def _built(part):
-    """The part's module as ``compose`` builds it: convolutions specialized for the part's input map."""
-    from .nn.specialize import specialize
-
-    module = part.build()
-    _, height, width = part.in_shape
-    specialize(module, height, width)
-    return module
-
-
 def _prepare(module, fp: Fingerprint, device):
     import torch
 
@@ -589,6 +579,7 @@ class Predictor:
         """(ms, the layout its output is contiguous in)."""
         import torch
 
+        from .nn.specialize import build_for_its_map
         from .profile import resolve_device
 
         device = resolve_device(self.fingerprint.device)
@@ -599,7 +590,7 @@ class Predictor:
 
         def session(i: int) -> float:
             torch.manual_seed(i)
-            module = _prepare(_built(item.part), self.fingerprint, device)
+            module = _prepare(build_for_its_map(item.part), self.fingerprint, device)
             x = _input(item.part.in_shape, item.layout, item.permuted, self.fingerprint, device)
             if not out:
                 with torch.inference_mode():

@@ -169,6 +169,15 @@ def specialize(module: nn.Module, height: int, width: int) -> int:
     return sum(specialize_conv(m, height, width) for m in list(module.modules()))
 
 
+def build_for_its_map(part) -> nn.Module:
+    """``part.build()`` (a Plan part: stem, downsampling, block) with its convolutions specialized for the part's
+    input map, ``part.in_shape`` (C, H, W): the module ``compose`` puts in its place."""
+    module = part.build()
+    _, height, width = part.in_shape
+    specialize(module, height, width)
+    return module
+
+
 def generalize(module: nn.Module) -> int:
     """Undo :func:`specialize`: every MapConv2d in ``module`` becomes a plain ``nn.Conv2d`` again."""
     count = 0
