@@ -272,12 +272,13 @@ COMPILED = {**FAMILIES,
 @pytest.mark.parametrize("family", COMPILED)
 def test_torch_compile_of_every_family_equals_eager(family):
     spec = {**COMPILED[family], "input_size": 64 if family in ("u_swin", "u_halo") else 32, "num_classes": 10}
+    torch._dynamo.reset()   # else, after a few families, dynamo's recompile limit quietly runs the model eagerly
     torch.manual_seed(0)
     model = composer.compose(spec).eval()
     x = torch.randn(2, 3, spec["input_size"], spec["input_size"])
     with torch.no_grad():
         expected = model(x)
-        assert rel_error(torch.compile(model)(x), expected) < 1e-4
+        assert rel_error(torch.compile(model, fullgraph=False)(x), expected) < 1e-4
 
 
 def test_live_taps_kept_for_inference_follow_every_change_of_the_weight():
