@@ -32,8 +32,25 @@ def take_indices(num_stages: int, indices: int | list[int] | tuple[int, ...] | N
     return taken, max(taken)
 
 
+def _general(plan: Plan, name: str) -> nn.Module:
+    return plan.node(name)["part"].build()
+
+
+def _specialized(plan: Plan, name: str) -> nn.Module:
+    """The part's module with its convolutions specialized for the map the Plan says it takes (nn/specialize.py):
+    kernel taps that can never meet that map are skipped; same parameters, same outputs."""
+    from .nn.specialize import build_for_its_map
+
+    return build_for_its_map(plan.node(name)["part"])
+
+
 class ComposedModel(nn.Module):
     """A backbone built from a spec: ``stem``, ``stages`` and ``head`` as in timm's MetaFormer.
+
+    ``specialize`` (default True): convolutions whose kernels are larger than what can meet the map the Plan
+    gives them compute with the live taps only (docs/small-images.md); the state dict and the outputs are those
+    of the general model (float tolerance), and an input of another size than ``input_size`` takes the general
+    path. ``False`` builds plain ``nn.Conv2d``s throughout (for debugging, or to time the general model).
 
     * ``forward(x)``: logits (or pooled features when ``num_classes`` is 0).
     * ``forward_features(x)``: the last stage's map, (B, ``num_features``, H, W).
@@ -41,7 +58,7 @@ class ComposedModel(nn.Module):
     * ``forward_intermediates(x, indices=None, ...)`` / ``forward_stages(x)``: the stage maps, for dense tasks.
     """
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, specialize: bool = True):
         super().__init__()
         spec = plan.spec
         self.name = spec.name
@@ -54,12 +71,13 @@ class ComposedModel(nn.Module):
         self.global_pool = "avg"
         self._head_config = spec.head
         self._macro = plan.macro
-        self.stem = plan.node("stem")["part"].build()
+        build = _specialized if specialize else _general
+        self.stem = build(plan, "stem")
         stages = []
         for i in range(spec.num_stages):
             down = f"stages.{i}.downsample"
-            downsample = plan.node(down)["part"].build() if down in plan.graph else nn.Identity()
-            blocks = [plan.node(f"stages.{i}.blocks.{j}")["part"].build() for j in range(spec.depths[i])]
+            downsample = build(plan, down) if down in plan.graph else nn.Identity()
+            blocks = [build(plan, f"stages.{i}.blocks.{j}") for j in range(spec.depths[i])]
             norm = f"stages.{i}.norm"
             stages.append(plan.macro.stage(downsample, blocks,
                                            plan.node(norm)["part"].build() if norm in plan.graph else None))
@@ -193,12 +211,12 @@ class ComposedEnsemble(nn.Module):
     ``set_grad_checkpointing``, ``no_weight_decay``, ``group_matcher`` and ``prune_intermediate_layers``
     (member by member)."""
 
-    def __init__(self, plan: EnsemblePlan):
+    def __init__(self, plan: EnsemblePlan, specialize: bool = True):
         super().__init__()
         self.name = plan.spec.name
         self.num_classes = plan.spec.num_classes
         self.in_chans = plan.spec.members[0].in_chans
-        self.members = nn.ModuleList(ComposedModel(p) for p in plan.members)
+        self.members = nn.ModuleList(ComposedModel(p, specialize) for p in plan.members)
         self.global_pool = "avg"
         self.feature_info = self._shared_feature_info()
         self.num_features = sum(m.num_features for m in self.members)
@@ -307,24 +325,27 @@ def refuse_oversized(p: Plan | EnsemblePlan) -> None:
                                getattr(p.spec, "_locations", None)))
 
 
-def build(p: Plan | EnsemblePlan, check_memory: bool = True) -> ComposedModel | ComposedEnsemble:
+def build(p: Plan | EnsemblePlan, check_memory: bool = True, specialize: bool = True
+          ) -> ComposedModel | ComposedEnsemble:
     if check_memory:
         refuse_oversized(p)
-    return ComposedEnsemble(p) if isinstance(p, EnsemblePlan) else ComposedModel(p)
+    return ComposedEnsemble(p, specialize) if isinstance(p, EnsemblePlan) else ComposedModel(p, specialize)
 
 
-def compose(source: SpecLike, check_memory: bool = True, weights=None) -> ComposedModel | ComposedEnsemble:
+def compose(source: SpecLike, check_memory: bool = True, weights=None,
+            specialize: bool = True) -> ComposedModel | ComposedEnsemble:
     """Build the PyTorch model of a spec (a path, preset name, YAML string, dict or Spec), or of a ``composer
     train`` bundle (its folder: the model with its trained weights). A model that cannot fit in this machine's
     memory is refused before anything is allocated (``check_memory=False`` skips that). ``weights``: a checkpoint
     (``.safetensors`` or a torch file of composer's keys) loaded strictly; a mismatch lists the missing,
-    unexpected and mis-shaped keys."""
+    unexpected and mis-shaped keys. ``specialize=False`` keeps every convolution general (see
+    :class:`ComposedModel`)."""
     from .train.bundle import WEIGHTS, is_bundle, load_strict, read_bundle, read_weights
 
     if is_bundle(source):
         bundle = read_bundle(source)
         source, weights = bundle.spec, weights or bundle.folder / WEIGHTS
-    model = build(plan(source), check_memory=check_memory)
+    model = build(plan(source), check_memory=check_memory, specialize=specialize)
     if weights is not None:
         load_strict(model, read_weights(weights), str(weights))
         model.eval()

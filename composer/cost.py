@@ -131,13 +131,18 @@ def count_module(model: torch.nn.Module, x: torch.Tensor, strict: bool = True) -
     return Counted((total - fft) // 2, fft / 2, by_module, by_op, audit.unknown)
 
 
-def count_macs(source, strict: bool = True) -> Counted:
-    """Build ``source`` (anything ``compose`` accepts) on the meta device and count one batch-1 forward."""
+def count_macs(source, strict: bool = True, specialized: bool = False) -> Counted:
+    """Build ``source`` (anything ``compose`` accepts) on the meta device and count one batch-1 forward.
+
+    By default the model is built general (plain convolutions), so the count is the convention's
+    (docs/flop-conventions.md: every tap of every kernel) and equals ``estimate``; ``specialized=True`` counts
+    what the default build executes, where convolutions skip the kernel taps that cannot meet their map
+    (docs/small-images.md): fewer MACs on maps smaller than a kernel, the same elsewhere."""
     from .composed import build
     from .plan import plan as make_plan
 
     p = make_plan(source)
     with torch.device("meta"):
-        model = build(p).eval()
+        model = build(p, specialize=specialized).eval()
         x = torch.empty(1, p.spec.in_chans, p.spec.input_size, p.spec.input_size)
     return count_module(model, x, strict=strict)

@@ -46,8 +46,10 @@ from . import paths
 
 # 2: Swin's odd blocks timed with their shift (1 timed them as even blocks); 3: parts timed cold; 4: each part's input
 # laid out in memory as the part before actually leaves it (3 assumed each part's own layout: wrong after
-# LayerNorms computed through a permute, as U-DWConv's, whose downsamplings ran 2.8x their table entry)
-TABLE_VERSION = 4
+# LayerNorms computed through a permute, as U-DWConv's, whose downsamplings ran 2.8x their table entry); 5: parts
+# built as compose builds them, convolutions specialized for their map (nn/specialize.py: a 7x7 depthwise conv on
+# a 1x1 map ran ~80x its specialized time)
+TABLE_VERSION = 5
 MIN_RUN_MS = 2.0   # a timed run of a whole model repeats the call until it lasts this long (timer resolution)
 EVICT_MB = 64      # before each timed call of a part, this much other memory is written (its weights go cold)
 PART_CALLS = 2     # a part is timed in PART_CALLS x repeats single cold calls per session
@@ -839,6 +841,7 @@ class Predictor:
         """(ms, the layout its output is contiguous in, the conditions it was timed under)."""
         import torch
 
+        from .nn.specialize import build_for_its_map
         from .profile import resolve_device
 
         device = resolve_device(self.fingerprint.device)
@@ -849,7 +852,7 @@ class Predictor:
 
         def session(i: int) -> float:
             torch.manual_seed(i)
-            module = _prepare(item.part.build(), self.fingerprint, device)
+            module = _prepare(build_for_its_map(item.part), self.fingerprint, device)
             x = _input(item.part.in_shape, item.layout, item.permuted, self.fingerprint, device)
             if not out:
                 with torch.inference_mode():

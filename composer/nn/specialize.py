@@ -1,0 +1,191 @@
+"""Convolutions built for the map size the Plan gives them (docs/small-images.md).
+
+With zero padding ``p`` on a map of ``n`` pixels, a kernel tap that reads only padding for every output position
+contributes nothing but time: with 'same' padding ``k // 2`` on an ``H x W`` map only the central
+``(2H-1) x (2W-1)`` taps of a ``k x k`` kernel ever meet the input (a 7x7 kernel on a 2x2 map: its 3x3 centre).
+oneDNN and cuDNN still run the whole kernel over the padding, which on the small maps of a CPU search is most of a
+model's time (a 7x7 depthwise conv on a 1x1 map: ~80x slower than its 1x1 centre on 2 cores).
+
+:class:`MapConv2d` is an ``nn.Conv2d`` (a subclass, so ``isinstance`` holds; the same parameters, so the same
+state-dict keys and shapes: checkpoints load strictly) whose forward, on the map size it was specialized for, slices
+the live taps out of the full weight and runs them with the padding that keeps every output where it was. The result
+equals the general convolution's up to summation order; gradients reach the live taps only, which is all the general
+convolution gives a nonzero gradient to. On any other map size it runs the general convolution, so a model compiled
+at one size and run at another is never wrong (only, there, as fast as an unspecialized one; build it for that size
+with ``composer.resolution.at_input_size`` to specialize it there). A single-tap depthwise kernel (k x k on a 1x1
+map) runs as the per-channel scale it is.
+
+The arithmetic (:func:`live_taps`) is per axis and exact for any stride and dilation; an axis whose live taps
+would need more padding after the map than before it (possible only with strides) keeps its whole kernel.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
+from torch import nn
+
+from .layers import fx_tracing
+
+
+@dataclass(frozen=True)
+class AxisCrop:
+    """The live taps ``start:stop`` of one kernel axis and the padding they run with."""
+
+    start: int
+    stop: int
+    padding: int
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a zero-padded convolution along one axis (PyTorch's formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def live_taps(size: int, kernel: int, stride: int, padding: int, dilation: int) -> AxisCrop | None:
+    """The taps of one kernel axis that meet a ``size``-pixel input for some output position, or None when every
+    tap does (nothing to crop) or the axis cannot be cropped exactly with symmetric padding.
+
+    Output ``o`` reads input ``o·stride - padding + j·dilation`` with tap ``j``; over the outputs ``0..out-1``
+    tap ``j`` meets the input iff that index lies in ``[0, size)`` for some ``o``, i.e. for
+    ``ceil((padding - (out-1)·stride) / dilation) <= j <= floor((size - 1 + padding) / dilation)``.
+    Keeping taps ``start..stop-1`` moves the padding before the map to ``padding - start·dilation``."""
+    out = conv_out(size, kernel, stride, padding, dilation)
+    if out < 1:
+        return None
+    start = max(0, -(((out - 1) * stride - padding) // dilation))   # ceil((padding - (out-1)·stride) / dilation)
+    stop = min(kernel, (size - 1 + padding) // dilation + 1)
+    if start >= stop or (start, stop) == (0, kernel):
+        return None   # every tap live, or none (a map that only ever meets padding: leave it general)
+    before = padding - start * dilation
+    # output o now reads o·stride - before + (j - start)·dilation, the same pixel as before; the convolution pads
+    # both sides by ``before``, which must give as many outputs as the general one (fewer would need more padding
+    # after the map, possible only with strides; more was never found for any size, kernel, stride, padding and
+    # dilation up to 11, 11, 4, 11 and 3). A first live tap past the map's first pixel (dilation) stays whole.
+    if before < 0 or conv_out(size, stop - start, stride, before, dilation) != out:
+        return None
+    return AxisCrop(start, stop, before)
+
+
+def conv2d_on_map(x: torch.Tensor, weight: torch.Tensor, live: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+                  map_size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int],
+                  crop_padding: tuple[int, int], per_channel: bool) -> torch.Tensor:
+    """The convolution with the live taps ``rows x cols`` of ``weight`` (``live``: those taps, already copied out,
+    or None) when ``x`` has the map size they were worked out for, the general one otherwise (a leaf of FX graphs:
+    its branch reads the input's shape).
+
+    ``per_channel``: the live kernel is one tap of a depthwise convolution (a k x k kernel on a 1x1 map), i.e. a
+    per-channel scale: computed as one, since oneDNN's 1x1 depthwise convolution is pathologically slow (at batch
+    1 with 512 channels: 18 ms against 4 us for the product, one thread)."""
+    if x.shape[-2] == map_size[0] and x.shape[-1] == map_size[1]:
+        if live is None:
+            live = weight[:, :, rows[0]:rows[1], cols[0]:cols[1]]
+        if per_channel:
+            scale = live.reshape(1, -1, 1, 1)
+            x = x[:, :, ::stride[0], ::stride[1]]
+            return x * scale if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), x, scale)
+        return F.conv2d(x, live.contiguous(), bias, stride, crop_padding, dilation, groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+torch.fx.wrap("conv2d_on_map")
+
+
+@register_notrace_module  # FX with timm's tracer: one leaf, as an nn.Conv2d; plain torch.fx: conv2d_on_map's node
+class MapConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that computes with the taps that can meet its map on the map size it was specialized for
+    (:func:`specialize_conv`), and as a plain ``nn.Conv2d`` on any other."""
+
+    map_size: tuple[int, int]
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    crop_padding: tuple[int, int]
+    per_channel: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        live: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():
+            live = self._kept_live_taps()
+        return conv2d_on_map(x, self.weight, live, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                             self.map_size, self.rows, self.cols, self.crop_padding, self.per_channel)
+
+    @torch.jit.ignore
+    def _kept_live_taps(self) -> Optional[torch.Tensor]:
+        """The live taps, copied out once and kept while no gradient is recorded (eval, inference): gathering them
+        from a dense kernel is a strided copy of a few floats per (out, in) pair that took longer than the
+        convolution itself (256 x 128 3x3 -> 2x2: ~8 ms against ~50 us, one thread). Taken again when the weight
+        changes (its version counter, storage or dtype); None wherever gradients are on (the slice must be part of
+        the graph), while FX traces or while torch.compile traces (the compiled graph folds the slice in)."""
+        w = self.weight
+        if torch.is_grad_enabled() or fx_tracing() or torch.compiler.is_compiling():
+            return None
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self.__dict__.get("_live_key") != key:
+            self.__dict__["_live"] = w.detach()[:, :, self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]].contiguous()
+            self.__dict__["_live_key"] = key
+        return self.__dict__["_live"]
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, on {self.map_size[0]}x{self.map_size[1]} maps: "
+                f"taps [{self.rows[0]}:{self.rows[1]}, {self.cols[0]}:{self.cols[1]}], "
+                + ("a per-channel scale" if self.per_channel else f"padding={self.crop_padding}"))
+
+
+def crops(conv: nn.Conv2d, height: int, width: int) -> tuple[AxisCrop | None, AxisCrop | None] | None:
+    """The per-axis crops of ``conv`` on a ``height x width`` input, or None when nothing can be cropped (every
+    tap live, or a convolution this does not handle: non-zero padding modes, 'same' / 'valid' strings)."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    axes = tuple(live_taps(size, conv.kernel_size[a], conv.stride[a], conv.padding[a], conv.dilation[a])
+                 for a, size in enumerate((height, width)))
+    return axes if any(axes) else None
+
+
+def specialize_conv(conv: nn.Conv2d, height: int, width: int) -> bool:
+    """Make ``conv`` (an exact ``nn.Conv2d``, in place: its parameters stay the same objects) a
+    :class:`MapConv2d` for ``height x width`` inputs when some of its taps can never meet such a map."""
+    if type(conv) is not nn.Conv2d:
+        return False
+    found = crops(conv, height, width)
+    if found is None:
+        return False
+    rows, cols = (axis or AxisCrop(0, k, p) for axis, k, p in zip(found, conv.kernel_size, conv.padding))
+    conv.__class__ = MapConv2d
+    conv.map_size = (height, width)
+    conv.rows, conv.cols = (rows.start, rows.stop), (cols.start, cols.stop)
+    conv.crop_padding = (rows.padding, cols.padding)
+    conv.per_channel = (rows.stop - rows.start, cols.stop - cols.start, rows.padding, cols.padding) == (1, 1, 0, 0) \
+        and conv.groups == conv.in_channels == conv.out_channels
+    return True
+
+
+def specialize(module: nn.Module, height: int, width: int) -> int:
+    """Specialize every convolution in ``module`` that runs on ``height x width`` maps (a Plan part's input map;
+    a convolution that meets another size inside the part falls back to the general path at run time). Returns
+    how many were specialized."""
+    return sum(specialize_conv(m, height, width) for m in list(module.modules()))
+
+
+def build_for_its_map(part) -> nn.Module:
+    """``part.build()`` (a Plan part: stem, downsampling, block) with its convolutions specialized for the part's
+    input map, ``part.in_shape`` (C, H, W): the module ``compose`` puts in its place."""
+    module = part.build()
+    _, height, width = part.in_shape
+    specialize(module, height, width)
+    return module
+
+
+def generalize(module: nn.Module) -> int:
+    """Undo :func:`specialize`: every MapConv2d in ``module`` becomes a plain ``nn.Conv2d`` again."""
+    count = 0
+    for m in module.modules():
+        if type(m) is MapConv2d:
+            m.__class__ = nn.Conv2d
+            for name in ("map_size", "rows", "cols", "crop_padding", "per_channel"):
+                delattr(m, name)
+            m.__dict__.pop("_live", None), m.__dict__.pop("_live_key", None)
+            count += 1
+    return count
