@@ -232,7 +232,8 @@ def test_profile_on_cuda_without_a_gpu_is_a_usage_error(run_cli):
 def test_every_preset_is_a_timm_model():
     import timm
 
-    assert set(timm.list_models("composer_*")) == {f"composer_{n}" for n in preset_names()}
+    # every preset, and composer_spec (any spec: what a composer train bundle's config.json names)
+    assert set(timm.list_models("composer_*")) == {f"composer_{n}" for n in preset_names()} | {"composer_spec"}
     assert {"composer_caformer_s18", "composer_chpxformer_s18"} <= set(timm.list_models("composer_*"))
 
 
@@ -267,7 +268,7 @@ def test_timm_kwargs_map_to_spec_fields():
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"pretrained": True}, ValueError, "no pretrained weights"),
+    ({"pretrained": True}, ValueError, "no downloadable weights; give the file"),
     ({"widhts": [1]}, TypeError, "unexpected keyword argument(s) widhts"),
     ({"global_pool": "max"}, ValueError, "global_pool='max' is not supported"),
     ({"global_pool": "max", "features_only": True}, ValueError, "global_pool='max' is not supported"),
