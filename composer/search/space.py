@@ -61,6 +61,7 @@ from ..spec.source import (
     spec_file,
 )
 from ..spec.units import parse_count
+from ..train.recipe import problems as train_problems
 
 PER_STAGE_FIELDS = ("layout", "depths", "widths", "res_scale", "layer_scale")
 SPACE_FIELDS = ("name", "description", "base", "choices", "budget", "objective", "warm_start", "train")
@@ -631,30 +632,6 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
                     problems.add(("warm_start", j), f"{shown(start)}: {exc}")
     problems.raise_if_any()
     return space
-
-
-def train_problems(train: dict, overrides: dict | None = None) -> list[tuple[str | None, str]]:
-    """(key, message) for every problem of a ``train:`` mapping (with ``overrides`` on top): unknown keys with the
-    nearest known one, and the values pydantic refuses, each with what is allowed."""
-    from ..train.recipe import Recipe, TrainSettings, merge
-
-    allowed = sorted([*(k for k in TrainSettings.model_fields if k != "recipe"), *Recipe.model_fields])
-    unknown = [k for k in train if k not in allowed]
-    if unknown:
-        return [(k, f"unknown training setting {k!r}{_near(str(k), allowed)} allowed: {', '.join(allowed)}")
-                for k in unknown]
-    try:
-        TrainSettings.model_validate(merge(train, overrides or {}))
-    except ValidationError as exc:
-        out = []
-        for error in exc.errors():
-            loc = [p for p in error["loc"] if p != "recipe"]
-            key = str(loc[0]) if loc else None
-            given = train.get(key) if key in train else (overrides or {}).get(key)
-            text = error["msg"].removeprefix("Value error, ")
-            out.append((key, f"{text}, got {given!r}" if key else text))
-        return out
-    return []
 
 
 def _canonical(spec: Spec) -> dict:

@@ -840,7 +840,7 @@ def _train_settings(space: SearchSpace, given, **shorthands):
     from pydantic import BaseModel
 
     from ..train.recipe import TrainSettings, merge
-    from .space import train_problems
+    from ..train.recipe import problems as train_problems
 
     if isinstance(given, BaseModel):
         given = {**given.model_dump(exclude={"recipe"}), **given.recipe.model_dump()}
@@ -849,10 +849,7 @@ def _train_settings(space: SearchSpace, given, **shorthands):
         if key is not None and key not in overrides and key in space.train:   # the space file's value
             file, line = space.locations.find(("train", key))
             raise SpecError(Problem(message, ("train", key), file or space.file, line))
-        flag = "--" + str(key).replace("_", "-") if key else "train"
-        if key == "val_fraction" or key == "subset" or key is None:
-            flag = {"val_fraction": "--val-fraction", "subset": "--subset"}.get(key, flag)
-        raise SpecError(Problem(f"{flag}: {message}" if key else message, ()))
+        raise SpecError(Problem(f"--{key.replace('_', '-')}: {message}" if key else message, ()))
     return TrainSettings.model_validate(merge(space.train, overrides))
 
 

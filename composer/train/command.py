@@ -139,13 +139,11 @@ def run_settings_of(run_dir: str) -> tuple[dict, Path | None]:
 def train_command(spec_source: str | None, flags: dict, *, out: str | None = None, seed: int = 0,
                   from_run: str | None = None, progress: bool = True, log=print):
     """Train one architecture into a bundle; returns (its folder, the trained model, the loop's TrainResult)."""
-    from pydantic import ValidationError
-
     from ..composed import compose
     from ..resolution import at_input_size
     from ..spec import load_spec, spec_to_data
     from .loop import resolve_device, train
-    from .recipe import merge
+    from .recipe import merge, problems
     from .trial import prepare
 
     base: dict = {}
@@ -156,16 +154,9 @@ def train_command(spec_source: str | None, flags: dict, *, out: str | None = Non
             spec_source = str(best) if best else None
     if spec_source is None:
         raise _problem("give a SPEC (a file, a preset or a run's best.yaml), or --from-run RUN_DIR")
-    try:
-        settings = TrainSettings.model_validate(merge(base, flags))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = str([p for p in error["loc"] if p != "recipe"][0]) if error["loc"] else "train"
-        given = flags.get(key, base.get(key))
-        raise _problem(f"--{key.replace('_', '-')}: {error['msg'].removeprefix('Value error, ')}, got {given!r}") \
-            from None
-    except KeyError as exc:
-        raise _problem(f"--from-run: unknown training setting {exc.args[0]!r}") from None
+    for key, message in problems(base, flags):
+        raise _problem(f"--{key.replace('_', '-')}: {message}" if key else message)
+    settings = TrainSettings.model_validate(merge(base, flags))
     spec = load_spec(spec_source)
     world, rank, local = distributed_init()
     try:
@@ -322,7 +313,6 @@ def _write_bundle(folder: Path, spec, model, result, settings: TrainSettings, tr
 def eval_command(folder: str, *, data: str | None = None, split: str = "val", device: str | None = None,
                  batch: int | None = None, ema: bool = False, out: str | None = None, log=print) -> dict:
     """Evaluate a bundle on its validation split (as training measured it) or on a test split."""
-    import torch
 
     from ..composed import compose
     from .data import make_loader, open_source, split_indices
@@ -386,7 +376,6 @@ def eval_command(folder: str, *, data: str | None = None, split: str = "val", de
     target = Path(out) if out else bundle.folder / f"confusion_{split}.png"
     _plot_confusion(target, matrix, names, f"{spec.name or bundle.folder.name}: {split} top-1 {result['top1']:.4f}")
     log(f"confusion matrix: {target}")
-    torch.set_grad_enabled(True)
     return {"top1": result["top1"], "top5": result["top5"], "per_class": dict(zip(names, per_class)),
             "images": result["images"], "img_per_s": result["images"] / max(seconds, 1e-9), "confusion": target}
 

@@ -178,16 +178,6 @@ def evaluate(model: nn.Module, loader, prep: BatchPrep, amp: str = "off", num_cl
     return out
 
 
-class Checkpoint:
-    """What the loop needs of a checkpoint: ``load()`` (a state or None) and ``save(state)`` (atomic)."""
-
-    def load(self) -> dict | None:  # pragma: no cover - an interface
-        raise NotImplementedError
-
-    def save(self, state: dict) -> None:  # pragma: no cover - an interface
-        raise NotImplementedError
-
-
 def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainSettings, *, size: int,
           in_chans: int, seed: int = 0, report: Callable[[int, float], None] | None = None,
           checkpoint: Any = None, progress: bool = False, desc: str = "train", log: Callable[[str], None] | None = None,
@@ -325,5 +315,5 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
     return TrainResult(history, sorted(set(skipped)), resumed, ema.module.state_dict() if ema is not None else None)
 
 
-__all__ = ["Checkpoint", "EpochRecord", "TrainResult", "build_loss", "build_mixup", "build_optimizer",
+__all__ = ["EpochRecord", "TrainResult", "build_loss", "build_mixup", "build_optimizer",
            "build_scheduler", "evaluate", "peak_memory_mb", "resolve_device", "seed_everything", "train"]

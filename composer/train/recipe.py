@@ -10,9 +10,10 @@ accuracy; docs/search.md says where each default comes from. Every field is also
 from __future__ import annotations
 
 import argparse
+import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 AMP = ("off", "bf16", "fp16")
 AUGMENT = ("auto", "none", "light", "randaugment")
@@ -164,4 +165,31 @@ def merge(base: dict[str, Any] | None, overrides: dict[str, Any]) -> dict[str, A
     return {**settings, "recipe": recipe}
 
 
-__all__ = ["AMP", "AUGMENT", "Recipe", "TrainSettings", "add_flags", "flag_values", "merge"]
+def problems(train: dict, overrides: dict | None = None) -> list[tuple[str | None, str]]:
+    """(key, message) for every problem of a ``train:`` mapping (with ``overrides``, the command line's, on top):
+    unknown keys with the nearest known one, and the values pydantic refuses, each with what was given."""
+    overrides = overrides or {}
+    allowed = sorted([*(k for k in TrainSettings.model_fields if k != "recipe"), *Recipe.model_fields])
+    unknown = [k for k in {**train, **overrides} if k not in allowed]
+    if unknown:
+        out = []
+        for k in unknown:
+            near = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            out.append((k, f"unknown training setting {k!r}{hint} allowed: {', '.join(allowed)}"))
+        return out
+    try:
+        TrainSettings.model_validate(merge(train, overrides))
+    except ValidationError as exc:
+        out = []
+        for error in exc.errors():
+            loc = [p for p in error["loc"] if p != "recipe"]
+            key = str(loc[0]) if loc else None
+            given = overrides[key] if key in overrides else train.get(key)   # what the merge validated
+            text = error["msg"].removeprefix("Value error, ")
+            out.append((key, f"{text}, got {given!r}" if key else text))
+        return out
+    return []
+
+
+__all__ = ["AMP", "AUGMENT", "Recipe", "TrainSettings", "add_flags", "flag_values", "merge", "problems"]
