@@ -55,10 +55,12 @@ HAND = {
 
 SCALES = {
     "full": {"trials": 16, "seeds": [0, 1, 2], "search_subset": 4000, "search_epochs": 3, "val_fraction": 0.05,
-             "final_subset": None, "final_epochs": 10, "final_seeds": [0, 1], "random_archs": 8,
+             "final_subset": None, "final_epochs": 1, "final_warmup_epochs": 0.1, "final_seeds": [0, 1],
+             "random_archs": 6,
              "hand": list(HAND), "proxy_samples": 12},
     "quick": {"trials": 2, "seeds": [0], "search_subset": 100, "search_epochs": 1, "val_fraction": 0.05,
-              "final_subset": 150, "final_epochs": 1, "final_seeds": [0], "random_archs": 1,
+              "final_subset": 150, "final_epochs": 1, "final_warmup_epochs": 0.1, "final_seeds": [0],
+              "random_archs": 1,
               "hand": ["ConvFormer-like", "EfficientFormer-like"], "proxy_samples": 3},
 }
 
@@ -70,6 +72,10 @@ def _cpu_seconds() -> float:
 
 def _quiet(*_args) -> None:
     pass
+
+
+def _stamp(stage: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] stage {stage}", flush=True)
 
 
 def _cached(path: Path, compute):
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 1. searches -----------------------------------------------------------------------------------------------
     STAGE = "search"
+    _stamp("search")
     picks: dict[str, dict] = {}
     trials_seen: list[dict] = []
     for method, sampler in (("composer", "auto"), ("random-search", "random")):
@@ -183,6 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 2. hand layouts and random architectures at the search's schedule ---------------------------------------------
     STAGE = "short"
+    _stamp("short")
     candidates = {name: scaled_hand_layout(space, name) for name in scale["hand"]}
     for name, data in candidates.items():
         if data is None:
@@ -201,6 +209,7 @@ def main(argv: list[str] | None = None) -> Path:
             return {"val": train_spec(small, training, size=size).accuracy}
 
         arch["search_val"] = _cached(results / "short" / f"{name}.json", short)["val"]
+        print(f"short {name}: val {arch['search_val']:.4f}", flush=True)
     for tag, pick in picks.items():
         archs[tag] = pick
     # which training-free proxy ranks this space as its training does (on the training split only)
@@ -212,7 +221,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 3. final training (the test split is not opened here) -----------------------------------------------------
     STAGE = "final"
-    final = {"data": args.data, "val_fraction": scale["val_fraction"], "epochs": scale["final_epochs"]}
+    _stamp("final")
+    final = {"data": args.data, "val_fraction": scale["val_fraction"], "epochs": scale["final_epochs"],
+             "warmup_epochs": scale["final_warmup_epochs"]}
     if scale["final_subset"]:
         final["subset"] = scale["final_subset"]
     for name, arch in archs.items():
@@ -221,10 +232,12 @@ def main(argv: list[str] | None = None) -> Path:
             out = results / "final" / f"{name}-s{seed}"
             if not (out / "model.safetensors").is_file():
                 train_command(arch["spec"], final, out=str(out), seed=seed, progress=False, log=_quiet)
+                print(f"[{time.strftime('%H:%M:%S')}] final {name} seed {seed}: trained", flush=True)
             arch["runs"].append({"seed": seed, "bundle": str(out)})
 
     # 4. the test split, once per bundle ----------------------------------------------------------------------
     STAGE = "test"
+    _stamp("test")
     from composer.latency import measure
 
     for name, arch in archs.items():
@@ -242,6 +255,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 5. report ------------------------------------------------------------------------------------------------
     STAGE = "report"
+    _stamp("report")
     report(results, archs, trials_seen, scale, proxies)
     return results
 
