@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .search.settings import add_flags as add_search_flags
 from .spec import SpecError
 from .spec.units import GMACS_HEADER, format_count, gmacs_cell, params_cell
 from .train.recipe import add_flags as add_train_flags
@@ -127,26 +128,17 @@ def _cmd_search(args) -> int:
         space = DEFAULT_SPACE
         print(f"no search space given: searching the default space {DEFAULT_SPACE} ({space_path(space)}); "
               "`composer list` shows the others", flush=True)
-    for flag, value, low in (("--trials", args.trials, 1), ("--epochs", args.epochs, 1),
-                             ("--batch-size", args.batch_size, 1), ("--workers", args.workers, 1),
-                             ("--proxy-size", args.proxy_size, 1), ("--proxy-batch", args.proxy_batch, 1),
-                             ("--train-size", args.train_size, 1)):
-        if value is not None and value < low:
-            raise UsageError(f"{flag} must be at least {low}, got {value}")
-    from .search import run
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.train_size is not None and args.train_size < 1:
+        raise UsageError(f"--train-size must be at least 1, got {args.train_size}")
+    from .search import SearchSettings, run
 
+    settings = SearchSettings.from_flags(args)
     _set_process_latency_settings(args)
-    argv = [a for a in (args.argv or []) if a]
     _note_old_batch_flag(args)
-    result = run(space, budget=args.budget, max_params=args.max_params, trials=args.trials,
-                 objective=args.objective, seed=args.seed, storage=args.storage, run_dir=args.run_dir,
-                 study_name=args.study_name, workers=args.workers, train=train_flag_values(args),
-                 proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, heartbeat=args.heartbeat,
-                 progress=not args.no_progress, report=not args.no_report, worker_index=args.worker_index,
-                 argv=argv, direction=args.direction, max_latency=args.max_latency,
-                 batch_size=args.batch_size, measure_latency=args.measure_latency, gpus=args.gpus,
-                 pruner=args.pruner, keep_checkpoints=args.keep_checkpoints, warm_start=args.warm_start,
-                 sampler=args.sampler)
+    result = run(space, settings, progress=not args.no_progress, report=not args.no_report,
+                 argv=[a for a in (args.argv or []) if a])
     c = result.counters
     # a search whose objective raised on every trial it ran did not do what was asked
     return 0 if c.over_budget_built == 0 and not (c.objective_failed and c.objective_failed == c.built) else 1
@@ -276,15 +268,12 @@ def _cmd_check_mixer(args) -> int:
 def _cmd_sweep(args) -> int:
     from .search.sweep import sweep
 
+    from .search import SearchSettings
+
     _set_process_latency_settings(args)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     _note_old_batch_flag(args)
-    result, _ = sweep(args.space, objective=args.objective, run_dir=args.run_dir, storage=args.storage,
-                      study_name=args.study_name, seed=args.seed, progress=not args.no_progress,
-                      budget=args.budget, max_params=args.max_params, train=train_flag_values(args),
-                      proxy_size=args.proxy_size, proxy_batch=args.proxy_batch, direction=args.direction,
-                      max_latency=args.max_latency, batch_size=args.batch_size)
+    given = SearchSettings.from_flags(args).model_dump(exclude_unset=True)   # checked as composer search checks them
+    result, _ = sweep(args.space, progress=not args.no_progress, **given)
     return 0 if result.counters.over_budget_built == 0 else 1
 
 
@@ -322,9 +311,11 @@ def _cmd_eval(args) -> int:
 def _cmd_proxy_check(args) -> int:
     from .search.proxy_check import proxy_check
 
-    proxy_check(args.space, train=train_flag_values(args), samples=args.samples, seed=args.seed,
-                proxy_size=args.proxy_size, proxy_batch=args.proxy_batch,
-                budget=args.budget, max_params=args.max_params, latency=args.latency, run_dir=args.run_dir)
+    from .search import SearchSettings
+
+    given = SearchSettings.from_flags(args).model_dump(exclude_unset=True)
+    given["run_dir"] = args.run_dir   # proxy-check's own folder (default runs/SPACE-proxy-check)
+    proxy_check(args.space, samples=args.samples, latency=args.latency, **given)
     return 0
 
 
@@ -423,47 +414,11 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="budgeted Optuna search over a search space (search/*.yaml)")
     s.add_argument("space", nargs="?", help="a search-space YAML file or the name of one (composer list shows "
                                             "them; default: metaformer_s18)")
-    s.add_argument("--budget", help="hard MAC budget, e.g. 5GFLOPs (a FLOP is a MAC here); default: the space's")
-    s.add_argument("--max-params", help="hard parameter budget, e.g. 30M; default: the space's (or none)")
-    s.add_argument("--max-latency", help="hard budget on the latency predicted on this device, e.g. 25ms "
-                                         "(composer latency; default: the space's, or none)")
-    s.add_argument("--latency-batch", "--batch-size", dest="batch_size", type=int, default=1,
-                   help=LATENCY_BATCH_HELP)
-    s.add_argument("--gpus", help="GPU indices, e.g. 0,1,2,3: one --workers process per GPU, each seeing only its "
-                                  "own (CUDA_VISIBLE_DEVICES), with --device cuda")
-    s.add_argument("--measure-latency", action="store_true",
-                   help="the latency objective times the built model instead of predicting it")
+    add_search_flags(s)   # composer.search.settings.SearchSettings' fields, each with its own help
     s.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
     s.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
-    s.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
-    s.add_argument("--objective", help="proxy | naswot | gradnorm | train | a plugin's objective | module:function "
-                                       "(your f(model, spec, reporter) -> float), or several joined by commas with "
-                                       "macs | params | latency for a Pareto search (default: the space's, or proxy)")
-    s.add_argument("--direction", choices=("maximize", "minimize"),
-                   help="whether to maximize or minimize a module:function or plugin objective (default: the "
-                        "function's direction attribute)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db)")
-    s.add_argument("--run-dir", help="output folder (default: runs/SPACE-OBJECTIVE)")
-    s.add_argument("--study-name", help="default: SPACE-OBJECTIVE")
-    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
-    s.add_argument("--pruner", default="median", choices=("median", "hyperband", "successive-halving", "none"),
-                   help="train (and reporting objectives): Optuna's pruner, epochs as the resource (default median)")
-    s.add_argument("--sampler", default="auto", choices=("auto", "random"),
-                   help="auto: TPE (NSGA-II for several objectives); random: Optuna's RandomSampler, the baseline a "
-                        "search must beat (default auto)")
-    s.add_argument("--keep-checkpoints", action="store_true",
-                   help="train: keep finished trials' checkpoints in RUN_DIR/checkpoints (default: removed)")
-    s.add_argument("--warm-start", help="presets or spec paths, comma-separated, tried first (they must lie in the "
-                                        "space; default: the space's warm_start)")
-    s.add_argument("--proxy-size", type=int, default=64, help="proxy: input resolution for scoring (default 64)")
-    s.add_argument("--proxy-batch", type=int, default=16, help="proxy: minibatch size (default 16)")
-    s.add_argument("--heartbeat", type=float, default=5.0,
-                   help="seconds between heartbeats; a trial silent for 3x this is failed and retried")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
-    s.add_argument("--worker-index", type=int, default=0,
-                   help="this process's index among processes sharing one study (offsets the sampler seed)")
     add_train_flags(s)
     s.set_defaults(func=_cmd_search)
     la = sub.add_parser("latency", help="latency predicted on this device from timed parts (and --measure)")
@@ -493,22 +448,17 @@ def make_parser() -> argparse.ArgumentParser:
     cm.set_defaults(func=_cmd_check_mixer)
     sw = sub.add_parser("sweep", help="every combination of a space's choices as a table (a paper's ablation)")
     sw.add_argument("space", help="a search-space YAML file or the name of one (composer list)")
-    sw.add_argument("--objective", help="default macs: nothing is built, the table has params / MACs / FFT MACs; "
-                                        "proxy, train, latency or module:function evaluate every point")
-    sw.add_argument("--direction", choices=("maximize", "minimize"), help="for a module:function objective")
-    sw.add_argument("--budget", help="mark points over this MAC budget (default: the space's, or none)")
-    sw.add_argument("--max-params", help="mark points over this parameter budget")
-    sw.add_argument("--max-latency", help="mark points over this predicted latency (e.g. 25ms)")
-    sw.add_argument("--latency-batch", "--batch-size", dest="batch_size", type=int, default=1,
-                    help=LATENCY_BATCH_HELP)
+    add_search_flags(sw, ["objective", "direction", "budget", "max_params", "max_latency", "latency_batch",
+                          "run_dir", "storage", "study_name", "seed", "proxy_size", "proxy_batch"], help={
+        "objective": "default macs: nothing is built, the table has params / MACs / FFT MACs; proxy, train, latency "
+                     "or module:function evaluate every point",
+        "direction": "for a module:function objective",
+        "budget": "mark points over this MAC budget (default: the space's, or none)",
+        "max_params": "mark points over this parameter budget",
+        "max_latency": "mark points over this predicted latency (e.g. 25ms)",
+        "run_dir": "output folder (default: runs/SPACE-sweep)", "study_name": "default: SPACE-sweep"})
     sw.add_argument("--flush-denormal", action="store_true", help=FLUSH_DENORMAL_HELP)
     sw.add_argument("--keep-freed-memory", action="store_true", help=KEEP_FREED_MEMORY_HELP)
-    sw.add_argument("--run-dir", help="output folder (default: runs/SPACE-sweep)")
-    sw.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RUN_DIR/study.db)")
-    sw.add_argument("--study-name", help="default: SPACE-sweep")
-    sw.add_argument("--seed", type=int, default=0)
-    sw.add_argument("--proxy-size", type=int, default=64)
-    sw.add_argument("--proxy-batch", type=int, default=16)
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_train_flags(sw)
     sw.set_defaults(func=_cmd_sweep)
@@ -516,12 +466,9 @@ def make_parser() -> argparse.ArgumentParser:
                                             "proxy ranks them (Kendall tau, Spearman rho, plot, CSV)")
     pc.add_argument("space", help="a search-space YAML file or the name of one (composer list)")
     pc.add_argument("--samples", type=int, default=20, help="random architectures trained (default 20)")
-    pc.add_argument("--seed", type=int, default=0)
-    pc.add_argument("--proxy-size", type=int, default=64, help="the proxies' input resolution, as in composer "
-                                                               "search (default 64)")
-    pc.add_argument("--proxy-batch", type=int, default=16, help="the proxies' minibatch (default 16)")
-    pc.add_argument("--budget", help="draw samples within this MAC budget (default: the space's, or none)")
-    pc.add_argument("--max-params", help="draw samples within this parameter budget")
+    add_search_flags(pc, ["seed", "proxy_size", "proxy_batch", "budget", "max_params"], help={
+        "budget": "draw samples within this MAC budget (default: the space's, or none)",
+        "max_params": "draw samples within this parameter budget", "seed": "seed of the samples drawn (default 0)"})
     pc.add_argument("--latency", action="store_true", help="also the latency predicted on this CPU (batch 1)")
     pc.add_argument("--run-dir", help="output folder (default: runs/SPACE-proxy-check)")
     add_train_flags(pc)

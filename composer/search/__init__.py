@@ -5,6 +5,7 @@ Search spaces (``composer.search.space``) need no Optuna; the study runner (``co
 
 from importlib import import_module
 
+from .settings import SearchSettings
 from .space import DEFAULT_SPACE, Check, Choice, Domain, SearchSpace, load_space, space_path
 
 _STUDY = ("SearchResult", "Settings", "best_trial", "open_storage", "pareto_front", "run")
@@ -18,5 +19,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'composer.search' has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_SPACE", "Check", "Choice", "Domain", "SearchResult", "SearchSpace", "Settings", "best_trial",
+__all__ = ["DEFAULT_SPACE", "Check", "Choice", "Domain", "SearchResult", "SearchSettings", "SearchSpace", "Settings", "best_trial",
            "load_space", "open_storage", "pareto_front", "run", "space_path"]

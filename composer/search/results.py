@@ -24,10 +24,6 @@ from ..registry import OBJECTIVES, Objective, RegistryError, load_plugins, objec
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SCORE_OBJECTIVES = ("proxy", "naswot", "gradnorm", "zico")
 """Training-free scores of one forward + backward pass (one pass gives the first three; zico takes a second)."""
-PRUNERS = ("median", "hyperband", "successive-halving", "none")
-"""--pruner: Optuna's pruners with epochs as the resource (train and reporting objectives)."""
-SAMPLERS = ("auto", "random")
-"""--sampler: auto (TPE for one objective, NSGA-II for several) or random (Optuna's RandomSampler: the baseline)."""
 COST_OBJECTIVES = ("macs", "params", "latency")
 """Partners for a Pareto search: from the Plan (macs, params) or timed on the built model (latency)."""
 

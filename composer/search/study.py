@@ -38,8 +38,6 @@ from ..spec.errors import Problem
 from ..spec.units import format_count
 from .results import (
     FINISHED,
-    PRUNERS,
-    SAMPLERS,
     SCORE_OBJECTIVES,
     Settings,
     best_trial,
@@ -50,6 +48,7 @@ from .results import (
     parse_objectives,
     register_callable,
 )
+from .settings import SearchSettings
 from .space import SearchSpace, load_space, optuna_suggest
 
 PENALTY = 1e9          # the value an infeasible or invalid sample gets (-PENALTY when maximising)
@@ -178,10 +177,23 @@ def check_storage(url: str) -> None:
     if not os.path.exists(path):
         return
     header = read_bytes(path, at, len(_SQLITE_HEADER))[:len(_SQLITE_HEADER)]
+    # another worker starting on the same new study may have created the file a moment ago and not yet written its
+    # first page: an empty file younger than a few seconds is waited for, an old one is refused
+    deadline = time.monotonic() + 10
+    while not header and time.monotonic() < deadline and time.time() - _mtime(path) < 10:
+        time.sleep(0.05)
+        header = read_bytes(path, at, len(_SQLITE_HEADER))[:len(_SQLITE_HEADER)]
     if header != _SQLITE_HEADER:
         what = "empty (0 bytes)" if not header else "not an SQLite database"
         raise _storage_problem(f"--storage {url}: {path} is {what}, so it holds no study; it is left as it is: "
                                "move it away (or give another --run-dir) to start a new study")
+
+
+def _mtime(path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def open_storage(url: str, heartbeat: float):
@@ -592,33 +604,25 @@ def _slug(objectives: list[str]) -> str:
     return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", n) for n in objectives)
 
 
-def run(space, *, budget: str | int | None = None, max_params: str | int | None = None, trials: int = 20,
-        objective: str | None = None, seed: int = 0, storage: str | None = None, run_dir: str | None = None,
-        study_name: str | None = None, workers: int = 1, data: str | None = None, epochs: int | None = None,
-        proxy_size: int = 64, proxy_batch: int = 16, heartbeat: float = 5.0, progress: bool = True,
-        report: bool = True, worker_index: int = 0, log=print, argv: list[str] | None = None,
-        train_size: int | None = None, direction: str | None = None, max_latency: str | float | None = None,
-        device: str | None = None, batch_size: int = 1, measure_latency: bool = False,
-        enqueue: list[dict] | None = None, pruner: str = "median", keep_checkpoints: bool = False,
-        warm_start: list[str] | str | None = None, train: dict | Any = None, gpus: str | None = None,
-        sampler: str = "auto") -> SearchResult:
+def run(space, settings: SearchSettings | dict | None = None, *, progress: bool = True, report: bool = True,
+        log=print, argv: list[str] | None = None, enqueue: list[dict] | None = None, **options) -> SearchResult:
     """Run (or continue) a budgeted search; see docs/search.md. Returns the study and what was written.
 
-    ``objective``: a name (``proxy``, ``train``, a plugin's, ``module:function``; several joined by commas for a
-    Pareto search) or a function ``f(model, spec, reporter) -> float`` (see ``composer.search.objectives.Reporter``),
-    whose direction is ``direction`` or ``f.direction``. ``max_latency`` (``"25ms"``): a hard budget on the latency
-    predicted for ``device`` at ``batch_size`` (composer.latency), checked before anything is built.
-    ``pruner``: median | hyperband | successive-halving | none, with epochs (or a reporter's steps) as the
-    resource. ``warm_start``: presets or spec paths enqueued as the first trials (they must lie in the space);
-    default: the space's ``warm_start:``. ``train``: training settings and recipe keys (composer.train.TrainSettings
-    and Recipe, side by side as a space's ``train:`` section writes them, or a TrainSettings) over the space's
-    ``train:``; ``data``, ``epochs``, ``train_size`` and ``device`` are shorthands for the same keys. ``device`` is
-    where trials run and what latency is predicted for; ``gpus`` (``"0,1"``): one ``--workers`` process per GPU,
-    each seeing only its own."""
+    ``settings``: a :class:`~composer.search.settings.SearchSettings` (or a mapping of its fields); keyword
+    ``options`` on top of it are its fields too (``run(space, trials=16, pruner="hyperband")``), with the shorthands
+    ``data``, ``epochs``, ``train_size`` and ``device`` for the same keys of ``settings.train`` and ``batch_size`` for
+    ``latency_batch``. ``objective`` may also be a function ``f(model, spec, reporter) -> float`` (see
+    ``composer.search.objectives.Reporter``), whose direction is ``direction`` or ``f.direction``. ``enqueue``:
+    points tried first (composer sweep's grid). ``argv``: the command line, given to ``--workers`` children."""
     t_start = time.perf_counter()
-    if not (isinstance(heartbeat, (int, float)) and math.isfinite(heartbeat) and 0.1 <= heartbeat <= 86400):
-        raise SpecError(Problem(f"--heartbeat must be a number of seconds between 0.1 and 86400, got {heartbeat!r}",
-                                ()))
+    s = SearchSettings.of(settings, **options)
+    budget, max_params, trials, objective, seed = s.budget, s.max_params, s.trials, s.objective, s.seed
+    storage, run_dir, study_name, workers = s.storage, s.run_dir, s.study_name, s.workers
+    proxy_size, proxy_batch, heartbeat, worker_index = s.proxy_size, s.proxy_batch, s.heartbeat, s.worker_index
+    direction, max_latency, batch_size, measure_latency = s.direction, s.max_latency, s.latency_batch, \
+        s.measure_latency
+    pruner, keep_checkpoints, warm_start, gpus, sampler = s.pruner, s.keep_checkpoints, s.warm_start, s.gpus, \
+        s.sampler
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     space = load_space(space)
@@ -645,22 +649,16 @@ def run(space, *, budget: str | int | None = None, max_params: str | int | None 
     if macs is None:
         raise SpecError(Problem("no MAC budget: give --budget (e.g. 5GFLOPs) or budget: {macs: 5G} in the space",
                                 ("budget",), space.file))
-    if trials < 1:
-        raise SpecError(Problem(f"--trials must be at least 1, got {trials}", ()))
-    train_settings = _train_settings(space, train, data=data, epochs=epochs, train_size=train_size, device=device)
+    train_settings = _train_settings(space, s.train)
     device = train_settings.device
     settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, train_settings.data,
                         train_settings.recipe.epochs)
     settings.train = train_settings
     gpu_list = _check_device(train_settings, gpus, workers)
-    if pruner not in PRUNERS:
-        raise SpecError(Problem(f"--pruner {pruner!r}: not a pruner; use one of {', '.join(PRUNERS)}", ()))
     if pruner not in ("median", "none") and len(objectives) > 1:
         raise SpecError(Problem(f"--pruner {pruner}: Optuna prunes single-objective studies only; the objective "
                                 f"{','.join(objectives)} has {len(objectives)} (use --pruner none)", ()))
     settings.pruner, settings.keep_checkpoints = pruner, keep_checkpoints
-    if sampler not in SAMPLERS:
-        raise SpecError(Problem(f"--sampler {sampler!r}: not a sampler; use one of {', '.join(SAMPLERS)}", ()))
     settings.sampler = sampler
     try:
         from ..latency import fingerprint, parse_latency

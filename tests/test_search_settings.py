@@ -1,0 +1,134 @@
+"""One settings object for a search (composer.search.settings.SearchSettings): the command line's flags are built
+from its fields, run(space, settings) takes it, refusals name the flag; and a new study.db another worker created a
+moment ago is waited for, not refused."""
+
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from composer.search import SearchSettings
+from composer.spec import SpecError
+
+from conftest import TINY_SPACE
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def _flags(parser_name: str) -> dict:
+    from composer.cli import make_parser
+
+    parser = make_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[parser_name]
+    return {a.dest: a for a in sub._actions}
+
+
+def test_every_search_setting_is_a_flag_with_the_fields_own_help():
+    actions = _flags("search")
+    for name, info in SearchSettings.model_fields.items():
+        if name == "train":   # composer.train's flags, declared from TrainSettings and Recipe
+            continue
+        assert name in actions, name
+        assert actions[name].help == info.description
+        assert actions[name].default is None   # not given: the field's default, and a space's value, apply
+    assert actions["latency_batch"].option_strings == ["--latency-batch", "--batch-size"]
+    assert actions["pruner"].choices == ("median", "hyperband", "successive-halving", "none")
+    # sweep and proxy-check take the fields they share from the same declaration (help reworded where they mark
+    # or draw rather than refuse)
+    sweep = _flags("sweep")
+    assert sweep["proxy_size"].help == SearchSettings.model_fields["proxy_size"].description
+    assert sweep["budget"].help.startswith("mark points over this MAC budget")
+    assert "trials" not in sweep and "trials" not in _flags("proxy-check")
+
+
+def test_flags_become_one_settings_object_with_training_settings_under_train():
+    from composer.cli import make_parser
+
+    args = make_parser().parse_args(["search", "x", "--trials", "3", "--batch-size", "2", "--pruner", "hyperband",
+                                     "--epochs", "2", "--data", "digits", "--lr", "0.01"])
+    settings = SearchSettings.from_flags(args)
+    assert (settings.trials, settings.latency_batch, settings.pruner) == (3, 2, "hyperband")
+    assert settings.train == {"data": "digits", "epochs": 2, "lr": 0.01}
+    assert settings.model_fields_set == {"trials", "latency_batch", "pruner", "train"}
+    assert SearchSettings.from_flags(make_parser().parse_args(["search"])).train is None
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"trials": 0}, "--trials must be at least 1, got 0"),
+    ({"latency_batch": -2}, "--latency-batch must be at least 1, got -2"),
+    ({"batch_size": 0}, "--latency-batch must be at least 1, got 0"),
+    ({"heartbeat": float("nan")}, "--heartbeat must be a number of seconds between 0.1 and 86400, got nan"),
+    ({"pruner": "asha"}, "--pruner 'asha': not a pruner; use one of median, hyperband, successive-halving, none"),
+    ({"sampler": "cmaes"}, "--sampler 'cmaes': not a sampler; use one of auto, random"),
+    ({"trials": "many"}, "--trials: input should be a valid integer"),
+    ({"trails": 3}, "'trails': not a search setting; use one of budget, max_params"),
+])
+def test_a_refused_setting_names_its_flag_and_what_was_given(options, message):
+    with pytest.raises(SpecError) as info:
+        SearchSettings.of(**options)
+    assert message in str(info.value)
+
+
+def test_keyword_options_go_over_the_object_and_the_shorthands_into_train():
+    base = SearchSettings(trials=4, seed=3, train={"data": "digits", "lr": 0.01})
+    merged = SearchSettings.of(base, trials=6, epochs=2, device="cpu", batch_size=8)
+    assert (merged.trials, merged.seed, merged.latency_batch) == (6, 3, 8)
+    assert merged.train == {"data": "digits", "lr": 0.01, "epochs": 2, "device": "cpu"}
+    assert base.trials == 4 and "epochs" not in base.train   # the caller's object is not changed
+
+
+def test_run_takes_the_settings_object_as_it_takes_keywords(tiny, tmp_path):
+    from composer.search import run
+
+    by_object = run(str(tiny), SearchSettings(trials=3, objective="macs", seed=1, run_dir=str(tmp_path / "a")),
+                    progress=False, log=lambda *a: None)
+    by_keywords = run(str(tiny), trials=3, objective="macs", seed=1, run_dir=str(tmp_path / "b"), progress=False,
+                      log=lambda *a: None)
+    assert by_object.study.user_attrs["settings"] == by_keywords.study.user_attrs["settings"]
+    assert [t.params for t in by_object.study.trials] == [t.params for t in by_keywords.study.trials]
+    assert len(by_object.study.trials) == 3
+
+
+# -- a study.db being created by another worker --------------------------------------------------------------------
+
+def _storage(path):
+    from composer.search.study import check_storage
+
+    return check_storage(f"sqlite:///{path}")
+
+
+def test_an_empty_study_db_that_another_worker_is_creating_is_waited_for(tmp_path):
+    path = tmp_path / "study.db"
+    path.write_bytes(b"")   # as sqlite leaves it between creating the file and writing the first page
+
+    def create():
+        time.sleep(0.4)
+        with sqlite3.connect(path) as db:
+            db.execute("create table t (x)")
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    t0 = time.monotonic()
+    _storage(path)   # no refusal: the header arrived
+    thread.join()
+    assert 0.3 < time.monotonic() - t0 < 5
+
+
+def test_an_old_empty_or_foreign_study_db_is_refused_and_left_as_it_is(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    os.utime(empty, (time.time() - 60, time.time() - 60))
+    with pytest.raises(SpecError, match=r"is empty \(0 bytes\), so it holds no study; it is left as it is"):
+        _storage(empty)
+    foreign = tmp_path / "notes.db"
+    foreign.write_text("my notes\n")
+    with pytest.raises(SpecError, match="is not an SQLite database"):
+        _storage(foreign)
+    assert empty.read_bytes() == b"" and foreign.read_text() == "my notes\n"
