@@ -11,8 +11,9 @@ timm's optimizer / scheduler / loss), data loading included, against two referen
 Each variant trains the same freshly initialised model (the base of tests/data/small_train_space.yaml, or
 ``--spec``) for one epoch over ``--images`` images after one untimed warm-up epoch; img/s counts training steps only
 (composer's validation pass is excluded, its loader is not). Variants of composer's loop: augmentation off (the
-references' work) and on (the default, ``light``), ``--loader-workers`` 0 and 2, channels-last. Ratios are against
-``plain`` from the same run; the machine is noisy, so run it twice and report both.
+references' work) and on (the default, ``light``), ``--loader-workers`` 0 and 2, channels-last; with ``--compile``,
+the plain loop also channels-last and under ``torch.compile``. Ratios are against ``plain`` from the same run; the
+machine is noisy, so run it twice and report both.
 """
 
 from __future__ import annotations
@@ -37,9 +38,14 @@ def _model(spec):
     return compose(spec)
 
 
-def plain_loop(spec, x, y, batch: int, lr: float, use_timm: bool) -> float:
+def plain_loop(spec, x, y, batch: int, lr: float, use_timm: bool, compile_model: bool = False,
+               channels_last: bool = False) -> float:
     model = _model(spec)
     model.train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if compile_model else model   # compiled in the warm-up epoch
     if use_timm:
         from timm.loss import LabelSmoothingCrossEntropy
         from timm.optim import create_optimizer_v2
@@ -61,7 +67,7 @@ def plain_loop(spec, x, y, batch: int, lr: float, use_timm: bool) -> float:
         seen = 0
         for i in range(0, len(perm) - batch + 1, batch):
             idx = perm[i:i + batch]
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = loss_fn(step_model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -93,6 +99,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spec", default=str(REPO / "tests" / "data" / "small_train_space.yaml"))
     ap.add_argument("--quick", action="store_true", help="digits, 300 images, batch 64 (a smoke test)")
+    ap.add_argument("--compile", action="store_true", help="also the plain loop with torch.compile (inductor; its "
+                                                           "compilation falls in the untimed warm-up epoch) and "
+                                                           "channels-last")
     args = ap.parse_args()
     if args.quick:
         args.data, args.images, args.batch = "digits", 300, 64
@@ -121,13 +130,19 @@ def main() -> None:
     plain = plain_loop(spec, x, y, args.batch, lr, use_timm=False)
     rows = [("plain PyTorch loop, data in memory", plain),
             ("timm's pieces by hand, data in memory", plain_loop(spec, x, y, args.batch, lr, use_timm=True))]
+    if args.compile:
+        rows.append(("plain PyTorch loop, channels-last", plain_loop(spec, x, y, args.batch, lr, False,
+                                                                    channels_last=True)))
+        rows.append(("plain PyTorch loop, torch.compile", plain_loop(spec, x, y, args.batch, lr, False,
+                                                                    compile_model=True)))
+    composer_from = len(rows)
     for augment, workers, cl in (("none", 0, False), ("light", 0, False), ("none", 2, False), ("none", 0, True)):
         label = f"composer.train, augment {augment}, loader workers {workers}{', channels-last' if cl else ''}"
         rows.append((label, composer_loop(spec, training, augment, workers, cl)))
     width = max(len(r[0]) for r in rows)
     for label, rate in rows:
         print(f"{label:<{width}}  {rate:8.0f} img/s  {rate / plain:5.2f}x plain")
-    print(f"median ratio of composer's variants: {statistics.median(r / plain for _, r in rows[2:]):.2f}x")
+    print(f"median ratio of composer's variants: {statistics.median(r / plain for _, r in rows[composer_from:]):.2f}x")
 
 
 if __name__ == "__main__":

@@ -266,9 +266,8 @@ def _cmd_check_mixer(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .search.sweep import sweep
-
     from .search import SearchSettings
+    from .search.sweep import sweep
 
     _set_process_latency_settings(args)
     _note_old_batch_flag(args)
@@ -309,9 +308,8 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_proxy_check(args) -> int:
-    from .search.proxy_check import proxy_check
-
     from .search import SearchSettings
+    from .search.proxy_check import proxy_check
 
     given = SearchSettings.from_flags(args).model_dump(exclude_unset=True)
     given["run_dir"] = args.run_dir   # proxy-check's own folder (default runs/SPACE-proxy-check)

@@ -19,5 +19,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'composer.search' has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_SPACE", "Check", "Choice", "Domain", "SearchResult", "SearchSettings", "SearchSpace", "Settings", "best_trial",
-           "load_space", "open_storage", "pareto_front", "run", "space_path"]
+__all__ = ["DEFAULT_SPACE", "Check", "Choice", "Domain", "SearchResult", "SearchSettings", "SearchSpace", "Settings",
+           "best_trial", "load_space", "open_storage", "pareto_front", "run", "space_path"]
