@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..spec import SpecError
 from ..spec.errors import Problem
@@ -26,6 +26,7 @@ PRUNERS = ("median", "hyperband", "successive-halving", "none")
 SAMPLERS = ("auto", "random")
 """--sampler: auto (TPE; NSGA-II for several objectives) or random (Optuna's RandomSampler, the baseline)."""
 
+_CHOICES = {"pruner": PRUNERS, "sampler": SAMPLERS, "direction": ("maximize", "minimize")}
 _AT_LEAST_ONE = ("trials", "workers", "proxy_size", "proxy_batch", "latency_batch")
 _LEGACY = {"batch_size": "latency_batch"}
 """Keyword arguments of run() before SearchSettings, still accepted: the old name -> the field."""
@@ -97,18 +98,12 @@ class SearchSettings(BaseModel):
             raise ValueError(f"must be a number of seconds between 0.1 and 86400, got {value!r}")
         return value
 
-    @field_validator("pruner")
+    @field_validator("pruner", "sampler", "direction")
     @classmethod
-    def _pruner(cls, value: str) -> str:
-        if value not in PRUNERS:
-            raise ValueError(f"{value!r}: not a pruner; use one of {', '.join(PRUNERS)}")
-        return value
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"{value!r}: not a sampler; use one of {', '.join(SAMPLERS)}")
+    def _choice(cls, value: str | None, info: ValidationInfo) -> str | None:
+        options = _CHOICES[info.field_name]
+        if value is not None and value not in options:
+            raise ValueError(f"{value!r}: not a {info.field_name}; use one of {', '.join(options)}")
         return value
 
     @field_validator("objective")
@@ -116,13 +111,6 @@ class SearchSettings(BaseModel):
     def _objective(cls, value):
         if value is not None and not isinstance(value, str) and not callable(value):
             raise ValueError(f"{value!r}: give an objective's name, module:function or a function")
-        return value
-
-    @field_validator("direction")
-    @classmethod
-    def _direction(cls, value: str | None) -> str | None:
-        if value not in (None, "maximize", "minimize"):
-            raise ValueError(f"{value!r}: use maximize or minimize")
         return value
 
     @field_validator("train", mode="before")
@@ -180,7 +168,6 @@ def describe_error(exc: ValidationError) -> str:
 
 
 _FLAG_NAMES = {"latency_batch": ("--latency-batch", "--batch-size")}
-_CHOICES = {"pruner": PRUNERS, "sampler": SAMPLERS, "direction": ("maximize", "minimize")}
 _HIDDEN = {"train"}
 
 
