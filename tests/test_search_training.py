@@ -165,6 +165,27 @@ def test_hyperband_prunes_with_epochs_as_resource_and_counts_them(tmp_path):
     assert complete and complete <= kept <= {f"trial{t.number}.pt" for t in ran}   # --keep-checkpoints
 
 
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path, monkeypatch):
+    # a pruner that would stop every trial at every step: with 2 epochs each trial stops after its first; with 1,
+    # every trial has trained all it was going to and completes (its accuracy counts for the pick)
+    import composer.search.study as study_module
+
+    space = tmp_path / "digits.yaml"
+    space.write_text(DIGITS_SPACE)
+    monkeypatch.setattr(study_module, "_pruner", lambda settings: _AlwaysPrune())
+    for epochs, state in ((2, "PRUNED"), (1, "COMPLETE")):
+        result = run(space, objective="train", epochs=epochs, trials=2, run_dir=str(tmp_path / f"e{epochs}"),
+                     progress=False, log=lambda *a: None, train_size=16)
+        ran = [t for t in result.study.get_trials() if t.user_attrs.get("built")]
+        assert ran and {t.state.name for t in ran} == {state}, (epochs, [t.state.name for t in ran])
+        assert {t.user_attrs["epochs_trained"] for t in ran} == {1}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--pruner", "hyperband", "--objective", "proxy,macs"], "prunes single-objective studies only"),
 ])

@@ -435,7 +435,9 @@ class Searcher:
             trial.set_user_attr(f"accuracy_epoch{epoch}", acc)
             if single:
                 trial.report(acc, epoch + 1)   # the resource: epochs trained (Hyperband's min_resource is 1)
-                if trial.should_prune():   # before this epoch's checkpoint is saved: none is left behind
+                # never after the last epoch: the trial's cost is spent, and pruning it then would only hide a
+                # finished result from the pick (Hyperband's top rung does this to all but 1/3 of its trials)
+                if epoch + 1 < s.epochs and trial.should_prune():   # before this epoch's checkpoint is saved
                     trial.set_user_attr("accuracy", acc)
                     checkpoint.finish(s.keep_checkpoints)
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} at accuracy {acc:.3f}")
