@@ -15,6 +15,11 @@ Stages, each cached in the results folder (a stopped run continues where it stop
    that opens it;
 5. ``report``: results.json, results.md and accuracy_vs_macs.png.
 
+``--partial``, beside a running full run (or after a stopped one), reports what has finished so far into
+results-partial.json / .md: it trains and times nothing, needs every search done, and tests only finished bundles
+(each still once: the result is cached in the bundle, and the full run reuses it). The final trainings go seed by
+seed, the searches' picks first, so a run stopped part-way has every method at the first seed.
+
 ``--quick`` runs every stage at toy scale (a smoke test: 24 min on Fashion-MNIST on the 2-core machine while other
 jobs ran, since every trial still validates on 3,000 images and every bundle is tested on 10,000;
 tests/test_search_quality.py runs it on a 300-image slice in the Fashion-MNIST format, ``--data fashion-mnist:DIR``).
@@ -147,12 +152,16 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--space", default=str(REPO / "search" / "small_images.yaml"))
+    ap.add_argument("--partial", action="store_true", help="report what has finished (beside a running full run): "
+                                                           "trains nothing new, times nothing, writes "
+                                                           "results-partial.*; the searches must be done")
     args = ap.parse_args(argv)
     scale = SCALES["quick" if args.quick else "full"]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "protocol.json").write_text(json.dumps({"scale": scale, "data": args.data, "space": args.space},
-                                                      indent=2))
+    if not args.partial:
+        (results / "protocol.json").write_text(json.dumps({"scale": scale, "data": args.data,
+                                                           "space": args.space}, indent=2))
     import torch
 
     from composer.search import load_space, run
@@ -173,6 +182,8 @@ def main(argv: list[str] | None = None) -> Path:
     for method, sampler in (("composer", "auto"), ("random-search", "random")):
         for seed in scale["seeds"]:
             tag = f"{method}-s{seed}"
+            if args.partial and not (results / "search" / tag / "cost.json").is_file():
+                sys.exit(f"--partial: search {tag} has not finished; a partial report needs every search done")
             t0, c0 = time.perf_counter(), _cpu_seconds()
             result = run(args.space, objective="train", trials=scale["trials"], seed=seed, sampler=sampler,
                          pruner="hyperband", run_dir=str(results / "search" / tag), progress=False, log=_quiet,
@@ -203,7 +214,11 @@ def main(argv: list[str] | None = None) -> Path:
     settings = TrainSettings.model_validate({**{k: v for k, v in search_train.items() if k != "epochs"},
                                              "recipe": {"epochs": scale["search_epochs"]}})
     training = prepare(settings, space.base, seed=0)
-    for name, arch in archs.items():
+    for name, arch in list(archs.items()):
+        if args.partial and not (results / "short" / f"{name}.json").is_file():
+            del archs[name]   # not trained yet by the full run: left out of a partial report
+            continue
+
         def short(arch=arch):
             small, size = space.at_size(arch["spec"], training.size)
             return {"val": train_spec(small, training, size=size).accuracy}
@@ -215,7 +230,8 @@ def main(argv: list[str] | None = None) -> Path:
     # which training-free proxy ranks this space as its training does (on the training split only)
     from composer.search.proxy_check import proxy_check
 
-    proxies = _cached(results / "proxy-check.json", lambda: proxy_check(
+    proxy_file = results / "proxy-check.json"
+    proxies = [] if args.partial and not proxy_file.is_file() else _cached(proxy_file, lambda: proxy_check(
         args.space, train=search_train, samples=scale["proxy_samples"], run_dir=str(results / "proxy-check"),
         log=_quiet).correlations)
 
@@ -226,14 +242,22 @@ def main(argv: list[str] | None = None) -> Path:
              "warmup_epochs": scale["final_warmup_epochs"]}
     if scale["final_subset"]:
         final["subset"] = scale["final_subset"]
-    for name, arch in archs.items():
+    # seed by seed, the searches' picks first: a run stopped part-way has every method at the first seed
+    rank = {"composer": 0, "random-search": 0, "hand": 1, "random-arch": 2}
+    order = sorted(archs, key=lambda n: rank[archs[n]["method"]])
+    for arch in archs.values():
         arch["runs"] = []
-        for seed in scale["final_seeds"]:
+    for seed in scale["final_seeds"]:
+        for name in order:
             out = results / "final" / f"{name}-s{seed}"
             if not (out / "model.safetensors").is_file():
-                train_command(arch["spec"], final, out=str(out), seed=seed, progress=False, log=_quiet)
+                if args.partial:
+                    continue
+                train_command(archs[name]["spec"], final, out=str(out), seed=seed, progress=False, log=_quiet)
                 print(f"[{time.strftime('%H:%M:%S')}] final {name} seed {seed}: trained", flush=True)
-            arch["runs"].append({"seed": seed, "bundle": str(out)})
+            archs[name]["runs"].append({"seed": seed, "bundle": str(out)})
+    if args.partial:
+        archs = {name: arch for name, arch in archs.items() if arch["runs"]}
 
     # 4. the test split, once per bundle ----------------------------------------------------------------------
     STAGE = "test"
@@ -250,13 +274,16 @@ def main(argv: list[str] | None = None) -> Path:
 
         est = estimate(arch["spec"])
         arch.update(params=est.params, macs=est.macs)
-        arch["cpu_latency_ms"] = _cached(results / "latency" / f"{name}.json",
-                                         lambda arch=arch: {"ms": measure(arch["spec"], "cpu", 1)})["ms"]
+        latency = results / "latency" / f"{name}.json"
+        if args.partial:   # beside a running full run the machine is busy: no timing is taken (or cached) here
+            arch["cpu_latency_ms"] = json.loads(latency.read_text())["ms"] if latency.is_file() else float("nan")
+            continue
+        arch["cpu_latency_ms"] = _cached(latency, lambda arch=arch: {"ms": measure(arch["spec"], "cpu", 1)})["ms"]
 
     # 5. report ------------------------------------------------------------------------------------------------
     STAGE = "report"
     _stamp("report")
-    report(results, archs, trials_seen, scale, proxies)
+    report(results, archs, trials_seen, scale, proxies, partial=args.partial)
     return results
 
 
@@ -264,7 +291,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, proxies: list[dict]) -> None:
+def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, proxies: list[dict],
+           partial: bool = False) -> None:
     from scipy.stats import kendalltau
 
     rand = [r["test"] for a in archs.values() if a["method"] == "random-arch" for r in a["runs"]]
@@ -288,7 +316,9 @@ def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, pro
     out = {"scale": scale, "methods": rows, "kendall_tau_search_val_vs_test": tau, "proxy_check": proxies,
            "published": PUBLISHED,
            "architectures": archs, "trials": trials_seen}
-    (results / "results.json").write_text(json.dumps(out, indent=2, default=str))
+    stem = "results-partial" if partial else "results"   # a partial report never stands in for the full one
+    out["partial"] = partial
+    (results / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str))
     lines = ["| method | test top-1 (mean ± std) | runs | params | MMACs | CPU ms | vs random archs | search "
              "CPU-h |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["test_mean"]):
@@ -302,8 +332,10 @@ def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, pro
                  f"retrained architectures: {tau:+.3f}" if not math.isnan(tau) else "")
     lines.append("\nproxy-check (the same space and data): " + ", ".join(
         f"{p['proxy']} tau {p['kendall_tau']:+.2f}" for p in proxies if not math.isnan(p["kendall_tau"])))
-    (results / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(results / "accuracy_vs_macs.png", archs, trials_seen)
+    if partial:
+        lines.insert(0, "PARTIAL: only the final trainings finished so far (runs column); CPU latency not measured\n")
+    (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    _plot(results / f"{'accuracy_vs_macs-partial' if partial else 'accuracy_vs_macs'}.png", archs, trials_seen)
     print("\n".join(lines), flush=True)
 
 

@@ -41,3 +41,10 @@ def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(
     before = sorted(p.name for p in (results / "final").iterdir())
     module.main(["--quick", "--data", f"fashion-mnist:{data}", "--results", str(tmp_path / "sq")])
     assert sorted(p.name for p in (results / "final").iterdir()) == before
+    # --partial beside (or after) a run: reports what finished into results-partial.*, trains and times nothing
+    module.main(["--quick", "--partial", "--data", f"fashion-mnist:{data}", "--results", str(tmp_path / "sq")])
+    partial = json.loads((results / "results-partial.json").read_text())
+    assert partial["partial"] and {r["method"] for r in partial["methods"]} == methods
+    assert sorted(p.name for p in (results / "final").iterdir()) == before
+    with pytest.raises(SystemExit, match="search composer-s0 has not finished"):
+        module.main(["--quick", "--partial", "--data", f"fashion-mnist:{data}", "--results", str(tmp_path / "new")])
