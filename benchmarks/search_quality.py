@@ -1,7 +1,7 @@
 """Does composer's search find better architectures than random search and the papers' hand layouts? The protocol
 is docs/search.md, "Does the search find better architectures? The protocol"; this script runs it, resumably.
 
-    python benchmarks/search_quality.py [--results DIR] [--quick]
+    python benchmarks/search_quality.py [--results DIR] [--quick] [--jobs N] [--partial]
 
 Stages, each cached in the results folder (a stopped run continues where it stopped; rerun the same command):
 
