@@ -132,3 +132,35 @@ def test_an_old_empty_or_foreign_study_db_is_refused_and_left_as_it_is(tmp_path)
     with pytest.raises(SpecError, match="is not an SQLite database"):
         _storage(foreign)
     assert empty.read_bytes() == b"" and foreign.read_text() == "my notes\n"
+
+
+# -- the search-quality follow-ups' options (docs/search.md, "What is tried next") ---------------------------------
+
+def test_tpe_grouped_models_the_parameters_jointly_and_is_recorded(tiny, tmp_path):
+    import optuna
+
+    from composer.search import run
+
+    result = run(str(tiny), trials=2, objective="macs", sampler="tpe-grouped", run_dir=str(tmp_path / "g"),
+                 progress=False, log=lambda *a: None)
+    sampler = result.study.sampler
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._multivariate and sampler._group
+    assert result.study.user_attrs["settings"]["sampler"] == "tpe-grouped"
+
+
+def test_count_trials_feasible_scores_as_many_architectures_as_trials_asked(tiny, tmp_path):
+    from composer import estimate
+    from composer.search import load_space, run
+
+    space = load_space(str(tiny))
+    base = estimate(space.base_data).macs   # about half of this space's samples are over their own base's MACs
+    kwargs = dict(trials=4, objective="macs", budget=str(base), progress=False, log=lambda *a: None)
+    every = run(str(tiny), run_dir=str(tmp_path / "all"), **kwargs).study.get_trials()
+    assert len(every) == 4   # over-budget samples count (the default)
+    result = run(str(tiny), run_dir=str(tmp_path / "feasible"), count_trials="feasible", **kwargs)
+    trials = result.study.get_trials()
+    feasible = [t for t in trials if t.user_attrs.get("feasible")]
+    assert len(feasible) == 4 and len(trials) > 4, [t.user_attrs.get("macs") for t in trials]
+    assert all(t.user_attrs["macs"] <= base for t in feasible)
+    assert result.study.user_attrs["settings"]["count_trials"] == "feasible"

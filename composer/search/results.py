@@ -149,7 +149,9 @@ class Settings:
     keep_checkpoints: bool = False
     """--keep-checkpoints: keep a finished training trial's checkpoint (RUN_DIR/checkpoints)."""
     sampler: str = "auto"
-    """--sampler: auto (TPE / NSGA-II) or random."""
+    """--sampler: auto (TPE / NSGA-II), random or tpe-grouped."""
+    count_trials: str = "all"
+    """--count-trials: all or feasible (what --trials counts)."""
     train: Any = None
     """composer.train.TrainSettings: data, split, device, precision and recipe (--objective train)."""
 
@@ -169,6 +171,8 @@ class Settings:
             attrs["pruner"] = self.pruner
         if self.sampler != "auto":  # likewise
             attrs["sampler"] = self.sampler
+        if self.count_trials != "all":  # likewise
+            attrs["count_trials"] = self.count_trials
         if self.budget_latency_ms is not None or "latency" in self.objectives:  # likewise
             attrs.update(budget_latency_ms=self.budget_latency_ms, latency_device=self.latency_device,
                          latency_batch=self.latency_batch, measure_latency=self.measure_latency)

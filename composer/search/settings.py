@@ -23,10 +23,13 @@ from ..spec.errors import Problem
 
 PRUNERS = ("median", "hyperband", "successive-halving", "none")
 """--pruner: Optuna's pruners; epochs (or a reporter's steps) are the resource."""
-SAMPLERS = ("auto", "random")
-"""--sampler: auto (TPE; NSGA-II for several objectives) or random (Optuna's RandomSampler, the baseline)."""
+SAMPLERS = ("auto", "random", "tpe-grouped")
+"""--sampler: auto (TPE; NSGA-II for several objectives), random (Optuna's RandomSampler, the baseline) or
+tpe-grouped (TPE modelling the parameters jointly, per group of parameters that occur together)."""
+COUNTS = ("all", "feasible")
+"""--count-trials: what --trials counts."""
 
-_CHOICES = {"pruner": PRUNERS, "sampler": SAMPLERS, "direction": ("maximize", "minimize")}
+_CHOICES = {"pruner": PRUNERS, "sampler": SAMPLERS, "direction": ("maximize", "minimize"), "count_trials": COUNTS}
 _AT_LEAST_ONE = ("trials", "workers", "proxy_size", "proxy_batch", "latency_batch")
 _LEGACY = {"batch_size": "latency_batch"}
 """Keyword arguments of run() before SearchSettings, still accepted: the old name -> the field."""
@@ -69,7 +72,13 @@ class SearchSettings(BaseModel):
     pruner: str = Field("median", description="train (and reporting objectives): Optuna's pruner, epochs as the "
                                               "resource (default median)")
     sampler: str = Field("auto", description="auto: TPE (NSGA-II for several objectives); random: Optuna's "
-                                             "RandomSampler, the baseline a search must beat (default auto)")
+                                             "RandomSampler, the baseline a search must beat; tpe-grouped: TPE with "
+                                             "multivariate=True, group=True, for spaces whose parameters exist only "
+                                             "with some choices (default auto)")
+    count_trials: str = Field("all", description="what --trials counts: all (an over-budget sample is a trial, "
+                                                 "refused in milliseconds before anything is built) or feasible (only "
+                                                 "samples within the budget: --trials 16 scores 16 architectures; at "
+                                                 "most 20x as many samples are drawn) (default all)")
     keep_checkpoints: bool = Field(False, description="train: keep finished trials' checkpoints in "
                                                       "RUN_DIR/checkpoints (default: removed)")
     warm_start: str | list[str] | None = Field(None, description="presets or spec paths, comma-separated, tried "
@@ -98,7 +107,7 @@ class SearchSettings(BaseModel):
             raise ValueError(f"must be a number of seconds between 0.1 and 86400, got {value!r}")
         return value
 
-    @field_validator("pruner", "sampler", "direction")
+    @field_validator("pruner", "sampler", "direction", "count_trials")
     @classmethod
     def _choice(cls, value: str | None, info: ValidationInfo) -> str | None:
         options = _CHOICES[info.field_name]

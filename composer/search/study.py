@@ -52,6 +52,7 @@ from .settings import SearchSettings
 from .space import SearchSpace, load_space, optuna_suggest
 
 PENALTY = 1e9          # the value an infeasible or invalid sample gets (-PENALTY when maximising)
+MAX_SAMPLES_PER_TRIAL = 20   # --count-trials feasible: at most this many samples per requested trial
 
 
 @dataclass
@@ -520,6 +521,10 @@ class Searcher:
         out["finished"] = out["COMPLETE"] + out["PRUNED"] + sum(
             1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("objective_error"))
         out["feasible"] = sum(1 for t in trials if t.state in FINISHED and t.user_attrs.get("feasible"))
+        # --count-trials feasible: only samples within the budget count toward --trials (a failed objective's
+        # trial was built, so feasible)
+        out["counted"] = out["finished"] if self.settings.count_trials == "all" else out["finished"] - sum(
+            1 for t in trials if t.state in FINISHED and not t.user_attrs.get("feasible"))
         return out
 
     def best_text(self) -> str:
@@ -548,14 +553,14 @@ class Searcher:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=n, initial=min(self.counts()["finished"], n), desc=f"search {self.space.name}",
+            bar = tqdm(total=n, initial=min(self.counts()["counted"], n), desc=f"search {self.space.name}",
                        unit="trial", file=sys.stderr, dynamic_ncols=True)
 
         def update(study, trial) -> None:
             if bar is None:
                 return
             counts = self.counts()
-            bar.n = min(counts["finished"], n)
+            bar.n = min(counts["counted"], n)
             frac = counts["feasible"] / max(counts["finished"], 1)
             bar.set_postfix_str(f"best {self.best_text()}, feasible {counts['feasible']}/{counts['finished']} "
                                 f"({frac:.0%})")
@@ -564,9 +569,13 @@ class Searcher:
         try:
             while True:
                 counts = self.counts()
-                if counts["finished"] >= n:
+                if counts["counted"] >= n:
                     break
-                if counts["finished"] + counts["RUNNING"] >= n and counts["WAITING"] == 0:
+                if counts["finished"] >= MAX_SAMPLES_PER_TRIAL * n:   # --count-trials feasible in a space that
+                    self.log(f"--count-trials feasible: {counts['finished']} samples drawn, {counts['counted']} "
+                             f"within the budget; stopping ({MAX_SAMPLES_PER_TRIAL}x --trials at most)")
+                    break
+                if counts["counted"] + counts["RUNNING"] >= n and counts["WAITING"] == 0:
                     # the remaining trials run elsewhere, or belong to a dead worker and will go stale
                     self._beat_unbeaten()
                     optuna.storages.fail_stale_trials(self.study)
@@ -587,7 +596,10 @@ def _sampler(settings: Settings, seed: int):
     if len(settings.objectives) > 1:
         pop = max(4, min(50, settings.trials // 4))
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, **extra)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, min(10, settings.trials // 4)), **extra)
+    startup = max(5, min(10, settings.trials // 4))
+    if settings.sampler == "tpe-grouped":   # Optuna's advice for conditional spaces (kernel sizes, orders per stage)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True, **extra)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **extra)
 
 
 @dataclass
@@ -662,6 +674,7 @@ def run(space, settings: SearchSettings | dict | None = None, *, progress: bool 
                                 f"{','.join(objectives)} has {len(objectives)} (use --pruner none)", ()))
     settings.pruner, settings.keep_checkpoints = pruner, keep_checkpoints
     settings.sampler = sampler
+    settings.count_trials = s.count_trials
     try:
         from ..latency import fingerprint, parse_latency
 
