@@ -15,6 +15,10 @@ Stages, each cached in the results folder (a stopped run continues where it stop
    that opens it;
 5. ``report``: results.json, results.md and accuracy_vs_macs.png.
 
+``--variant NAME`` reruns both searches with one change (docs/search.md, "What is tried next if the search does
+not win"; VARIANTS below) into RESULTS/variants/NAME once the first run in RESULTS has finished; the hand layouts,
+random architectures and their final runs are the first run's, and only the searches' picks are trained anew.
+
 ``--partial``, beside a running full run (or after a stopped one), reports what has finished so far into
 results-partial.json / .md: it trains and times nothing, needs every search done, and tests only finished bundles
 (each still once: the result is cached in the bundle, and the full run reuses it). The final trainings go seed by
@@ -68,6 +72,16 @@ SCALES = {
               "random_archs": 1,
               "hand": ["ConvFormer-like", "EfficientFormer-like"], "proxy_samples": 3},
 }
+
+
+VARIANTS = {
+    "never-pruned-last": {},   # composer's search as it runs from 2026-12-07: no trial pruned after its last epoch
+    "one-epoch-48": {"trials": 48, "search_epochs": 1, "pruner": "none"},
+    "tpe-grouped": {"sampler": "tpe-grouped"},   # composer's sampler only; random search stays random
+    "feasible-trials": {"count_trials": "feasible"},
+}
+"""docs/search.md, "What is tried next if the search does not win": each reruns both searches with one change; the
+hand layouts and random architectures (and their final runs) are the first run's."""
 
 
 def _cpu_seconds() -> float:
@@ -155,16 +169,25 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--jobs", type=int, default=1, help="final trainings run as this many composer train "
                                                        "processes, the cores shared among them (default 1: in "
                                                        "this process)")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), help="rerun both searches with one change (docs/search.md, "
+                                                              "'What is tried next') into RESULTS/variants/NAME, "
+                                                              "beside a finished first run in RESULTS")
     ap.add_argument("--partial", action="store_true", help="report what has finished (beside a running full run): "
                                                            "trains nothing new, times nothing, writes "
                                                            "results-partial.*; the searches must be done")
     args = ap.parse_args(argv)
-    scale = SCALES["quick" if args.quick else "full"]
-    results = Path(args.results)
+    scale = dict(SCALES["quick" if args.quick else "full"])
+    base = Path(args.results)   # the first run: the hand layouts' and random architectures' results live here
+    results = base / "variants" / args.variant if args.variant else base
+    variant = VARIANTS[args.variant] if args.variant else {}
+    if args.variant and not (base / "results.json").is_file():
+        sys.exit(f"--variant: the first run in {base} has not finished (no results.json); finish it first")
+    scale.update({k: v for k, v in variant.items() if k in scale})
     results.mkdir(parents=True, exist_ok=True)
     if not args.partial:
         (results / "protocol.json").write_text(json.dumps({"scale": scale, "data": args.data,
-                                                           "space": args.space}, indent=2))
+                                                           "space": args.space, "variant": args.variant,
+                                                           "change": variant}, indent=2))
     import torch
 
     from composer.search import load_space, run
@@ -182,15 +205,15 @@ def main(argv: list[str] | None = None) -> Path:
     _stamp("search")
     picks: dict[str, dict] = {}
     trials_seen: list[dict] = []
-    for method, sampler in (("composer", "auto"), ("random-search", "random")):
+    for method, sampler in (("composer", variant.get("sampler", "auto")), ("random-search", "random")):
         for seed in scale["seeds"]:
             tag = f"{method}-s{seed}"
             if args.partial and not (results / "search" / tag / "cost.json").is_file():
                 sys.exit(f"--partial: search {tag} has not finished; a partial report needs every search done")
             t0, c0 = time.perf_counter(), _cpu_seconds()
             result = run(args.space, objective="train", trials=scale["trials"], seed=seed, sampler=sampler,
-                         pruner="hyperband", run_dir=str(results / "search" / tag), progress=False, log=_quiet,
-                         train=search_train)
+                         pruner=variant.get("pruner", "hyperband"), count_trials=variant.get("count_trials", "all"),
+                         run_dir=str(results / "search" / tag), progress=False, log=_quiet, train=search_train)
             cost = _cached(results / "search" / tag / "cost.json", lambda t0=t0, c0=c0: {
                 "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - c0})
             best = best_trial(result.study, result.settings)
@@ -218,7 +241,7 @@ def main(argv: list[str] | None = None) -> Path:
                                              "recipe": {"epochs": scale["search_epochs"]}})
     training = prepare(settings, space.base, seed=0)
     for name, arch in list(archs.items()):
-        if args.partial and not (results / "short" / f"{name}.json").is_file():
+        if args.partial and not (base / "short" / f"{name}.json").is_file():
             del archs[name]   # not trained yet by the full run: left out of a partial report
             continue
 
@@ -226,16 +249,16 @@ def main(argv: list[str] | None = None) -> Path:
             small, size = space.at_size(arch["spec"], training.size)
             return {"val": train_spec(small, training, size=size).accuracy}
 
-        arch["search_val"] = _cached(results / "short" / f"{name}.json", short)["val"]
+        arch["search_val"] = _cached(base / "short" / f"{name}.json", short)["val"]
         print(f"short {name}: val {arch['search_val']:.4f}", flush=True)
     for tag, pick in picks.items():
         archs[tag] = pick
     # which training-free proxy ranks this space as its training does (on the training split only)
     from composer.search.proxy_check import proxy_check
 
-    proxy_file = results / "proxy-check.json"
+    proxy_file = base / "proxy-check.json"
     proxies = [] if args.partial and not proxy_file.is_file() else _cached(proxy_file, lambda: proxy_check(
-        args.space, train=search_train, samples=scale["proxy_samples"], run_dir=str(results / "proxy-check"),
+        args.space, train=search_train, samples=scale["proxy_samples"], run_dir=str(base / "proxy-check"),
         log=_quiet).correlations)
 
     # 3. final training (the test split is not opened here) -----------------------------------------------------
@@ -253,7 +276,8 @@ def main(argv: list[str] | None = None) -> Path:
     todo = []
     for seed in scale["final_seeds"]:
         for name in order:
-            out = results / "final" / f"{name}-s{seed}"
+            home = results if archs[name]["method"] in ("composer", "random-search") else base
+            out = home / "final" / f"{name}-s{seed}"
             if not (out / "model.safetensors").is_file():
                 if args.partial:
                     continue
@@ -283,7 +307,8 @@ def main(argv: list[str] | None = None) -> Path:
 
         est = estimate(arch["spec"])
         arch.update(params=est.params, macs=est.macs)
-        latency = results / "latency" / f"{name}.json"
+        home = results if arch["method"] in ("composer", "random-search") else base
+        latency = home / "latency" / f"{name}.json"
         if args.partial:   # beside a running full run the machine is busy: no timing is taken (or cached) here
             arch["cpu_latency_ms"] = json.loads(latency.read_text())["ms"] if latency.is_file() else float("nan")
             continue
