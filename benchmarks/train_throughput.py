@@ -12,8 +12,9 @@ Each variant trains the same freshly initialised model (the base of tests/data/s
 ``--spec``) for one epoch over ``--images`` images after one untimed warm-up epoch; img/s counts training steps only
 (composer's validation pass is excluded, its loader is not). Variants of composer's loop: augmentation off (the
 references' work) and on (the default, ``light``), ``--loader-workers`` 0 and 2, channels-last; with ``--compile``,
-the plain loop also channels-last and under ``torch.compile``. Ratios are against ``plain`` from the same run; the
-machine is noisy, so run it twice and report both.
+the plain loop also channels-last and under ``torch.compile``. Every variant is timed ``--repeats`` times, round-robin,
+and its median reported with the spread; ratios are of medians against ``plain`` from the same run (one epoch per
+timing is a few seconds: single timings swung 1.7x between two runs on a quiet machine).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spec", default=str(REPO / "tests" / "data" / "small_train_space.yaml"))
     ap.add_argument("--quick", action="store_true", help="digits, 300 images, batch 64 (a smoke test)")
+    ap.add_argument("--repeats", type=int, default=3, help="each variant timed this many times, round-robin; "
+                                                         "medians are reported (default 3)")
     ap.add_argument("--compile", action="store_true", help="also the plain loop with torch.compile (inductor; its "
                                                            "compilation falls in the untimed warm-up epoch) and "
                                                            "channels-last")
@@ -127,22 +130,31 @@ def main() -> None:
           f"{torch.__version__}; model {space.name} base ({sum(p.numel() for p in _model(spec).parameters()):,} "
           "params)")
     lr = settings.recipe.lr
-    plain = plain_loop(spec, x, y, args.batch, lr, use_timm=False)
-    rows = [("plain PyTorch loop, data in memory", plain),
-            ("timm's pieces by hand, data in memory", plain_loop(spec, x, y, args.batch, lr, use_timm=True))]
+    variants = [("plain PyTorch loop, data in memory", lambda: plain_loop(spec, x, y, args.batch, lr, False)),
+                ("timm's pieces by hand, data in memory", lambda: plain_loop(spec, x, y, args.batch, lr, True))]
     if args.compile:
-        rows.append(("plain PyTorch loop, channels-last", plain_loop(spec, x, y, args.batch, lr, False,
-                                                                    channels_last=True)))
-        rows.append(("plain PyTorch loop, torch.compile", plain_loop(spec, x, y, args.batch, lr, False,
-                                                                    compile_model=True)))
-    composer_from = len(rows)
+        variants += [("plain PyTorch loop, channels-last",
+                      lambda: plain_loop(spec, x, y, args.batch, lr, False, channels_last=True)),
+                     ("plain PyTorch loop, torch.compile",
+                      lambda: plain_loop(spec, x, y, args.batch, lr, False, compile_model=True))]
+    composer_from = len(variants)
     for augment, workers, cl in (("none", 0, False), ("light", 0, False), ("none", 2, False), ("none", 0, True)):
         label = f"composer.train, augment {augment}, loader workers {workers}{', channels-last' if cl else ''}"
-        rows.append((label, composer_loop(spec, training, augment, workers, cl)))
-    width = max(len(r[0]) for r in rows)
-    for label, rate in rows:
-        print(f"{label:<{width}}  {rate:8.0f} img/s  {rate / plain:5.2f}x plain")
-    print(f"median ratio of composer's variants: {statistics.median(r / plain for _, r in rows[composer_from:]):.2f}x")
+        variants.append((label, lambda a=augment, w=workers, c=cl: composer_loop(spec, training, a, w, c)))
+    # round-robin repeats: a noisy minute then slows every variant once rather than one variant every time
+    rates: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for _ in range(args.repeats):
+        for label, measure in variants:
+            rates[label].append(measure())
+    median = {label: statistics.median(r) for label, r in rates.items()}
+    plain = median[variants[0][0]]
+    width = max(len(label) for label in rates)
+    for label, r in rates.items():
+        spread = f"  ({min(r):.0f}-{max(r):.0f} over {len(r)} repeats)" if len(r) > 1 else ""
+        print(f"{label:<{width}}  {median[label]:8.0f} img/s  {median[label] / plain:5.2f}x plain{spread}")
+    ratios = [median[label] / plain for label, _ in variants[composer_from:]]
+    print(f"median ratio of composer's variants: {statistics.median(ratios):.2f}x (medians of {args.repeats} "
+          "repeats each)")
 
 
 if __name__ == "__main__":
