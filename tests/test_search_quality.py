@@ -49,11 +49,13 @@ def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(
     with pytest.raises(SystemExit, match="search composer-s0 has not finished"):
         module.main(["--quick", "--partial", "--data", f"fashion-mnist:{data}", "--results", str(tmp_path / "new")])
     # a follow-up variant reruns both searches with one change beside the first run, and trains only their picks
-    out = module.main(["--quick", "--variant", "feasible-trials", "--data", f"fashion-mnist:{data}", "--results",
-                       str(tmp_path / "sq")])
+    # (--jobs 2: the picks train as two composer train processes)
+    out = module.main(["--quick", "--variant", "feasible-trials", "--jobs", "2", "--data", f"fashion-mnist:{data}",
+                       "--results", str(tmp_path / "sq")])
     assert out == results / "variants" / "feasible-trials"
     varied = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in varied["methods"]} == methods
     assert {p.name for p in (out / "final").iterdir() if p.is_dir()} == {"composer-s0-s0", "random-search-s0-s0"}
     assert json.loads((out / "protocol.json").read_text())["change"] == {"count_trials": "feasible"}
     assert sorted(p.name for p in (results / "final").iterdir()) == before   # the first run's are reused
+    assert (out / "final" / "composer-s0-s0.log").read_text().count("done: composer-s0") == 1
