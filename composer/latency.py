@@ -821,7 +821,8 @@ class Predictor:
 
     def checked_predict(self, source) -> Prediction:
         """For a search's latency budget: the first prediction of this process runs the self-check (once per
-        table, said in one line on stderr); later ones are plain. Says once (stderr) when a prediction rests on
+        table, said in one line on stderr; a search calls it first with its space's base, before its first trial);
+        later ones are plain. Says once (stderr) when a prediction rests on
         suspect parts."""
         check = None
         if not self._checked:

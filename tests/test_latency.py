@@ -643,3 +643,35 @@ def test_a_search_checks_its_table_once_and_says_when_its_budget_rests_on_suspec
     assert err[1].startswith("note: the latency budget rests on 9 parts timed while the machine was busy") and \
         len(err) == 2
     assert p.checked_predict(TINY).ms == first.ms and len(measured) == 1 and not capsys.readouterr().err
+
+
+def test_a_latency_budget_checks_its_table_on_the_base_before_the_first_trial(cache, tmp_path, monkeypatch, capsys):
+    from composer import latency
+    from composer.search import study as study_module
+
+    events = []
+    original_check, original_objective = latency.Predictor.self_check, study_module.Searcher.objective
+
+    def self_check(self, source, *args, **kwargs):
+        events.append(f"check {getattr(source, 'name', source)}")
+        return original_check(self, source, *args, **kwargs)
+
+    def objective(self, trial):
+        events.append("trial")
+        return original_objective(self, trial)
+
+    monkeypatch.setattr(latency.Predictor, "self_check", self_check)
+    monkeypatch.setattr(study_module.Searcher, "objective", objective)
+    monkeypatch.setattr(latency, "_PREDICTORS", {})
+    # a whole-model measurement that agrees with the prediction (the search's own predictor: same fingerprint)
+    monkeypatch.setattr(latency, "measure_sessions", lambda source, *a, **k: [
+        latency.predictor("cpu", 1).predict(source, measure_missing=False).ms] * 2)
+    assert _search(tmp_path, "--trials", "2", "--max-latency", "1000ms") == 0
+    assert events[:2] == ["check tiny", "trial"] and events.count("check tiny") == 1, events
+    err = capsys.readouterr().err
+    assert err.count("self-check: predicted ") == 1, err   # the base's parts were new: measured and said once
+    # a second worker (process) on the same table: the base's last check is on record, nothing is measured again
+    events.clear()
+    latency._PREDICTORS.clear()   # as in a new process
+    assert _search(tmp_path, "--trials", "3", "--max-latency", "1000ms") == 0
+    assert events[0] == "check tiny" and "self-check: predicted " not in capsys.readouterr().err

@@ -267,6 +267,11 @@ class Searcher:
             from ..latency import predictor
 
             self.predictor = predictor(settings.latency_device, settings.latency_batch)
+            if settings.budget_latency_ms is not None:
+                # a latency budget's table is checked before the first trial, on the space's base (whose parts
+                # most samples share), not on whichever sample comes first: once per table, since a network whose
+                # last check agreed is not measured again (latency.Predictor.self_check)
+                self.predictor.checked_predict(space.base)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- one trial ------------------------------------------------------------------------------------------
@@ -301,7 +306,7 @@ class Searcher:
         constraints = [over_macs, over_params]
         if self.predictor is not None and feasible:
             # only now: predicting may time a part the table lacks (that part alone is built, not the model)
-            predicted = self.predictor.checked_predict(check.spec).ms  # the first: self-check (latency.py)
+            predicted = self.predictor.checked_predict(check.spec).ms  # self-checked before the first trial
             trial.set_user_attr("latency_ms_predicted", predicted)
             self.latency_ms[trial.number] = predicted
             if latency_budget:
