@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--partial", action="store_true", help="report what has finished (beside a running full run): "
                                                            "trains nothing new, times nothing, writes "
                                                            "results-partial.*; the searches must be done")
+    ap.add_argument("--docs", metavar="MD", help="also write the report between the markers '<!-- search-quality "
+                                                 "results begin -->' and '... end -->' of this Markdown file")
     args = ap.parse_args(argv)
     scale = dict(SCALES["quick" if args.quick else "full"])
     base = Path(args.results)   # the first run: the hand layouts' and random architectures' results live here
@@ -317,7 +319,9 @@ def main(argv: list[str] | None = None) -> Path:
     # 5. report ------------------------------------------------------------------------------------------------
     STAGE = "report"
     _stamp("report")
-    report(results, archs, trials_seen, scale, proxies, partial=args.partial)
+    text = report(results, archs, trials_seen, scale, proxies, partial=args.partial)
+    if args.docs:
+        write_between_markers(Path(args.docs), text)
     return results
 
 
@@ -362,7 +366,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, proxies: list[dict],
-           partial: bool = False) -> None:
+           partial: bool = False) -> str:
+    """results.json, results.md (returned) and the plot, into ``results``."""
     from scipy.stats import kendalltau
 
     rand = [r["test"] for a in archs.values() if a["method"] == "random-arch" for r in a["runs"]]
@@ -381,9 +386,11 @@ def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, pro
                      "cpu_latency_ms": statistics.fmean(a["cpu_latency_ms"] for a in members),
                      "relative_improvement_pct": 100 * (mean - rand_mean) / rand_mean if rand else None,
                      "search_cpu_hours": sum(a.get("cpu_hours", 0.0) for a in members) or None})
+    verdict = _verdict(rows)
     pairs = [(a["search_val"], statistics.fmean(r["test"] for r in a["runs"])) for a in archs.values()]
     tau = kendalltau([p[0] for p in pairs], [p[1] for p in pairs]).statistic if len(pairs) > 2 else float("nan")
-    out = {"scale": scale, "methods": rows, "kendall_tau_search_val_vs_test": tau, "proxy_check": proxies,
+    out = {"scale": scale, "methods": rows, "verdict": verdict, "kendall_tau_search_val_vs_test": tau,
+           "proxy_check": proxies,
            "published": PUBLISHED,
            "architectures": archs, "trials": trials_seen}
     stem = "results-partial" if partial else "results"   # a partial report never stands in for the full one
@@ -402,11 +409,83 @@ def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, pro
                  f"retrained architectures: {tau:+.3f}" if not math.isnan(tau) else "")
     lines.append("\nproxy-check (the same space and data): " + ", ".join(
         f"{p['proxy']} tau {p['kendall_tau']:+.2f}" for p in proxies if not math.isnan(p["kendall_tau"])))
+    lines.append("")
+    lines += [f"- {v['line']}" for v in verdict]
+    lines += ["", "Every retrained architecture (search val: the search schedule's validation top-1; test: one "
+              "evaluation per final seed):", "",
+              "| architecture | method | layout | depths | widths | params | MMACs | search val | test top-1 per "
+              "seed |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, arch in sorted(archs.items(), key=lambda kv: -statistics.fmean(r["test"] for r in kv[1]["runs"])):
+        spec = arch["spec"]
+        tests = ", ".join(f"{100 * r['test']:.2f}" for r in sorted(arch["runs"], key=lambda r: r["seed"]))
+        lines.append(f"| {name} | {arch['method']} | {_layout(spec)} | {'-'.join(map(str, spec['depths']))} | "
+                     f"{'-'.join(map(str, spec['widths']))} | {arch['params'] / 1e6:.3f}M | {arch['macs'] / 1e6:.2f} | "
+                     f"{100 * arch['search_val']:.2f} | {tests} |")
     if partial:
         lines.insert(0, "PARTIAL: only the final trainings finished so far (runs column); CPU latency not measured\n")
-    (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    (results / f"{stem}.md").write_text(text)
     _plot(results / f"{'accuracy_vs_macs-partial' if partial else 'accuracy_vs_macs'}.png", archs, trials_seen)
-    print("\n".join(lines), flush=True)
+    print(text, flush=True)
+    return text
+
+
+def _layout(spec: dict) -> str:
+    """A spec's per-stage mixers, compactly: ``Conv-A-A``; a mixed stage as ``Conv×2+A×2`` (its depth is the depths
+    column's); gnConv's orders and
+    the conv kernel where the spec sets them."""
+    stages = spec["layout"] if isinstance(spec["layout"], list) else spec["layout"].split("-")
+    out = []
+    for stage in stages:
+        if isinstance(stage, str):
+            out.append(stage)
+        else:
+            runs = [(k, len(list(g))) for k, g in itertools.groupby(stage)]
+            out.append(runs[0][0] if len(runs) == 1 else "+".join(f"{k}×{n}" if n > 1 else k for k, n in runs))
+    text = "-".join(out)
+    mixers = spec.get("mixers") or {}
+    if "gnConv" in text and "order" in mixers.get("gnConv", {}):
+        text += f" (orders {'-'.join(map(str, mixers['gnConv']['order']))})"
+    if "Conv" in text.replace("gnConv", "") and "kernel_size" in mixers.get("Conv", {}):
+        text += f" (k{mixers['Conv']['kernel_size']})"
+    return text
+
+
+def _verdict(rows: list[dict]) -> list[dict]:
+    """The protocol's goal, row by row: composer's pick above random search's pick and above the best hand layout
+    (by test mean) by more than the seeds' standard deviation (the larger of the two methods' std over their
+    final runs)."""
+    by = {r["method"]: r for r in rows}
+    if "composer" not in by:
+        return []
+    hand = [r for r in rows if r["method"] not in ("composer", "random-search", "random-arch")]
+    rivals = [("random search's picks", by.get("random-search"))]
+    if hand:
+        rivals.append((f"the best hand layout ({max(hand, key=lambda r: r['test_mean'])['method']})",
+                       max(hand, key=lambda r: r["test_mean"])))
+    if "random-arch" in by:
+        rivals.append(("the random architectures' mean", by["random-arch"]))
+    c, out = by["composer"], []
+    for what, r in rivals:
+        if r is None:
+            continue
+        diff, std = c["test_mean"] - r["test_mean"], max(c["test_std"], r["test_std"])
+        won = diff > std
+        out.append({"against": r["method"], "difference": diff, "std": std, "won": won,
+                    "line": f"composer's picks vs {what}: {100 * diff:+.2f} points of test top-1, the seeds' std "
+                            f"{100 * std:.2f}: {'won' if won else 'not won'} (goal: more than the std)"})
+    return out
+
+
+MARKERS = ("<!-- search-quality results begin -->", "<!-- search-quality results end -->")
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between MARKERS in ``path`` with ``text`` (the docs' results section)."""
+    doc = path.read_text()
+    begin, end = doc.index(MARKERS[0]) + len(MARKERS[0]), doc.index(MARKERS[1])
+    path.write_text(doc[:begin] + "\n" + text.rstrip("\n") + "\n" + doc[end:])
 
 
 def _plot(path: Path, archs: dict, trials_seen: list[dict]) -> None:
@@ -433,7 +512,8 @@ def _plot(path: Path, archs: dict, trials_seen: list[dict]) -> None:
             ax.annotate(name, (arch["macs"] / 1e6, arch["search_val"]), fontsize=7)
     ax.set_xlabel("MMACs")
     ax.set_ylabel("validation top-1 (search schedule)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

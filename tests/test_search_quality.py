@@ -59,3 +59,43 @@ def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(
     assert json.loads((out / "protocol.json").read_text())["change"] == {"count_trials": "feasible"}
     assert sorted(p.name for p in (results / "final").iterdir()) == before   # the first run's are reused
     assert (out / "final" / "composer-s0-s0.log").read_text().count("done: composer-s0") == 1
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_judges_the_goal_by_the_seeds_std_and_lists_every_architecture(tmp_path):
+    module = _load()
+
+    def arch(method, layout, search_val, tests, **mixers):
+        spec = {"layout": layout, "depths": [1, 2, 3], "widths": [32, 64, 128], "mixers": mixers}
+        return {"method": method, "spec": spec, "search_val": search_val, "params": 1e6, "macs": 9e6,
+                "cpu_latency_ms": 1.0, "runs": [{"seed": i, "test": t} for i, t in enumerate(tests)]}
+
+    archs = {"composer-s0": arch("composer", ["Conv", "Hpx", "gnConv"], 0.75, [0.90, 0.91],
+                                 gnConv={"order": [2, 3, 4]}, Conv={"kernel_size": 5}),
+             "random-search-s0": arch("random-search", ["Pool", "A", "A"], 0.74, [0.89, 0.89]),
+             "ConvFormer-like": arch("hand", ["Conv", "Conv", "Conv"], 0.73, [0.905, 0.905]),
+             "EfficientFormer-like": arch("hand", [["Conv"], ["Conv", "Conv"], ["Conv", "A", "A"]], 0.72, [0.80, 0.80]),
+             "random0": arch("random-arch", ["Pool", "Pool", "Pool"], 0.70, [0.85, 0.87])}
+    text = module.report(tmp_path, archs, [], {}, [])
+    verdict = {v["against"]: v for v in json.loads((tmp_path / "results.json").read_text())["verdict"]}
+    # composer 0.905 ± 0.00707; random search 0.89 ± 0: +1.5 points > 0.71 -> won
+    assert verdict["random-search"]["won"] and verdict["random-search"]["difference"] == pytest.approx(0.015)
+    assert verdict["random-search"]["std"] == pytest.approx(0.00707107, rel=1e-5)
+    # the best hand layout is ConvFormer-like at 0.905: a tie is not a win
+    assert not verdict["ConvFormer-like"]["won"] and verdict["ConvFormer-like"]["difference"] == pytest.approx(0.0)
+    assert verdict["random-arch"]["won"]
+    assert "the best hand layout (ConvFormer-like): +0.00 points" in text
+    assert "| composer-s0 | composer | Conv-Hpx-gnConv (orders 2-3-4) (k5) | 1-2-3 | 32-64-128 |" in text
+    assert "| Conv-Conv-Conv+A×2 |" in text
+    assert "| 90.00, 91.00 |" in text
+    doc = tmp_path / "doc.md"
+    doc.write_text("# x\n\n" + "\n".join(module.MARKERS) + "\n\nafter\n")
+    module.write_between_markers(doc, text)
+    module.write_between_markers(doc, text)   # rewriting replaces, never appends
+    assert doc.read_text() == f"# x\n\n{module.MARKERS[0]}\n{text}{module.MARKERS[1]}\n\nafter\n"
