@@ -350,3 +350,23 @@ def test_a_sigkilled_trial_with_loader_workers_resumes_from_its_last_epoch(tmp_p
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
     assert retry.state.name == "COMPLETE" and retry.user_attrs["resumed_at_epoch"] >= 1
     assert trials[0].user_attrs["epochs_trained"] + retry.user_attrs["epochs_trained"] == 3
+
+
+def test_train_spec_builds_its_model_from_the_seed_whatever_ran_before(monkeypatch):
+    # benchmarks/search_quality.py trains architecture after architecture in one process: a resumed stage must
+    # start each from the same weights as an uninterrupted one
+    from composer import load_spec
+    from composer.train import TrainSettings, loop
+    from composer.train.trial import prepare, train_spec
+
+    first = []
+    monkeypatch.setattr(loop, "train", lambda model, *a, **k: first.append(
+        torch.cat([p.detach().flatten() for p in model.parameters()])))
+    spec = {"name": "tiny", "macro": "metaformer", "input_size": 8, "in_chans": 1, "num_classes": 10,
+            "widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "layout": "Conv-Conv-A-A",
+            "mixers": {"A": {"head_dim": 8}}}
+    training = prepare(TrainSettings.model_validate({"data": "digits", "subset": 100}), load_spec(spec), 3)
+    train_spec(spec, training)
+    torch.rand(1000)   # the global generator moves on, as other work in the process moves it
+    train_spec(spec, training)
+    assert len(first) == 2 and torch.equal(first[0], first[1])

@@ -67,8 +67,11 @@ def train_spec(data: dict | Any, training: TrainingData, *, report: Callable[[in
     from .loop import resolve_device, train
 
     if model is None:
+        import torch
+
         from ..composed import compose
 
+        torch.manual_seed(training.seed)   # initial weights from the seed, not from whatever ran before in the process
         model = compose(data)
     in_chans = getattr(model, "in_chans", training.source.in_chans)
     return train(model, training.source, training.splits, training.settings, size=size or training.size,
