@@ -445,10 +445,13 @@ def _layout(spec: dict) -> str:
             out.append(runs[0][0] if len(runs) == 1 else "+".join(f"{k}×{n}" if n > 1 else k for k, n in runs))
     text = "-".join(out)
     mixers = spec.get("mixers") or {}
+    def per_stage(value) -> str:   # one value, or one per stage
+        return "-".join(map(str, value)) if isinstance(value, list) else str(value)
+
     if "gnConv" in text and "order" in mixers.get("gnConv", {}):
-        text += f" (orders {'-'.join(map(str, mixers['gnConv']['order']))})"
+        text += f" (orders {per_stage(mixers['gnConv']['order'])})"
     if "Conv" in text.replace("gnConv", "") and "kernel_size" in mixers.get("Conv", {}):
-        text += f" (k{mixers['Conv']['kernel_size']})"
+        text += f" (k{per_stage(mixers['Conv']['kernel_size'])})"
     return text
 
 

@@ -77,7 +77,7 @@ def test_report_judges_the_goal_by_the_seeds_std_and_lists_every_architecture(tm
                 "cpu_latency_ms": 1.0, "runs": [{"seed": i, "test": t} for i, t in enumerate(tests)]}
 
     archs = {"composer-s0": arch("composer", ["Conv", "Hpx", "gnConv"], 0.75, [0.90, 0.91],
-                                 gnConv={"order": [2, 3, 4]}, Conv={"kernel_size": 5}),
+                                 gnConv={"order": [2, 3, 4]}, Conv={"kernel_size": [5, 5, 3]}),
              "random-search-s0": arch("random-search", ["Pool", "A", "A"], 0.74, [0.89, 0.89]),
              "ConvFormer-like": arch("hand", ["Conv", "Conv", "Conv"], 0.73, [0.905, 0.905]),
              "EfficientFormer-like": arch("hand", [["Conv"], ["Conv", "Conv"], ["Conv", "A", "A"]], 0.72, [0.80, 0.80]),
@@ -91,7 +91,7 @@ def test_report_judges_the_goal_by_the_seeds_std_and_lists_every_architecture(tm
     assert not verdict["ConvFormer-like"]["won"] and verdict["ConvFormer-like"]["difference"] == pytest.approx(0.0)
     assert verdict["random-arch"]["won"]
     assert "the best hand layout (ConvFormer-like): +0.00 points" in text
-    assert "| composer-s0 | composer | Conv-Hpx-gnConv (orders 2-3-4) (k5) | 1-2-3 | 32-64-128 |" in text
+    assert "| composer-s0 | composer | Conv-Hpx-gnConv (orders 2-3-4) (k5-5-3) | 1-2-3 | 32-64-128 |" in text
     assert "| Conv-Conv-Conv+A×2 |" in text
     assert "| 90.00, 91.00 |" in text
     doc = tmp_path / "doc.md"
