@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--partial", action="store_true", help="report what has finished (beside a running full run): "
                                                            "trains nothing new, times nothing, writes "
                                                            "results-partial.*; the searches must be done")
-    ap.add_argument("--docs", metavar="MD", help="also write the report between the markers '<!-- search-quality "
-                                                 "results begin -->' and '... end -->' of this Markdown file")
+    ap.add_argument("--docs", metavar="MD", help=f"also write the report between the markers {MARKERS[0]!r} and "
+                                                 f"{MARKERS[1]!r} of this Markdown file")
     args = ap.parse_args(argv)
     scale = dict(SCALES["quick" if args.quick else "full"])
     base = Path(args.results)   # the first run: the hand layouts' and random architectures' results live here
@@ -431,27 +431,25 @@ def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, pro
     return text
 
 
+def _per_stage(value) -> str:
+    """One value, or one per stage: ``7`` or ``7-7-3``."""
+    return "-".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _layout(spec: dict) -> str:
     """A spec's per-stage mixers, compactly: ``Conv-A-A``; a mixed stage as ``Conv×2+A×2`` (its depth is the depths
-    column's); gnConv's orders and
-    the conv kernel where the spec sets them."""
+    column's); gnConv's orders and the conv kernel where the spec sets them."""
     stages = spec["layout"] if isinstance(spec["layout"], list) else spec["layout"].split("-")
     out = []
     for stage in stages:
-        if isinstance(stage, str):
-            out.append(stage)
-        else:
-            runs = [(k, len(list(g))) for k, g in itertools.groupby(stage)]
-            out.append(runs[0][0] if len(runs) == 1 else "+".join(f"{k}×{n}" if n > 1 else k for k, n in runs))
+        runs = [(stage, 1)] if isinstance(stage, str) else [(k, len(list(g))) for k, g in itertools.groupby(stage)]
+        out.append(runs[0][0] if len(runs) == 1 else "+".join(f"{k}×{n}" if n > 1 else k for k, n in runs))
     text = "-".join(out)
     mixers = spec.get("mixers") or {}
-    def per_stage(value) -> str:   # one value, or one per stage
-        return "-".join(map(str, value)) if isinstance(value, list) else str(value)
-
     if "gnConv" in text and "order" in mixers.get("gnConv", {}):
-        text += f" (orders {per_stage(mixers['gnConv']['order'])})"
+        text += f" (orders {_per_stage(mixers['gnConv']['order'])})"
     if "Conv" in text.replace("gnConv", "") and "kernel_size" in mixers.get("Conv", {}):
-        text += f" (k{per_stage(mixers['Conv']['kernel_size'])})"
+        text += f" (k{_per_stage(mixers['Conv']['kernel_size'])})"
     return text
 
 
@@ -465,8 +463,8 @@ def _verdict(rows: list[dict]) -> list[dict]:
     hand = [r for r in rows if r["method"] not in ("composer", "random-search", "random-arch")]
     rivals = [("random search's picks", by.get("random-search"))]
     if hand:
-        rivals.append((f"the best hand layout ({max(hand, key=lambda r: r['test_mean'])['method']})",
-                       max(hand, key=lambda r: r["test_mean"])))
+        best = max(hand, key=lambda r: r["test_mean"])
+        rivals.append((f"the best hand layout ({best['method']})", best))
     if "random-arch" in by:
         rivals.append(("the random architectures' mean", by["random-arch"]))
     c, out = by["composer"], []

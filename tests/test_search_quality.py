@@ -12,11 +12,16 @@ import pytest
 from conftest import ROOT, write_idx_set
 
 
-@pytest.mark.slow   # 6 min on the loaded 2-core machine: python -m pytest -m slow tests/test_search_quality.py
-def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(tmp_path):
+def _load():
     spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow   # 6 min on the loaded 2-core machine: python -m pytest -m slow tests/test_search_quality.py
+def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(tmp_path):
+    module = _load()
     data = write_idx_set(tmp_path / "fm", n_train=400, n_test=60)
     opened: list[str] = []
     watching = [True]
@@ -59,13 +64,6 @@ def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(
     assert json.loads((out / "protocol.json").read_text())["change"] == {"count_trials": "feasible"}
     assert sorted(p.name for p in (results / "final").iterdir()) == before   # the first run's are reused
     assert (out / "final" / "composer-s0-s0.log").read_text().count("done: composer-s0") == 1
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_report_judges_the_goal_by_the_seeds_std_and_lists_every_architecture(tmp_path):
