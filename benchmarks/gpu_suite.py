@@ -1,4 +1,4 @@
-"""The GPU checks in one run of under 5 minutes, for the rare session with a GPU (CI has none).
+"""The GPU checks in one run of under 6 minutes, for the rare session with a GPU (CI has none).
 
     python benchmarks/gpu_suite.py [--device cuda] [--samples 8] [--quick]
 
@@ -12,6 +12,8 @@
 5. A four-trial train search on the device (bf16, channels-last) on Fashion-MNIST (2,000 training images, one
    epoch), one worker per visible GPU: the trials' img/s and peak memory (composer.train). The machine has no
    network: Fashion-MNIST comes in the carried ``.data/fashion-mnist`` (gpu_run.sh sets $COMPOSER_DATA).
+6. Small images (docs/small-images.md): ConvFormer and HorNet at 32 px, batch 128, inference and training img/s of
+   the specialized build against the general one and timm's (benchmarks/small_image_speed.py on the device).
 
 Every figure is printed with the device name; paste them into docs/latency.md (and the docs of each family)
 with the device named. ``--device cpu --quick`` runs the same code on a CPU with tiny sizes (a smoke test).
@@ -166,6 +168,14 @@ def train_search_check(device, quick: bool) -> None:
                   f"{row.get('img_per_s')} peak MB {row.get('peak_mem_mb')} on {row.get('val_split')}")
 
 
+def small_image_check(device, quick: bool) -> None:
+    import small_image_speed
+
+    small_image_speed.main(["--device", str(device), "--families", "convformer", "hornet", "--sizes", "32",
+                            "--batches", "8" if quick else "128", "--rounds", "2" if quick else "5",
+                            "--threads", "1" if quick else str(torch.get_num_threads())])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -181,6 +191,7 @@ def main() -> None:
     attention_check(device, args.quick)
     hyena_check(device, args.quick)
     train_search_check(device, args.quick)
+    small_image_check(device, args.quick)
     print(f"done in {time.perf_counter() - t0:.0f} s")
 
 

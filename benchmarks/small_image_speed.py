@@ -9,12 +9,13 @@ FocalNet and LowFormer (timm's), HorNet (gnConv: timm has no HorNet, so only spe
 widths, the models' own depths shortened.
 
     python benchmarks/small_image_speed.py [--quick] [--threads 2] [--sizes 32 64] [--batches 1 128]
-        [--rounds 3] [--families convformer hornet ...] [--modes infer train]
+        [--rounds 3] [--families convformer hornet ...] [--modes infer train] [--compile] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -68,8 +69,9 @@ def families() -> dict[str, Family]:
     }
 
 
-def variants(family: Family, size: int) -> dict[str, torch.nn.Module]:
-    """The specialized and general composer models and timm's, all holding the same weights."""
+def variants(family: Family, size: int, compiled: bool = False) -> dict[str, torch.nn.Module]:
+    """The specialized and general composer models and timm's, all holding the same weights; ``compiled``: also
+    ``torch.compile`` of a copy of the specialized one (compiled in its warm-up call, which is not timed)."""
     spec = {**family.spec, "input_size": size, "num_classes": NUM_CLASSES}
     torch.manual_seed(0)
     models = {"specialized": composer.compose(spec), "general": composer.compose(spec, specialize=False)}
@@ -77,6 +79,9 @@ def variants(family: Family, size: int) -> dict[str, torch.nn.Module]:
         models["timm"] = family.timm(size)
         load(models["specialized"], models["timm"].state_dict(), source="timm")
     models["general"].load_state_dict(models["specialized"].state_dict(), strict=True)
+    if compiled:
+        torch._dynamo.reset()   # a fresh cache per family and size: no recompile limit reached, no eager fallback
+        models["compiled"] = torch.compile(copy.deepcopy(models["specialized"]))
     return models
 
 
@@ -98,21 +103,26 @@ def _step(model: torch.nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, o
     return run
 
 
-def measure(models: dict[str, torch.nn.Module], mode: str, size: int, batch: int, rounds: int
-            ) -> dict[str, list[float]]:
-    """Seconds per call of each model, ``rounds`` interleaved rounds after one warm-up call each."""
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, NUM_CLASSES, (batch,))
+def measure(models: dict[str, torch.nn.Module], mode: str, size: int, batch: int, rounds: int,
+            device: torch.device | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each model, ``rounds`` interleaved rounds after one warm-up call each (on a GPU each
+    call is synchronized before its time is read)."""
+    device = device or torch.device("cpu")
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steps = {}
     for name, model in models.items():
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9) if mode == "train" else None
         steps[name] = _step(model, mode, x, y, opt)
-        steps[name]()   # warm-up (oneDNN primitives, allocator)
+        steps[name]()   # warm-up (oneDNN / cuDNN primitives, allocator)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, step in steps.items():
+            sync()
             t0 = time.perf_counter()
             step()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -126,6 +136,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     parser.add_argument("--families", nargs="+", default=None)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also torch.compile of the specialized model (its first call, compiling, is not timed)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.batches, args.rounds = [32], [1, 32], 2
@@ -135,18 +148,21 @@ def main(argv=None) -> None:
     unknown = [f for f in chosen if f not in known]
     if unknown:
         parser.error(f"--families: unknown {unknown}; known: {', '.join(known)}")
-    print(f"CPU, torch {torch.__version__}, {args.threads} threads, median of {args.rounds} interleaved rounds "
-          f"after a warm-up; load {os.getloadavg()[0]:.2f} at the start")
+    device = torch.device(args.device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads")
+    print(f"{where}, torch {torch.__version__}, median of {args.rounds} interleaved rounds after a warm-up; load "
+          f"{os.getloadavg()[0]:.2f} at the start")
     print(f"{'family':<15}{'px':>4}{'batch':>6}{'mode':>6}{'special':>9}{'general':>9}{'timm':>9}"
-          f"{'sp/gen':>8}{'sp/timm':>8}{'spread':>8}  (img/s; spread = worst (max-min)/median)")
+          f"{'sp/gen':>8}{'sp/timm':>8}{'spread':>8}" + (f"{'compiled':>9}{'co/sp':>7}" if args.compile else "")
+          + "  (img/s; spread = worst (max-min)/median)")
     spreads = []
     for family in chosen:
         for size in args.sizes:
-            models = variants(known[family], size)
+            models = {k: m.to(device) for k, m in variants(known[family], size, args.compile).items()}
             for batch in args.batches:
                 for mode in args.modes:
                     try:
-                        times = measure(models, mode, size, batch, args.rounds)
+                        times = measure(models, mode, size, batch, args.rounds, device)
                     except (RuntimeError, ValueError) as exc:   # BatchNorm training on a 1x1 map at batch 1
                         print(f"{family:<15}{size:>4}{batch:>6}{mode:>6}  n/a: {str(exc).splitlines()[0][:70]}")
                         continue
@@ -158,7 +174,9 @@ def main(argv=None) -> None:
                           + (f"{timm_ips:>9.1f}" if timm_ips else f"{'-':>9}")
                           + f"{ips['specialized'] / ips['general']:>8.2f}"
                           + (f"{ips['specialized'] / timm_ips:>8.2f}" if timm_ips else f"{'-':>8}")
-                          + f"{spread:>7.0%}", flush=True)
+                          + f"{spread:>7.0%}"
+                          + (f"{ips['compiled']:>10.1f}{ips['compiled'] / ips['specialized']:>7.2f}"
+                             if "compiled" in ips else ""), flush=True)
     if spreads:
         print(f"spread over all cells: median {statistics.median(spreads):.0%}, max {max(spreads):.0%}; load "
               f"{os.getloadavg()[0]:.2f} at the end")

@@ -385,7 +385,8 @@ def _cmd_profile(args) -> int:
         torch.set_num_threads(args.threads)
     if args.input_size is not None and args.input_size < 1:
         raise UsageError(f"--input-size must be a positive resolution, got {args.input_size}")
-    result = profile(args.spec, sizes, str(device), args.input_size, args.warmup, args.iters)
+    result = profile(args.spec, sizes, str(device), args.input_size, args.warmup, args.iters,
+                     args.specialize)
     print(result.table())
     return 0
 
@@ -516,6 +517,9 @@ def make_parser() -> argparse.ArgumentParser:
                                                          "(default 10)")
     pr.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 gives steadier "
                                                 "timings on a busy machine)")
+    pr.add_argument("--no-specialize", dest="specialize", action="store_false",
+                    help="time the general build: plain convolutions throughout, none built for its map size "
+                         "(docs/small-images.md)")
     pr.set_defaults(func=_cmd_profile)
     return parser
 

@@ -48,8 +48,9 @@ from . import paths
 # laid out in memory as the part before actually leaves it (3 assumed each part's own layout: wrong after
 # LayerNorms computed through a permute, as U-DWConv's, whose downsamplings ran 2.8x their table entry); 5: parts
 # built as compose builds them, convolutions specialized for their map (nn/specialize.py: a 7x7 depthwise conv on
-# a 1x1 map ran ~80x its specialized time)
-TABLE_VERSION = 5
+# a 1x1 map ran ~80x its specialized time); 6: convolutions whose live kernel covers their map run as a matrix
+# product (1x1 convs on 1x1 maps: ~3x faster)
+TABLE_VERSION = 6
 MIN_RUN_MS = 2.0   # a timed run of a whole model repeats the call until it lasts this long (timer resolution)
 EVICT_MB = 64      # before each timed call of a part, this much other memory is written (its weights go cold)
 PART_CALLS = 2     # a part is timed in PART_CALLS x repeats single cold calls per session

@@ -42,6 +42,7 @@ class Profile:
     params: int
     timings: list[Timing]
     threads: int = 1
+    specialized: bool = True
 
     def table(self) -> str:
         from .report import _table
@@ -57,7 +58,7 @@ class Profile:
             rows.append(row + ([gmacs_cell(t.fft_macs)] if has_fft else []))
         where = f"{self.device}, {self.threads} threads" if self.device == "cpu" else self.device
         title = (f"{self.name}  ({self.params:,} params, input {self.input_size}x{self.input_size}, {where}, "
-                 f"eval, inference_mode)")
+                 f"eval, inference_mode{'' if self.specialized else ', general build'})")
         foot = "latency: median of the timed forwards; GMAC/s: analytic MACs x batch / latency (FFTs apart)"
         return f"{title}\n{_table(rows, 'r' * len(header))}\n{foot}"
 
@@ -81,8 +82,9 @@ def _sync(device: torch.device) -> None:
 
 
 def profile(source, batch_sizes: tuple[int, ...] = (1, 8), device: str | None = None, input_size: int | None = None,
-            warmup: int = 3, iters: int = 10) -> Profile:
-    """Time a spec's model (a path, preset, YAML text, dict or Spec) at each batch size."""
+            warmup: int = 3, iters: int = 10, specialize: bool = True) -> Profile:
+    """Time a spec's model (a path, preset, YAML text, dict or Spec) at each batch size; ``specialize=False``
+    times the general build (plain convolutions throughout, docs/small-images.md)."""
     from .composed import build
     from .plan import plan
     from .resolution import at_input_size
@@ -97,7 +99,7 @@ def profile(source, batch_sizes: tuple[int, ...] = (1, 8), device: str | None = 
     p = plan(spec)
     est = p.estimate()
     dev = resolve_device(device)
-    model = build(p).eval().to(dev)
+    model = build(p, specialize=specialize).eval().to(dev)
     in_chans = spec.in_chans
     timings = []
     with torch.inference_mode():
@@ -115,7 +117,7 @@ def profile(source, batch_sizes: tuple[int, ...] = (1, 8), device: str | None = 
                 times.append((time.perf_counter() - start) * 1e3)
             timings.append(Timing(batch, statistics.median(times), min(times), est.macs, est.fft_macs))
     name = spec.name or "spec"
-    return Profile(name, spec.input_size, str(dev), est.params, timings, torch.get_num_threads())
+    return Profile(name, spec.input_size, str(dev), est.params, timings, torch.get_num_threads(), specialize)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

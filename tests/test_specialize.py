@@ -135,6 +135,56 @@ def test_every_mixer_with_a_kernel_specialized_equals_general(name, mixer_type, 
     assert _assert_fast_path_taken(special, x) > 0
     with torch.no_grad():
         assert rel_error(special(x), general(x)) < 1e-5
+    out_s, out_g = special(x), general(x)   # gradients on: the training paths (dense operator, channels-last)
+    assert rel_error(out_s, out_g) < 1e-5
+    out_s.square().sum().backward(), out_g.square().sum().backward()
+    for (name, a), b in zip(special.named_parameters(), general.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or rel_error(a.grad, b.grad) < 1e-4, name
+
+
+def test_every_way_a_convolution_runs_on_its_map_equals_the_general_one(monkeypatch):
+    """Depthwise and dense convolutions, square and band kernels, strides and dilations, on maps of 1 to 8 pixels:
+    each specialized convolution gives the general one's outputs (no gradient, and with gradients: the training
+    paths) and input, weight and bias gradients, and every method and training path occurs."""
+    import composer.nn.specialize as sp_module
+
+    calls = {"dense": 0}
+    dense = sp_module.dense_depthwise
+
+    def counted(*args):
+        calls["dense"] += 1
+        return dense(*args)
+    monkeypatch.setattr(sp_module, "dense_depthwise", counted)
+    torch.manual_seed(0)
+    seen = set()
+    for size, k, stride, dilation, band, groups in itertools.product(
+            (1, 2, 3, 4, 7, 8), (1, 2, 3, 5, 7, 11), (1, 2), (1, 2), (False, True), (6, 1)):
+        kernel = (1, k) if band else (k, k)
+        padding = (0, 0) if k == 2 else (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation)
+        general = nn.Conv2d(6, 6, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        try:
+            general(torch.randn(1, 6, size, size))
+        except RuntimeError:   # a kernel the map cannot hold at all
+            continue
+        special = copy.deepcopy(general)
+        if not specialize(special, size, size):
+            continue
+        seen.add((special.method, special.train_path))
+        before = calls["dense"]
+        x = torch.randn(3, 6, size, size)
+        with torch.no_grad():
+            assert rel_error(special(x), general(x)) < 1e-5
+        xs, xg = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_s, out_g = special(xs), general(xg)
+        assert out_s.shape == out_g.shape and rel_error(out_s, out_g) < 1e-5
+        grad = torch.randn_like(out_g)
+        (out_s * grad).sum().backward(), (out_g * grad).sum().backward()
+        for a, b in ((xs.grad, xg.grad), (special.weight.grad, general.weight.grad),
+                     (special.bias.grad, general.bias.grad)):
+            assert rel_error(a, b) < 1e-5, (size, kernel, stride, dilation, groups)
+        assert calls["dense"] - before == (special.train_path == "dense")   # with gradients only, once
+    assert seen == {("scale", ""), ("linear", ""), ("conv", ""), ("conv", "dense"), ("conv", "channels_last")}
 
 
 @pytest.mark.parametrize("size", MAPS)
@@ -144,11 +194,22 @@ def test_convglu_channel_mixer_specialized_equals_general(size):
     torch.manual_seed(0)
     general = ConvGLUConfig(ratio=2.0).build(8, "channels_first").eval()
     special = copy.deepcopy(general)
-    assert specialize(special, size, size) == (1 if size == 1 else 0)   # its 3x3 depthwise: all live from 2x2 on
+    # its 3x3 depthwise: one tap on 1x1 maps; all live from 2x2 on, but 4 pixels < 9 taps: a dense operator there
+    expected = {1: ("scale", ""), 2: ("conv", "dense")}.get(size)
+    assert specialize(special, size, size) == (1 if expected else 0)
+    if expected:
+        conv = special.dwconv.dwconv
+        assert (conv.method, conv.train_path) == expected
     x = torch.randn(2, 8, size, size)
     _assert_fast_path_taken(special, x)
     with torch.no_grad():
         assert rel_error(special(x), general(x)) < 1e-5
+    special.train(), general.train()   # gradients on: the training path, the same outputs and gradients
+    out_s, out_g = special(x), general(x)
+    assert rel_error(out_s, out_g) < 1e-5
+    out_s.square().sum().backward(), out_g.square().sum().backward()
+    for (name, a), b in zip(special.named_parameters(), general.parameters()):
+        assert rel_error(a.grad, b.grad) < 1e-5, name
 
 
 # every macro family at small widths, at sizes where maps get smaller than the kernels
@@ -207,7 +268,13 @@ def test_specialized_model_equals_general_in_outputs_gradients_and_state_dict(fa
 
 
 def test_nothing_changes_where_no_kernel_is_larger_than_its_map():
-    assert not any(isinstance(m, MapConv2d) for m in composer.compose(_family("convformer", 224)).modules())
+    """At 224 px every tap meets its map: nothing is cropped and every convolution computes as built; what is
+    left of the specialization is the layout in which a 7x7 depthwise convolution trains on the CPU."""
+    model = composer.compose(_family("convformer", 224))
+    special = [m for m in model.modules() if isinstance(m, MapConv2d)]
+    assert special and all(m.train_path == "channels_last" and m.method == "conv" and m.groups == m.in_channels
+                           and (m.rows, m.cols) == ((0, 7), (0, 7)) for m in special)
+    assert len(special) == sum(FAMILIES["convformer"]["depths"])   # one SepConv depthwise per block
 
 
 def test_generalize_undoes_specialize_and_scripting_keeps_the_fast_path():

@@ -352,6 +352,20 @@ def test_profile_a_tiny_spec_on_cpu(run_cli, write_spec):
         assert gmac_s == pytest.approx(est.macs * batch / latency / 1e6, rel=0.02, abs=1e-3)
 
 
+def test_profile_no_specialize_times_the_general_build(run_cli, monkeypatch):
+    import composer.composed as composed
+
+    built = []
+    build = composed.build
+    monkeypatch.setattr(composed, "build", lambda *a, **k: built.append(k.get("specialize", True)) or build(*a, **k))
+    small = '{"extends": "convformer_s18", "widths": [8, 8, 16, 16], "depths": [1, 1, 1, 1], "input_size": 32}'
+    for flags, specialized in (((), True), (("--no-specialize",), False)):
+        code, out, err = run_cli("profile", small, "--batch-sizes", "2", "--device", "cpu", "--warmup", "0",
+                                 "--iters", "1", *flags)
+        assert code == 0, err
+        assert built[-1] is specialized and ("general build" in out.splitlines()[0]) is not specialized
+
+
 def test_profile_function_at_another_input_size():
     from composer.profile import profile
 

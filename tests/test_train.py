@@ -3,6 +3,7 @@ leak, the recipe as data, and the search's train objective on them (composer/tra
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import signal
@@ -370,3 +371,27 @@ def test_train_spec_builds_its_model_from_the_seed_whatever_ran_before(monkeypat
     torch.rand(1000)   # the global generator moves on, as other work in the process moves it
     train_spec(spec, training)
     assert len(first) == 2 and torch.equal(first[0], first[1])
+
+
+def test_no_specialize_trains_plain_convolutions(monkeypatch):
+    from composer import load_spec
+    from composer.nn.specialize import MapConv2d
+    from composer.train import TrainSettings, loop
+    from composer.train.recipe import add_flags, flag_values
+    from composer.train.trial import prepare, train_spec
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    assert flag_values(parser.parse_args(["--no-specialize"])) == {"specialize": False}
+    assert flag_values(parser.parse_args([])) == {}
+    built = []
+    monkeypatch.setattr(loop, "train", lambda model, *a, **k: built.append(
+        sum(isinstance(m, MapConv2d) for m in model.modules())))
+    spec = {"name": "tiny", "macro": "metaformer", "input_size": 8, "in_chans": 1, "num_classes": 10,
+            "widths": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "layout": "Conv-Conv-Conv-Conv"}
+    for specialize in (True, False):
+        settings = TrainSettings.model_validate({"data": "digits", "subset": 100, "specialize": specialize})
+        train_spec(spec, prepare(settings, load_spec(spec), 3))
+        # a speed-only setting: a study that changes it compares as the same
+        assert "specialize" not in settings.recorded()
+    assert built[0] > 0 and built[1] == 0

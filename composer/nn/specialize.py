@@ -17,8 +17,16 @@ map) runs as the per-channel scale it is.
 
 The arithmetic (:func:`live_taps`) is per axis and exact for any stride and dilation; an axis whose live taps
 would need more padding after the map than before it (possible only with strides) keeps its whole kernel.
+
+A depthwise convolution on a map with fewer pixels than its live taps (a 7x7 kernel on a 4x4 map, its 3x3 centre
+on a 2x2 one) is, per channel, a small dense operator from the map's P pixels to its Q outputs; while gradients
+are recorded on the CPU it runs as that operator (:func:`dense_depthwise`: one batched matrix product, Q·P < Q·taps
+MACs, so never more than the convolution executes), because oneDNN's depthwise backward on such maps took 10-40x
+the forward (128 channels 7x7 on 4x4 at batch 128, one thread: 31 ms forward and backward, against 3.2 ms as an
+operator). Inference keeps the convolution, which is as fast or faster there.
 """
 
+import itertools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -69,25 +77,71 @@ def live_taps(size: int, kernel: int, stride: int, padding: int, dilation: int) 
     return AxisCrop(start, stop, before)
 
 
+def dense_operator_index(height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
+                         padding: tuple[int, int], dilation: tuple[int, int]) -> list[list[int]]:
+    """For a depthwise convolution on a ``height x width`` map: a ``Q x P`` index (Q outputs, P input pixels, both
+    row-major) whose entry is the flattened kernel tap with which output q reads pixel p, or ``kh·kw`` (a zero
+    appended to the taps) where no tap does. Each (q, p) pair is read by at most one tap: pixel
+    ``q·stride - padding + tap·dilation`` fixes the tap."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    out_h, out_w = conv_out(height, kh, sh, ph, dh), conv_out(width, kw, sw, pw, dw)
+    index = [[kh * kw] * (height * width) for _ in range(out_h * out_w)]
+    for qi, qj, a, b in itertools.product(range(out_h), range(out_w), range(kh), range(kw)):
+        i, j = qi * sh - ph + a * dh, qj * sw - pw + b * dw
+        if 0 <= i < height and 0 <= j < width:
+            index[qi * out_w + qj][i * width + j] = a * kw + b
+    return index
+
+
+def dense_depthwise(x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, bias: Optional[torch.Tensor],
+                    out_size: tuple[int, int]) -> torch.Tensor:
+    """A depthwise convolution as the per-channel dense operator it is on a small map (``index``:
+    :func:`dense_operator_index`): gather each channel's (Q, P) matrix from its taps and apply it to the map's
+    pixels, one batched matrix product. The gather's backward adds each entry's gradient back to its tap: the
+    taps that meet no pixel get none, as in the convolution."""
+    b, c = x.shape[0], x.shape[1]
+    taps = torch.cat([weight.reshape(c, -1), weight.new_zeros(c, 1)], 1)
+    operator = taps[:, index]                                    # (C, Q, P)
+    y = torch.einsum("bcp,cqp->bcq", x.reshape(b, c, -1), operator).reshape(b, c, out_size[0], out_size[1])
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
 def conv2d_on_map(x: torch.Tensor, weight: torch.Tensor, live: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                   stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                   map_size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int],
-                  crop_padding: tuple[int, int], per_channel: bool) -> torch.Tensor:
+                  crop_padding: tuple[int, int], method: str = "conv", path: str = "",
+                  dense_index: Optional[torch.Tensor] = None, out_size: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """The convolution with the live taps ``rows x cols`` of ``weight`` (``live``: those taps, already copied out,
     or None) when ``x`` has the map size they were worked out for, the general one otherwise (a leaf of FX graphs:
-    its branch reads the input's shape).
+    its branch reads the input's shape). ``method`` says how the live taps run on their map:
 
-    ``per_channel``: the live kernel is one tap of a depthwise convolution (a k x k kernel on a 1x1 map), i.e. a
-    per-channel scale: computed as one, since oneDNN's 1x1 depthwise convolution is pathologically slow (at batch
-    1 with 512 channels: 18 ms against 4 us for the product, one thread)."""
+    * ``"conv"``: a convolution with the live taps and the padding that keeps every output where it was;
+    * ``"scale"``: the live kernel is one tap of a depthwise convolution (a k x k kernel on a 1x1 map), i.e. a
+      per-channel scale: computed as one, since oneDNN's 1x1 depthwise convolution is pathologically slow (at
+      batch 1 with 512 channels: 18 ms against 4 us for the product, one thread);
+    * ``"linear"``: a dense convolution whose live kernel covers its whole map without padding (a 1x1 convolution
+      on a 1x1 map; a 3x3 stride-2 downsampling on a 2x2 map) has one output pixel, the matrix product of its
+      flattened taps with the flattened map: 3-6x faster than oneDNN's convolution (benchmarks/small_map_ops.py).
+
+    ``path``, given by :class:`MapConv2d` only while gradients are recorded on the CPU: ``"dense"``, the depthwise
+    convolution runs as its dense operator (:func:`dense_depthwise`, ``dense_index``); ``"channels_last"``, on a
+    channels-first input it runs channels-last and converts back (oneDNN's channels-first depthwise backward took
+    1.2-4x the time of its channels-last one, conversions included, for kernels of 5 and more)."""
     if x.shape[-2] == map_size[0] and x.shape[-1] == map_size[1]:
+        if path == "dense" and dense_index is not None:
+            return dense_depthwise(x, weight, dense_index, bias, out_size)
         if live is None:
             live = weight[:, :, rows[0]:rows[1], cols[0]:cols[1]]
-        if per_channel:
+        if method == "scale":
             scale = live.reshape(1, -1, 1, 1)
             x = x[:, :, ::stride[0], ::stride[1]]
             return x * scale if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), x, scale)
-        return F.conv2d(x, live.contiguous(), bias, stride, crop_padding, dilation, groups)
+        if method == "linear":
+            return F.linear(x.flatten(1), live.flatten(1), bias).view(x.shape[0], -1, 1, 1)
+        weight, padding = live.contiguous(), crop_padding
+    if path == "channels_last" and not x.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups).contiguous()
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
@@ -103,14 +157,29 @@ class MapConv2d(nn.Conv2d):
     rows: tuple[int, int]
     cols: tuple[int, int]
     crop_padding: tuple[int, int]
-    per_channel: bool
+    method: str          # on its map: "conv", "scale" or "linear" (conv2d_on_map)
+    train_path: str      # while gradients are recorded on the CPU: "", "dense" or "channels_last"
+    out_size: tuple[int, int]
+    dense_index: torch.Tensor   # a non-persistent buffer (not in the state dict): empty unless train_path is "dense"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         live: Optional[torch.Tensor] = None
+        path = ""
         if not torch.jit.is_scripting():
             live = self._kept_live_taps()
+            path = self._path(x)
         return conv2d_on_map(x, self.weight, live, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                             self.map_size, self.rows, self.cols, self.crop_padding, self.per_channel)
+                             self.map_size, self.rows, self.cols, self.crop_padding, self.method, path,
+                             self.dense_index, self.out_size)
+
+    @torch.jit.ignore
+    def _path(self, x: torch.Tensor) -> str:
+        """The training path while gradients are recorded on the CPU: both pay off in oneDNN's backward (CUDA runs
+        cuDNN's convolution, not measured against them). Scripted and FX-traced graphs hold the inference path
+        (exact all the same)."""
+        if self.train_path and torch.is_grad_enabled() and not fx_tracing() and x.device.type == "cpu":
+            return self.train_path
+        return ""
 
     @torch.jit.ignore
     def _kept_live_taps(self) -> Optional[torch.Tensor]:
@@ -131,7 +200,10 @@ class MapConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, on {self.map_size[0]}x{self.map_size[1]} maps: "
                 f"taps [{self.rows[0]}:{self.rows[1]}, {self.cols[0]}:{self.cols[1]}], "
-                + ("a per-channel scale" if self.per_channel else f"padding={self.crop_padding}"))
+                + {"scale": "a per-channel scale", "linear": "a matrix product"}.get(
+                    self.method, f"padding={self.crop_padding}")
+                + {"dense": ", trained as a dense operator on CPU",
+                   "channels_last": ", trained channels-last on CPU"}.get(self.train_path, ""))
 
 
 def crops(conv: nn.Conv2d, height: int, width: int) -> tuple[AxisCrop | None, AxisCrop | None] | None:
@@ -144,21 +216,61 @@ def crops(conv: nn.Conv2d, height: int, width: int) -> tuple[AxisCrop | None, Ax
     return axes if any(axes) else None
 
 
+MAX_DENSE_ENTRIES = 4096
+"""Largest Q·P of a dense depthwise operator (a 64-pixel map's 64 x 64; the channels' matrices are gathered in
+every training step)."""
+
+
+def _dense_applies(conv: nn.Conv2d, height: int, width: int, live: int) -> bool:
+    """A depthwise convolution with fewer input pixels than live taps: its dense operator executes fewer MACs
+    (Q·P) than the convolution (Q·taps)."""
+    out_h, out_w = (conv_out(size, conv.kernel_size[a], conv.stride[a], conv.padding[a], conv.dilation[a])
+                    for a, size in enumerate((height, width)))
+    return height * width < live and 0 < out_h * out_w * height * width <= MAX_DENSE_ENTRIES
+
+
+def _method(conv: nn.Conv2d, height: int, width: int, rows: AxisCrop, cols: AxisCrop) -> str:
+    """How the live taps run on their map (conv2d_on_map)."""
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    if (rows.stop - rows.start, cols.stop - cols.start, rows.padding, cols.padding) == (1, 1, 0, 0) and depthwise:
+        return "scale"
+    if (conv.groups == 1 and (rows.stop - rows.start, cols.stop - cols.start) == (height, width)
+            and (rows.padding, cols.padding) == (0, 0) and conv.dilation == (1, 1)):
+        return "linear"
+    return "conv"
+
+
 def specialize_conv(conv: nn.Conv2d, height: int, width: int) -> bool:
     """Make ``conv`` (an exact ``nn.Conv2d``, in place: its parameters stay the same objects) a
-    :class:`MapConv2d` for ``height x width`` inputs when some of its taps can never meet such a map."""
-    if type(conv) is not nn.Conv2d:
+    :class:`MapConv2d` for ``height x width`` inputs when some of its taps can never meet such a map, when its live
+    taps run faster another way (a per-channel scale, a matrix product), or when it is a depthwise convolution that
+    trains faster on the CPU as a dense operator (fewer input pixels than live taps) or channels-last (kernels of 5
+    and more)."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
-    found = crops(conv, height, width)
-    if found is None:
-        return False
+    found = crops(conv, height, width) or (None, None)
     rows, cols = (axis or AxisCrop(0, k, p) for axis, k, p in zip(found, conv.kernel_size, conv.padding))
+    method = _method(conv, height, width, rows, cols)
+    live = (rows.stop - rows.start) * (cols.stop - cols.start)
+    train_path = ""
+    if method == "conv" and conv.groups == conv.in_channels == conv.out_channels:
+        if _dense_applies(conv, height, width, live):
+            train_path = "dense"
+        elif min(rows.stop - rows.start, cols.stop - cols.start) >= 5:
+            train_path = "channels_last"
+    if found == (None, None) and method == "conv" and not train_path:
+        return False
     conv.__class__ = MapConv2d
     conv.map_size = (height, width)
     conv.rows, conv.cols = (rows.start, rows.stop), (cols.start, cols.stop)
     conv.crop_padding = (rows.padding, cols.padding)
-    conv.per_channel = (rows.stop - rows.start, cols.stop - cols.start, rows.padding, cols.padding) == (1, 1, 0, 0) \
-        and conv.groups == conv.in_channels == conv.out_channels
+    conv.method, conv.train_path = method, train_path
+    conv.out_size = tuple(conv_out(size, conv.kernel_size[a], conv.stride[a], conv.padding[a], conv.dilation[a])
+                          for a, size in enumerate((height, width)))
+    index = dense_operator_index(height, width, conv.kernel_size, conv.stride, conv.padding, conv.dilation) \
+        if train_path == "dense" else []
+    conv.register_buffer("dense_index", torch.tensor(index, dtype=torch.long, device=conv.weight.device),
+                         persistent=False)
     return True
 
 
@@ -184,8 +296,9 @@ def generalize(module: nn.Module) -> int:
     for m in module.modules():
         if type(m) is MapConv2d:
             m.__class__ = nn.Conv2d
-            for name in ("map_size", "rows", "cols", "crop_padding", "per_channel"):
+            for name in ("map_size", "rows", "cols", "crop_padding", "method", "train_path", "out_size"):
                 delattr(m, name)
+            del m._buffers["dense_index"]
             m.__dict__.pop("_live", None), m.__dict__.pop("_live_key", None)
             count += 1
     return count

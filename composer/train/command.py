@@ -195,7 +195,7 @@ def train_command(spec_source: str | None, flags: dict, *, out: str | None = Non
     import torch
 
     torch.manual_seed(seed)
-    model = compose(built)
+    model = compose(built, specialize=settings.specialize)
     t0 = time.perf_counter()
     try:
         result = train(model, source, training.splits, settings, size=training.size, in_chans=built.in_chans,

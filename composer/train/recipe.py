@@ -80,6 +80,9 @@ class TrainSettings(BaseModel):
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision: off | bf16 | fp16 (fp16 with a "
                                                 "gradient scaler; not on a CPU)")
     channels_last: bool = Field(False, description="train in channels-last memory format")
+    specialize: bool = Field(True, description="build each convolution for its map size (docs/small-images.md: "
+                             "cropped kernels, matrix products, CPU training paths); --no-specialize builds plain "
+                             "convolutions throughout (the same results, slower on small maps)")
     recipe: Recipe = Field(default_factory=Recipe)
 
     @model_validator(mode="after")
@@ -90,8 +93,8 @@ class TrainSettings(BaseModel):
 
     def recorded(self) -> dict[str, Any]:
         """What a study records and compares (a changed value refuses to continue it): everything that changes
-        what a trial's number means; loader workers do not."""
-        out = self.model_dump(exclude={"loader_workers"})
+        what a trial's number means; loader workers and the specialized build (speed only) do not."""
+        out = self.model_dump(exclude={"loader_workers", "specialize"})
         out["recipe"] = self.recipe.model_dump()
         return out
 

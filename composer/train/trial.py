@@ -72,7 +72,7 @@ def train_spec(data: dict | Any, training: TrainingData, *, report: Callable[[in
         from ..composed import compose
 
         torch.manual_seed(training.seed)   # initial weights from the seed, not from whatever ran before in the process
-        model = compose(data)
+        model = compose(data, specialize=training.settings.specialize)
     in_chans = getattr(model, "in_chans", training.source.in_chans)
     return train(model, training.source, training.splits, training.settings, size=size or training.size,
                  in_chans=in_chans, seed=training.seed, report=report, checkpoint=checkpoint, progress=progress,
