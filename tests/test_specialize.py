@@ -348,6 +348,27 @@ def test_torch_compile_of_every_family_equals_eager(family):
         assert rel_error(torch.compile(model, fullgraph=False)(x), expected) < 1e-4
 
 
+@pytest.mark.slow
+def test_torch_compile_of_a_training_step_takes_the_training_paths_and_equals_eager():
+    spec = {**FAMILIES["convformer"], "input_size": 32, "num_classes": 10}   # dense operators, channels-last, ...
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = composer.compose(spec).train()
+    paths = {m.train_path for m in model.modules() if isinstance(m, MapConv2d)}
+    assert {"dense", "channels_last"} <= paths
+    compiled = torch.compile(copy.deepcopy(model))
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(1)   # the same drop-path draws in both
+    eager_loss = model(x).square().mean()
+    torch.manual_seed(1)
+    compiled_loss = compiled(x).square().mean()
+    eager_loss.backward(), compiled_loss.backward()
+    assert rel_error(compiled_loss, eager_loss) < 1e-4
+    for (name, a), b in zip(compiled.named_parameters(), model.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or rel_error(a.grad, b.grad) < 1e-3, name
+
+
 def test_live_taps_kept_for_inference_follow_every_change_of_the_weight():
     conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
     general = copy.deepcopy(conv)
