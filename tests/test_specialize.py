@@ -12,7 +12,7 @@ from torch import nn
 import composer
 from composer.cost import count_macs
 from composer.mixers import MIXERS, MixerCheckError, MixerContext
-from composer.nn.specialize import MapConv2d, conv2d_on_map, generalize, live_taps, specialize
+from composer.nn.specialize import DENSE_MIN_BATCH, MapConv2d, conv2d_on_map, generalize, live_taps, specialize
 from composer.resolution import at_input_size
 
 MAPS = (1, 2, 3, 4, 7, 8)
@@ -172,7 +172,7 @@ def test_every_way_a_convolution_runs_on_its_map_equals_the_general_one(monkeypa
             continue
         seen.add((special.method, special.train_path))
         before = calls["dense"]
-        x = torch.randn(3, 6, size, size)
+        x = torch.randn(DENSE_MIN_BATCH, 6, size, size)
         with torch.no_grad():
             assert rel_error(special(x), general(x)) < 1e-5
         xs, xg = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -185,6 +185,20 @@ def test_every_way_a_convolution_runs_on_its_map_equals_the_general_one(monkeypa
             assert rel_error(a, b) < 1e-5, (size, kernel, stride, dilation, groups)
         assert calls["dense"] - before == (special.train_path == "dense")   # with gradients only, once
     assert seen == {("scale", ""), ("linear", ""), ("conv", ""), ("conv", "dense"), ("conv", "channels_last")}
+
+
+def test_the_dense_operator_trains_from_its_batch_on_except_on_2x2_maps(monkeypatch):
+    import composer.nn.specialize as sp_module
+
+    calls = []
+    dense = sp_module.dense_depthwise
+    monkeypatch.setattr(sp_module, "dense_depthwise", lambda *a: calls.append(a[0].shape) or dense(*a))
+    for size in (2, 4):
+        conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        assert specialize(conv, size, size) and conv.train_path == "dense"
+        for batch in (1, DENSE_MIN_BATCH - 1, DENSE_MIN_BATCH):
+            conv(torch.randn(batch, 8, size, size)).sum().backward()
+    assert [shape[0] for shape in calls] == [1, DENSE_MIN_BATCH - 1, DENSE_MIN_BATCH, DENSE_MIN_BATCH]
 
 
 @pytest.mark.parametrize("size", MAPS)

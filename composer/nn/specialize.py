@@ -177,9 +177,11 @@ class MapConv2d(nn.Conv2d):
         """The training path while gradients are recorded on the CPU: both pay off in oneDNN's backward (CUDA runs
         cuDNN's convolution, not measured against them). Scripted and FX-traced graphs hold the inference path
         (exact all the same)."""
-        if self.train_path and torch.is_grad_enabled() and not fx_tracing() and x.device.type == "cpu":
-            return self.train_path
-        return ""
+        if not (self.train_path and torch.is_grad_enabled() and not fx_tracing() and x.device.type == "cpu"):
+            return ""
+        if self.train_path == "dense" and x.shape[0] < DENSE_MIN_BATCH and self.map_size[0] * self.map_size[1] > 4:
+            return ""   # gathering the operator costs what the convolution does at small batches beyond 2x2 maps
+        return self.train_path
 
     @torch.jit.ignore
     def _kept_live_taps(self) -> Optional[torch.Tensor]:
@@ -215,6 +217,11 @@ def crops(conv: nn.Conv2d, height: int, width: int) -> tuple[AxisCrop | None, Ax
                  for a, size in enumerate((height, width)))
     return axes if any(axes) else None
 
+
+DENSE_MIN_BATCH = 16
+"""On maps larger than 2x2 the dense operator trains faster from this batch on (benchmarks/small_map_ops.py, one
+thread: 7x7 and 5x5 kernels on 4x4 maps at 0.47-0.81x the convolution at batch 4, 1.24-1.94x at batch 16); on 2x2
+maps it was faster at every batch (1.06-1.54x at batches 1 and 4)."""
 
 MAX_DENSE_ENTRIES = 4096
 """Largest Q·P of a dense depthwise operator (a 64-pixel map's 64 x 64; the channels' matrices are gathered in
