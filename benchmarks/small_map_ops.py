@@ -11,6 +11,7 @@ spread (max - min over the rounds, as a share of the median) of the row's noisie
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -26,20 +27,24 @@ def _time(fn, rounds_out: list[float]) -> None:
     rounds_out.append(time.perf_counter() - start)
 
 
+def _step(f, train: bool):
+    """One call of the operation ``f``: forward and backward (``train``) or a forward without gradients."""
+    def step():
+        if train:
+            f().sum().backward()
+        else:
+            with torch.no_grad():
+                f()
+    return step
+
+
 def _variants_depthwise(batch: int, channels: int, kernel: int, size: int, train: bool):
     x = torch.randn(batch, channels, size, size, requires_grad=train)
     w = torch.randn(channels, 1, kernel, kernel, requires_grad=train)
     pad = kernel // 2
     index = torch.tensor(dense_operator_index(size, size, (kernel, kernel), (1, 1), (pad, pad), (1, 1)))
 
-    def run(f):
-        def step():
-            if train:
-                f().sum().backward()
-            else:
-                with torch.no_grad():
-                    f()
-        return step
+    run = functools.partial(_step, train=train)
     variants = {"conv": run(lambda: F.conv2d(x, w, None, 1, pad, 1, channels)),
                 # converted to channels-last and back, as a module between channels-first ones must
                 "conv-nhwc": run(lambda: F.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, pad,
@@ -55,14 +60,7 @@ def _variants_pointwise(batch: int, cin: int, cout: int, size: int, train: bool,
     x = torch.randn(batch, cin, size, size, requires_grad=train)
     w = torch.randn(cout, cin, kernel, kernel, requires_grad=train)
 
-    def run(f):
-        def step():
-            if train:
-                f().sum().backward()
-            else:
-                with torch.no_grad():
-                    f()
-        return step
+    run = functools.partial(_step, train=train)
     if kernel > 1:
         return {"conv": run(lambda: F.conv2d(x, w)),
                 "linear": run(lambda: F.linear(x.flatten(1), w.flatten(1)).view(batch, cout, 1, 1))}
