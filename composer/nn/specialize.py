@@ -228,21 +228,18 @@ MAX_DENSE_ENTRIES = 4096
 every training step)."""
 
 
-def _dense_applies(conv: nn.Conv2d, height: int, width: int, live: int) -> bool:
+def _dense_applies(height: int, width: int, out_size: tuple[int, int], live: int) -> bool:
     """A depthwise convolution with fewer input pixels than live taps: its dense operator executes fewer MACs
     (Q·P) than the convolution (Q·taps)."""
-    out_h, out_w = (conv_out(size, conv.kernel_size[a], conv.stride[a], conv.padding[a], conv.dilation[a])
-                    for a, size in enumerate((height, width)))
-    return height * width < live and 0 < out_h * out_w * height * width <= MAX_DENSE_ENTRIES
+    return height * width < live and 0 < out_size[0] * out_size[1] * height * width <= MAX_DENSE_ENTRIES
 
 
-def _method(conv: nn.Conv2d, height: int, width: int, rows: AxisCrop, cols: AxisCrop) -> str:
-    """How the live taps run on their map (conv2d_on_map)."""
-    depthwise = conv.groups == conv.in_channels == conv.out_channels
-    if (rows.stop - rows.start, cols.stop - cols.start, rows.padding, cols.padding) == (1, 1, 0, 0) and depthwise:
+def _method(conv: nn.Conv2d, depthwise: bool, height: int, width: int, live: tuple[int, int],
+            crop_padding: tuple[int, int]) -> str:
+    """How the live taps (``live``: rows x cols) run on their map (conv2d_on_map)."""
+    if live == (1, 1) and crop_padding == (0, 0) and depthwise:
         return "scale"
-    if (conv.groups == 1 and (rows.stop - rows.start, cols.stop - cols.start) == (height, width)
-            and (rows.padding, cols.padding) == (0, 0) and conv.dilation == (1, 1)):
+    if conv.groups == 1 and live == (height, width) and crop_padding == (0, 0) and conv.dilation == (1, 1):
         return "linear"
     return "conv"
 
@@ -257,23 +254,26 @@ def specialize_conv(conv: nn.Conv2d, height: int, width: int) -> bool:
         return False
     found = crops(conv, height, width) or (None, None)
     rows, cols = (axis or AxisCrop(0, k, p) for axis, k, p in zip(found, conv.kernel_size, conv.padding))
-    method = _method(conv, height, width, rows, cols)
-    live = (rows.stop - rows.start) * (cols.stop - cols.start)
+    live = (rows.stop - rows.start, cols.stop - cols.start)
+    crop_padding = (rows.padding, cols.padding)
+    out_size = tuple(conv_out(size, conv.kernel_size[a], conv.stride[a], conv.padding[a], conv.dilation[a])
+                     for a, size in enumerate((height, width)))
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    method = _method(conv, depthwise, height, width, live, crop_padding)
     train_path = ""
-    if method == "conv" and conv.groups == conv.in_channels == conv.out_channels:
-        if _dense_applies(conv, height, width, live):
+    if method == "conv" and depthwise:
+        if _dense_applies(height, width, out_size, live[0] * live[1]):
             train_path = "dense"
-        elif min(rows.stop - rows.start, cols.stop - cols.start) >= 5:
+        elif min(live) >= 5:
             train_path = "channels_last"
     if found == (None, None) and method == "conv" and not train_path:
         return False
     conv.__class__ = MapConv2d
     conv.map_size = (height, width)
     conv.rows, conv.cols = (rows.start, rows.stop), (cols.start, cols.stop)
-    conv.crop_padding = (rows.padding, cols.padding)
+    conv.crop_padding = crop_padding
     conv.method, conv.train_path = method, train_path
-    conv.out_size = tuple(conv_out(size, conv.kernel_size[a], conv.stride[a], conv.padding[a], conv.dilation[a])
-                          for a, size in enumerate((height, width)))
+    conv.out_size = out_size
     index = dense_operator_index(height, width, conv.kernel_size, conv.stride, conv.padding, conv.dilation) \
         if train_path == "dense" else []
     conv.register_buffer("dense_index", torch.tensor(index, dtype=torch.long, device=conv.weight.device),
