@@ -10,6 +10,12 @@ widths, the models' own depths shortened.
 
     python benchmarks/small_image_speed.py [--quick] [--threads 2] [--sizes 32 64] [--batches 1 128]
         [--rounds 3] [--families convformer hornet ...] [--modes infer train] [--compile] [--device cuda]
+        [--conv-paths-measured]
+
+``--conv-paths-measured`` adds, in training on the CPU, a copy of the specialized model whose depthwise
+convolutions' training paths were timed at that batch on this machine (``--conv-paths measured``,
+composer.train.conv_paths; timings kept in the latency cache, so a second run reads them) and its ratio to the
+rules' choice.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import composer
+from composer.train.conv_paths import choose_conv_paths
 from composer.weights import load
 
 NUM_CLASSES = 10
@@ -139,6 +146,9 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--compile", action="store_true",
                         help="also torch.compile of the specialized model (its first call, compiling, is not timed)")
+    parser.add_argument("--conv-paths-measured", action="store_true",
+                        help="in training on the CPU, also the specialized model with its depthwise convolutions' "
+                             "training paths measured on this machine (composer train --conv-paths measured)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.batches, args.rounds = [32], [1, 32], 2
@@ -154,6 +164,7 @@ def main(argv=None) -> None:
           f"{os.getloadavg()[0]:.2f} at the start")
     print(f"{'family':<15}{'px':>4}{'batch':>6}{'mode':>6}{'special':>9}{'general':>9}{'timm':>9}"
           f"{'sp/gen':>8}{'sp/timm':>8}{'spread':>8}" + (f"{'compiled':>9}{'co/sp':>7}" if args.compile else "")
+          + (f"{'measured':>9}{'me/sp':>7}" if args.conv_paths_measured else "")
           + "  (img/s; spread = worst (max-min)/median)")
     spreads = []
     for family in chosen:
@@ -161,6 +172,11 @@ def main(argv=None) -> None:
             models = {k: m.to(device) for k, m in variants(known[family], size, args.compile).items()}
             for batch in args.batches:
                 for mode in args.modes:
+                    models.pop("measured", None)
+                    if args.conv_paths_measured and mode == "train" and device.type == "cpu":
+                        models["measured"] = copy.deepcopy(models["specialized"])
+                        chosen_paths = choose_conv_paths(models["measured"], (batch, 3, size, size))
+                        print(f"  {family} {size} px batch {batch}: {chosen_paths.summary()}", flush=True)
                     try:
                         times = measure(models, mode, size, batch, args.rounds, device)
                     except (RuntimeError, ValueError) as exc:   # BatchNorm training on a 1x1 map at batch 1
@@ -176,7 +192,9 @@ def main(argv=None) -> None:
                           + (f"{ips['specialized'] / timm_ips:>8.2f}" if timm_ips else f"{'-':>8}")
                           + f"{spread:>7.0%}"
                           + (f"{ips['compiled']:>10.1f}{ips['compiled'] / ips['specialized']:>7.2f}"
-                             if "compiled" in ips else ""), flush=True)
+                             if "compiled" in ips else "")
+                          + (f"{ips['measured']:>9.1f}{ips['measured'] / ips['specialized']:>7.2f}"
+                             if "measured" in ips else ""), flush=True)
     if spreads:
         print(f"spread over all cells: median {statistics.median(spreads):.0%}, max {max(spreads):.0%}; load "
               f"{os.getloadavg()[0]:.2f} at the end")

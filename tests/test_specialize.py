@@ -12,7 +12,16 @@ from torch import nn
 import composer
 from composer.cost import count_macs
 from composer.mixers import MIXERS, MixerCheckError, MixerContext
-from composer.nn.specialize import DENSE_MIN_BATCH, MapConv2d, conv2d_on_map, generalize, live_taps, specialize
+from composer.nn.specialize import (
+    DENSE_MIN_BATCH,
+    MapConv2d,
+    conv2d_on_map,
+    generalize,
+    live_taps,
+    specialize,
+    specialize_conv,
+    train_paths,
+)
 from composer.resolution import at_input_size
 
 MAPS = (1, 2, 3, 4, 7, 8)
@@ -185,6 +194,42 @@ def test_every_way_a_convolution_runs_on_its_map_equals_the_general_one(monkeypa
             assert rel_error(a, b) < 1e-5, (size, kernel, stride, dilation, groups)
         assert calls["dense"] - before == (special.train_path == "dense")   # with gradients only, once
     assert seen == {("scale", ""), ("linear", ""), ("conv", ""), ("conv", "dense"), ("conv", "channels_last")}
+
+
+def test_every_training_path_a_depthwise_convolution_may_take_equals_the_general_one():
+    """What --conv-paths measured may choose (train_paths): each path, forced, gives the general convolution's
+    outputs and gradients; the rule's choice comes first, and a path that is not offered is refused."""
+    torch.manual_seed(0)
+    offered = set()
+    for size, k, stride, dilation, band in itertools.product((1, 2, 3, 4, 7, 8), (3, 5, 7, 11), (1, 2), (1, 2),
+                                                            (False, True)):
+        kernel = (1, k) if band else (k, k)
+        padding = (kernel[0] // 2 * dilation, kernel[1] // 2 * dilation)
+        general = nn.Conv2d(6, 6, kernel, stride=stride, padding=padding, dilation=dilation, groups=6)
+        paths = train_paths(general, size, size)
+        rule = copy.deepcopy(general)
+        specialize(rule, size, size)
+        assert (paths[0] if paths else "") == getattr(rule, "train_path", "")
+        offered.add(paths)
+        for path in paths:
+            special, reference = copy.deepcopy(general), copy.deepcopy(general)
+            specialize_conv(special, size, size, train_path=path)
+            assert getattr(special, "train_path", "") == path
+            x = torch.randn(DENSE_MIN_BATCH, 6, size, size)
+            xs, xg = x.clone().requires_grad_(), x.clone().requires_grad_()
+            out_s, out_g = special(xs), reference(xg)
+            assert rel_error(out_s, out_g) < 1e-5
+            grad = torch.randn_like(out_g)
+            (out_s * grad).sum().backward(), (out_g * grad).sum().backward()
+            for a, b in ((xs.grad, xg.grad), (special.weight.grad, reference.weight.grad),
+                         (special.bias.grad, reference.bias.grad)):
+                assert rel_error(a, b) < 1e-5, (size, kernel, stride, dilation, path)
+            specialize_conv(special, size, size, train_path="")   # and back: the MapConv2d specialized again
+            assert getattr(special, "train_path", "") == ""
+    assert offered >= {(), ("dense", "", "channels_last"), ("channels_last", ""), ("", "channels_last")}
+    dense = nn.Conv2d(6, 6, 3, padding=1)
+    with pytest.raises(ValueError, match="not one of"):
+        specialize_conv(dense, 2, 2, train_path="channels_last")
 
 
 def test_the_dense_operator_trains_from_its_batch_on_except_on_2x2_maps(monkeypatch):

@@ -244,14 +244,26 @@ def _method(conv: nn.Conv2d, depthwise: bool, height: int, width: int, live: tup
     return "conv"
 
 
-def specialize_conv(conv: nn.Conv2d, height: int, width: int) -> bool:
-    """Make ``conv`` (an exact ``nn.Conv2d``, in place: its parameters stay the same objects) a
-    :class:`MapConv2d` for ``height x width`` inputs when some of its taps can never meet such a map, when its live
-    taps run faster another way (a per-channel scale, a matrix product), or when it is a depthwise convolution that
-    trains faster on the CPU as a dense operator (fewer input pixels than live taps) or channels-last (kernels of 5
-    and more)."""
-    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return False
+TRAIN_PATHS = ("", "dense", "channels_last")
+"""How a depthwise MapConv2d may run while gradients are recorded on the CPU: as built ("": the convolution with its
+live taps), as its dense operator, or channels-last."""
+
+
+@dataclass(frozen=True)
+class _OnMap:
+    """What :func:`specialize_conv` works out for a convolution on one map size."""
+
+    found: bool                   # some taps can never meet the map
+    rows: AxisCrop
+    cols: AxisCrop
+    out_size: tuple[int, int]
+    method: str
+    paths: tuple[str, ...]        # the training paths it may take (TRAIN_PATHS; the first is the rule's)
+
+
+def _on_map(conv: nn.Conv2d, height: int, width: int) -> _OnMap | None:
+    if type(conv) not in (nn.Conv2d, MapConv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
     found = crops(conv, height, width) or (None, None)
     rows, cols = (axis or AxisCrop(0, k, p) for axis, k, p in zip(found, conv.kernel_size, conv.padding))
     live = (rows.stop - rows.start, cols.stop - cols.start)
@@ -260,20 +272,52 @@ def specialize_conv(conv: nn.Conv2d, height: int, width: int) -> bool:
                      for a, size in enumerate((height, width)))
     depthwise = conv.groups == conv.in_channels == conv.out_channels
     method = _method(conv, depthwise, height, width, live, crop_padding)
-    train_path = ""
+    paths: tuple[str, ...] = ()
     if method == "conv" and depthwise:
-        if _dense_applies(height, width, out_size, live[0] * live[1]):
-            train_path = "dense"
+        dense = ("dense",) if _dense_applies(height, width, out_size, live[0] * live[1]) else ()
+        if dense:
+            paths = ("dense", "", "channels_last")
         elif min(live) >= 5:
-            train_path = "channels_last"
-    if found == (None, None) and method == "conv" and not train_path:
+            paths = ("channels_last", "")
+        else:
+            paths = ("", "channels_last")
+    return _OnMap(found != (None, None), rows, cols, out_size, method, paths)
+
+
+def train_paths(conv: nn.Conv2d, height: int, width: int) -> tuple[str, ...]:
+    """The training paths ``conv`` may take on ``height x width`` maps, the rule's choice first (what
+    :func:`specialize_conv` picks unless told), or () when it has no choice (not a depthwise convolution that runs
+    as a convolution there)."""
+    on_map = _on_map(conv, height, width)
+    return on_map.paths if on_map is not None else ()
+
+
+def specialize_conv(conv: nn.Conv2d, height: int, width: int, train_path: str | None = None) -> bool:
+    """Make ``conv`` (an ``nn.Conv2d``, in place: its parameters stay the same objects) a :class:`MapConv2d` for
+    ``height x width`` inputs when some of its taps can never meet such a map, when its live taps run faster
+    another way (a per-channel scale, a matrix product), or when it is a depthwise convolution that trains faster
+    on the CPU as a dense operator (fewer input pixels than live taps) or channels-last (kernels of 5 and more).
+    ``train_path`` (one of :func:`train_paths`) overrides that last rule, as a measurement on the machine chose
+    (composer.train.conv_paths); a MapConv2d is specialized again."""
+    on_map = _on_map(conv, height, width)
+    if on_map is None:
         return False
+    if train_path is None:
+        train_path = on_map.paths[0] if on_map.paths else ""
+    elif train_path not in (on_map.paths or ("",)):
+        raise ValueError(f"training path {train_path!r} is not one of {on_map.paths or ('',)} for {conv} on "
+                         f"{height}x{width} maps")
+    if type(conv) is MapConv2d:
+        generalize(conv)
+    if not on_map.found and on_map.method == "conv" and not train_path:
+        return False
+    rows, cols = on_map.rows, on_map.cols
     conv.__class__ = MapConv2d
     conv.map_size = (height, width)
     conv.rows, conv.cols = (rows.start, rows.stop), (cols.start, cols.stop)
-    conv.crop_padding = crop_padding
-    conv.method, conv.train_path = method, train_path
-    conv.out_size = out_size
+    conv.crop_padding = (rows.padding, cols.padding)
+    conv.method, conv.train_path = on_map.method, train_path
+    conv.out_size = on_map.out_size
     index = dense_operator_index(height, width, conv.kernel_size, conv.stride, conv.padding, conv.dilation) \
         if train_path == "dense" else []
     conv.register_buffer("dense_index", torch.tensor(index, dtype=torch.long, device=conv.weight.device),
@@ -285,7 +329,7 @@ def specialize(module: nn.Module, height: int, width: int) -> int:
     """Specialize every convolution in ``module`` that runs on ``height x width`` maps (a Plan part's input map;
     a convolution that meets another size inside the part falls back to the general path at run time). Returns
     how many were specialized."""
-    return sum(specialize_conv(m, height, width) for m in list(module.modules()))
+    return sum(specialize_conv(m, height, width) for m in list(module.modules()) if type(m) is nn.Conv2d)
 
 
 def build_for_its_map(part) -> nn.Module:

@@ -178,6 +178,22 @@ def evaluate(model: nn.Module, loader, prep: BatchPrep, amp: str = "off", num_cl
     return out
 
 
+def _measure_conv_paths(model: nn.Module, settings: TrainSettings, input_shape: tuple[int, ...],
+                        device: torch.device, log: Callable[[str], None] | None) -> None:
+    """``--conv-paths measured``: time the depthwise convolutions' CPU training paths (composer.train.conv_paths)
+    and set the fastest; said in one line."""
+    say = log or (lambda line: None)
+    why_not = ("the model is not specialized (--no-specialize)" if not settings.specialize else
+               f"they are CPU paths, this trains on {device.type}" if device.type != "cpu" else
+               "mixed precision is on (the paths are timed in float32)" if settings.amp != "off" else "")
+    if why_not:
+        say(f"--conv-paths measured: the rules kept, {why_not}")
+        return
+    from .conv_paths import choose_conv_paths
+
+    say(choose_conv_paths(model, input_shape, channels_last=settings.channels_last).summary())
+
+
 def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainSettings, *, size: int,
           in_chans: int, seed: int = 0, report: Callable[[int, float], None] | None = None,
           checkpoint: Any = None, progress: bool = False, desc: str = "train", log: Callable[[str], None] | None = None,
@@ -189,6 +205,8 @@ def train(model: nn.Module, source: DataSource, splits: Splits, settings: TrainS
     device = device or resolve_device(settings.device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
+    if settings.conv_paths == "measured":
+        _measure_conv_paths(model, settings, (r.train_batch, in_chans, size, size), device, log)
     dist = torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist is not None else (1, 0)
     augment = effective_augment(r.augment, source)

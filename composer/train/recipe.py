@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 AMP = ("off", "bf16", "fp16")
 AUGMENT = ("auto", "none", "light", "randaugment")
+CONV_PATHS = ("rules", "measured")
 
 
 class Recipe(BaseModel):
@@ -83,6 +84,10 @@ class TrainSettings(BaseModel):
     specialize: bool = Field(True, description="build each convolution for its map size (docs/small-images.md: "
                              "cropped kernels, matrix products, CPU training paths); --no-specialize builds plain "
                              "convolutions throughout (the same results, slower on small maps)")
+    conv_paths: Literal["rules", "measured"] = Field(
+        "rules", description="each depthwise convolution's CPU training path (as built, dense operator, "
+        "channels-last): rules | measured (timed on this machine at the training batch, kept in the latency "
+        "table; docs/small-images.md); the same results either way")
     recipe: Recipe = Field(default_factory=Recipe)
 
     @model_validator(mode="after")
@@ -93,8 +98,9 @@ class TrainSettings(BaseModel):
 
     def recorded(self) -> dict[str, Any]:
         """What a study records and compares (a changed value refuses to continue it): everything that changes
-        what a trial's number means; loader workers and the specialized build (speed only) do not."""
-        out = self.model_dump(exclude={"loader_workers", "specialize"})
+        what a trial's number means; loader workers, the specialized build and the convolutions' training paths (speed
+        only) do not."""
+        out = self.model_dump(exclude={"loader_workers", "specialize", "conv_paths"})
         out["recipe"] = self.recipe.model_dump()
         return out
 
@@ -105,6 +111,9 @@ _FLAG_FIELDS = {  # TrainSettings / Recipe field -> flag; search, sweep, proxy-c
     "data": "--data", "subset": "--subset", "val_fraction": "--val-fraction", "train_size": "--train-size",
     "loader_workers": "--loader-workers", "amp": "--amp", "channels_last": "--channels-last",
 }
+
+
+_CHOICES = {"amp": AMP, "augment": AUGMENT, "conv_paths": CONV_PATHS}
 
 
 def _flag(name: str) -> str:
@@ -136,9 +145,8 @@ def add_flags(parser: argparse.ArgumentParser, *, recipe: bool = True, device: b
         help_text = f"{info.description} (default {default})" if default is not None else info.description
         if info.annotation is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif name in ("amp", "augment"):
-            group.add_argument(flag, dest=name, choices=AMP if name == "amp" else AUGMENT, default=None,
-                               help=help_text)
+        elif name in _CHOICES:
+            group.add_argument(flag, dest=name, choices=_CHOICES[name], default=None, help=help_text)
         else:
             group.add_argument(flag, dest=name, type=_type_of(info.annotation), default=None,
                                metavar=name.upper(), help=help_text)
@@ -195,4 +203,4 @@ def problems(train: dict, overrides: dict | None = None) -> list[tuple[str | Non
     return []
 
 
-__all__ = ["AMP", "AUGMENT", "Recipe", "TrainSettings", "add_flags", "flag_values", "merge", "problems"]
+__all__ = ["AMP", "AUGMENT", "CONV_PATHS", "Recipe", "TrainSettings", "add_flags", "flag_values", "merge", "problems"]
