@@ -38,11 +38,12 @@ def test_the_fastest_path_is_set_each_kind_timed_once_and_read_back_from_the_tab
         return {p: {"channels_last": 1.0, "dense": 2.0, "": 3.0}[p] for p in paths}
 
     found = choose_conv_paths(model, (4, 1, 32, 32), folder=tmp_path, timer=timer)
-    # 8x8 (7x7 kernel: channels-last by rule), 4x4 and 2x2 (dense operator by rule); 1x1: a per-channel scale
+    # 8x8 (7x7 kernel: channels-last by rule), 4x4 (at batch 4 the convolution as built: the rules take the dense
+    # operator from DENSE_MIN_BATCH on) and 2x2 (dense operator by rule); 1x1: a per-channel scale
     assert sorted(t[0] for t in timed) == [(2, 2), (4, 4), (8, 8)] and {t[2] for t in timed} == {4}
     assert len(found.choices) == 3 and sum(len(c.modules) for c in found.choices) == 4
     assert {(c.signature.map_size, c.rule, c.chosen) for c in found.choices} == {
-        ((8, 8), "channels_last", "channels_last"), ((4, 4), "dense", "channels_last"),
+        ((8, 8), "channels_last", "channels_last"), ((4, 4), "", "channels_last"),
         ((2, 2), "dense", "channels_last")}
     assert len(found.changed) == 2 and "2 kinds differ from the rules" in found.summary()
     assert {path for size, path in _paths(model).values() if size != (1, 1)} == {"channels_last"}
@@ -75,8 +76,8 @@ def test_a_path_within_the_margin_keeps_the_rule_and_batchnorm_statistics_do_not
         return {p: 0.96 if i else 1.0 for i, p in enumerate(paths)}
 
     found = choose_conv_paths(model, (2, 1, 4, 4), folder=tmp_path, timer=timer)
-    assert [c.ms for c in found.choices] == [{"dense": 1.0, "": 0.96, "channels_last": 0.96}]
-    assert found.changed == [] and model.training and model[2].train_path == "dense"
+    assert [c.ms for c in found.choices] == [{"": 1.0, "dense": 0.96, "channels_last": 0.96}]
+    assert found.changed == [] and model.training and type(model[2]) is nn.Conv2d
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
@@ -122,3 +123,20 @@ def test_the_flag_and_training_say_what_was_chosen(monkeypatch, tmp_path):
     measured = [line for line in lines if "CPU training paths measured" in line]
     assert len(measured) == 1 and "timed now" in measured[0]
     assert any("--conv-paths measured: the rules kept, the model is not specialized" in line for line in lines)
+
+
+def test_below_the_dense_batch_the_rule_is_the_convolution_and_a_measured_dense_operator_runs_at_any_batch(
+        tmp_path, monkeypatch):
+    """On a 4x4 map the rules take the dense operator from DENSE_MIN_BATCH on: at batch 2 their choice is the
+    convolution as built; measured faster there, the dense operator runs at batch 2."""
+    import composer.nn.specialize as sp_module
+
+    calls = []
+    dense = sp_module.dense_depthwise
+    monkeypatch.setattr(sp_module, "dense_depthwise", lambda *a: calls.append(a[0].shape[0]) or dense(*a))
+    model = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Conv2d(8, 8, 7, padding=3, groups=8))
+    found = choose_conv_paths(model, (2, 1, 4, 4), folder=tmp_path,
+                              timer=lambda s, paths, b, **_: {p: 1.0 if p == "dense" else 2.0 for p in paths})
+    assert [(c.rule, c.chosen) for c in found.choices] == [("", "dense")] and sp_module.DENSE_MIN_BATCH > 2
+    model(torch.randn(2, 1, 4, 4)).sum().backward()
+    assert calls == [2]

@@ -159,6 +159,7 @@ class MapConv2d(nn.Conv2d):
     crop_padding: tuple[int, int]
     method: str          # on its map: "conv", "scale" or "linear" (conv2d_on_map)
     train_path: str      # while gradients are recorded on the CPU: "", "dense" or "channels_last"
+    dense_min_batch: int  # the dense path from this batch on (the rule's DENSE_MIN_BATCH; 0 where measured)
     out_size: tuple[int, int]
     dense_index: torch.Tensor   # a non-persistent buffer (not in the state dict): empty unless train_path is "dense"
 
@@ -179,7 +180,7 @@ class MapConv2d(nn.Conv2d):
         (exact all the same)."""
         if not (self.train_path and torch.is_grad_enabled() and not fx_tracing() and x.device.type == "cpu"):
             return ""
-        if self.train_path == "dense" and x.shape[0] < DENSE_MIN_BATCH and self.map_size[0] * self.map_size[1] > 4:
+        if self.train_path == "dense" and x.shape[0] < self.dense_min_batch:
             return ""   # gathering the operator costs what the convolution does at small batches beyond 2x2 maps
         return self.train_path
 
@@ -284,12 +285,20 @@ def _on_map(conv: nn.Conv2d, height: int, width: int) -> _OnMap | None:
     return _OnMap(found != (None, None), rows, cols, out_size, method, paths)
 
 
-def train_paths(conv: nn.Conv2d, height: int, width: int) -> tuple[str, ...]:
-    """The training paths ``conv`` may take on ``height x width`` maps, the rule's choice first (what
-    :func:`specialize_conv` picks unless told), or () when it has no choice (not a depthwise convolution that runs
+def _rule_min_batch(height: int, width: int) -> int:
+    return DENSE_MIN_BATCH if height * width > 4 else 0
+
+
+def train_paths(conv: nn.Conv2d, height: int, width: int, batch: int | None = None) -> tuple[str, ...]:
+    """The training paths ``conv`` may take on ``height x width`` maps, the rules' choice first (what
+    :func:`specialize_conv` picks unless told; at ``batch``, if given, what the rules then run: as built where the
+    dense operator waits for DENSE_MIN_BATCH), or () when it has no choice (not a depthwise convolution that runs
     as a convolution there)."""
     on_map = _on_map(conv, height, width)
-    return on_map.paths if on_map is not None else ()
+    paths = on_map.paths if on_map is not None else ()
+    if paths[:1] == ("dense",) and batch is not None and batch < _rule_min_batch(height, width):
+        paths = ("", "dense", "channels_last")
+    return paths
 
 
 def specialize_conv(conv: nn.Conv2d, height: int, width: int, train_path: str | None = None) -> bool:
@@ -298,10 +307,12 @@ def specialize_conv(conv: nn.Conv2d, height: int, width: int, train_path: str | 
     another way (a per-channel scale, a matrix product), or when it is a depthwise convolution that trains faster
     on the CPU as a dense operator (fewer input pixels than live taps) or channels-last (kernels of 5 and more).
     ``train_path`` (one of :func:`train_paths`) overrides that last rule, as a measurement on the machine chose
-    (composer.train.conv_paths); a MapConv2d is specialized again."""
+    (composer.train.conv_paths): a dense operator chosen so is taken at every batch (the rules take it from
+    DENSE_MIN_BATCH on, on maps larger than 2x2). A MapConv2d is specialized again."""
     on_map = _on_map(conv, height, width)
     if on_map is None:
         return False
+    measured = train_path is not None
     if train_path is None:
         train_path = on_map.paths[0] if on_map.paths else ""
     elif train_path not in (on_map.paths or ("",)):
@@ -317,6 +328,7 @@ def specialize_conv(conv: nn.Conv2d, height: int, width: int, train_path: str | 
     conv.rows, conv.cols = (rows.start, rows.stop), (cols.start, cols.stop)
     conv.crop_padding = (rows.padding, cols.padding)
     conv.method, conv.train_path = on_map.method, train_path
+    conv.dense_min_batch = _rule_min_batch(height, width) if train_path == "dense" and not measured else 0
     conv.out_size = on_map.out_size
     index = dense_operator_index(height, width, conv.kernel_size, conv.stride, conv.padding, conv.dilation) \
         if train_path == "dense" else []
@@ -347,7 +359,8 @@ def generalize(module: nn.Module) -> int:
     for m in module.modules():
         if type(m) is MapConv2d:
             m.__class__ = nn.Conv2d
-            for name in ("map_size", "rows", "cols", "crop_padding", "method", "train_path", "out_size"):
+            for name in ("map_size", "rows", "cols", "crop_padding", "method", "train_path", "dense_min_batch",
+                         "out_size"):
                 delattr(m, name)
             del m._buffers["dense_index"]
             m.__dict__.pop("_live", None), m.__dict__.pop("_live_key", None)

@@ -188,7 +188,7 @@ def choose_conv_paths(model: nn.Module, input_shape: tuple[int, ...], *, channel
                          Path(folder) if folder is not None else None)
     by_signature: dict[ConvSignature, ConvPathChoice] = {}
     for name, conv, (height, width) in _depthwise_inputs(model, input_shape, dtype, memory_format):
-        paths = train_paths(conv, height, width)
+        paths = train_paths(conv, height, width, batch)
         if len(paths) < 2:
             continue
         signature = ConvSignature.of(conv, height, width)
@@ -210,8 +210,7 @@ def choose_conv_paths(model: nn.Module, input_shape: tuple[int, ...], *, channel
             choice = by_signature[signature] = ConvPathChoice(signature, ms, rule, chosen, timed_now=bool(missing),
                                                               busy=busy)
         choice.modules.append(name)
-        if getattr(conv, "train_path", "") != choice.chosen:
-            specialize_conv(conv, height, width, train_path=choice.chosen)
+        specialize_conv(conv, height, width, train_path=choice.chosen)   # a chosen dense operator: at every batch
     return ConvPaths(list(by_signature.values()), time.perf_counter() - start)
 
 
