@@ -226,7 +226,10 @@ def test_every_training_path_a_depthwise_convolution_may_take_equals_the_general
                 assert rel_error(a, b) < 1e-5, (size, kernel, stride, dilation, path)
             specialize_conv(special, size, size, train_path="")   # and back: the MapConv2d specialized again
             assert getattr(special, "train_path", "") == ""
-    assert offered >= {(), ("dense", "", "channels_last"), ("channels_last", ""), ("", "channels_last")}
+    assert offered >= {(), ("dense", "", "channels_last"), ("channels_last", "", "dense"),
+                       ("", "channels_last", "dense")}
+    big = nn.Conv2d(6, 6, 7, padding=3, groups=6)
+    assert train_paths(big, 16, 16) == ("channels_last", "")   # a 256 x 256 operator: too large
     dense = nn.Conv2d(6, 6, 3, padding=1)
     with pytest.raises(ValueError, match="not one of"):
         specialize_conv(dense, 2, 2, train_path="channels_last")

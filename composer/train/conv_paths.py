@@ -32,6 +32,7 @@ convolution on this project's 2-core machine differed by up to a few %; a closer
 ROUNDS = 5            # timed runs per path, interleaved across the paths (drift reaches them alike); the fastest counts
 MIN_RUN_MS = 5.0      # a timed run repeats the step until it lasts this long
 WARMUP_MS = 50.0
+SHOWN = 3             # the summary line names at most this many changed kinds
 
 _PATH_NAMES = {"": "as built", "dense": "dense operator", "channels_last": "channels-last"}
 
@@ -103,9 +104,11 @@ class ConvPaths:
         line = (f"CPU training paths measured: {convs} depthwise convolutions of {len(self.choices)} kinds "
                 f"({timed} timed now in {self.seconds:.1f} s, {len(self.choices) - timed} from the latency table); "
                 f"{len(changed)} kinds differ from the rules")
-        for c in changed:
+        for c in changed[:SHOWN]:
             line += (f"; {c.signature.describe()}: {_PATH_NAMES[c.chosen]} {c.ms[c.chosen]:.2f} ms against "
                      f"{_PATH_NAMES[c.rule]} {c.ms[c.rule]:.2f} ms")
+        if len(changed) > SHOWN:
+            line += f"; {len(changed) - SHOWN} more"
         busy = [c for c in self.choices if c.busy]
         if busy:
             line += f" ({len(busy)} timed while the machine was busy: {busy[0].busy})"
