@@ -3,7 +3,9 @@ is docs/search.md, "Does the search find better architectures? The protocol"; th
 
     python benchmarks/search_quality.py [--results DIR] [--quick] [--jobs N] [--partial]
 
-Stages, each cached in the results folder (a stopped run continues where it stopped; rerun the same command):
+Stages, each cached in the results folder (a stopped run continues where it stopped; rerun the same command; a
+search stopped part-way draws its later trials with its sampler reseeded, as every resumed study does, so its pick
+may differ from an uninterrupted run's):
 
 1. ``search``: composer's search (TPE) and random search (Optuna's RandomSampler), ``--trials`` trials each with
    ``--pruner hyperband``, per search seed, on the training split only (a validation split held out of it);
