@@ -140,3 +140,14 @@ def test_below_the_dense_batch_the_rule_is_the_convolution_and_a_measured_dense_
     assert [(c.rule, c.chosen) for c in found.choices] == [("", "dense")] and sp_module.DENSE_MIN_BATCH > 2
     model(torch.randn(2, 1, 4, 4)).sum().backward()
     assert calls == [2]
+
+
+def test_on_cuda_measured_means_cudnn_benchmark(monkeypatch):
+    """No GPU needed: on a CUDA device the loop only turns cuDNN's own benchmark on (process-wide) and says so."""
+    from composer.train.loop import _measure_conv_paths
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    lines = []
+    settings = TrainSettings.model_validate({"data": "digits", "conv_paths": "measured"})
+    _measure_conv_paths(nn.Conv2d(1, 1, 3), settings, (2, 1, 8, 8), torch.device("cuda"), lines.append)
+    assert torch.backends.cudnn.benchmark is True and "cudnn.benchmark = True" in lines[0]

@@ -180,9 +180,15 @@ def evaluate(model: nn.Module, loader, prep: BatchPrep, amp: str = "off", num_cl
 
 def _measure_conv_paths(model: nn.Module, settings: TrainSettings, input_shape: tuple[int, ...],
                         device: torch.device, log: Callable[[str], None] | None) -> None:
-    """``--conv-paths measured``: time the depthwise convolutions' CPU training paths (composer.train.conv_paths)
-    and set the fastest; said in one line."""
+    """``--conv-paths measured``: on the CPU, time the depthwise convolutions' training paths
+    (composer.train.conv_paths) and set the fastest; on CUDA, let cuDNN time its convolution algorithms per shape
+    (``torch.backends.cudnn.benchmark``, process-wide, as timm's train.py sets it). Said in one line."""
     say = log or (lambda line: None)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        say("--conv-paths measured on cuda: cuDNN times its convolution algorithms for each shape "
+            "(torch.backends.cudnn.benchmark = True in this process)")
+        return
     why_not = ("the model is not specialized (--no-specialize)" if not settings.specialize else
                f"they are CPU paths, this trains on {device.type}" if device.type != "cpu" else
                "mixed precision is on (the paths are timed in float32)" if settings.amp != "off" else "")

@@ -87,7 +87,8 @@ class TrainSettings(BaseModel):
     conv_paths: Literal["rules", "measured"] = Field(
         "rules", description="each depthwise convolution's CPU training path (as built, dense operator, "
         "channels-last): rules | measured (timed on this machine at the training batch, kept in the latency "
-        "table; docs/small-images.md); the same results either way")
+        "table; docs/small-images.md; on CUDA: torch.backends.cudnn.benchmark); the same results up to float "
+        "rounding")
     recipe: Recipe = Field(default_factory=Recipe)
 
     @model_validator(mode="after")
