@@ -279,8 +279,8 @@ def _on_map(conv: nn.Conv2d, height: int, width: int) -> _OnMap | None:
     paths: tuple[str, ...] = ()
     if method == "conv" and depthwise:
         # the rules' choice first; a measurement may also pick the dense operator where it executes more MACs than
-        # the convolution (fewer pixels than live taps is the rules' condition): a 7x7 kernel on an 8x8 map trained
-        # 1.4-1.9x faster as one than channels-last at batch 128, 0.6-0.7x at batch 32 (one thread, loaded)
+        # the convolution (fewer pixels than live taps is the rules' condition): InceptionNeXt's 1x9 bands on 4x4
+        # and 8x8 maps trained 1.4-2.7x faster as one (batch 128); on a channels-last input it loses (small-images.md)
         dense = ("dense",) if 0 < out_size[0] * out_size[1] * height * width <= MAX_DENSE_ENTRIES else ()
         if dense and _dense_applies(height, width, out_size, live[0] * live[1]):
             paths = ("dense", "", "channels_last")

@@ -26,9 +26,10 @@ from torch import nn
 from ..latency import LatencyTable, _key, _Watch, fingerprint
 from ..nn.specialize import MapConv2d, specialize_conv, train_paths
 
-MARGIN = 0.05
-"""A measured path replaces the rule's only when it is faster by more than this (a second timing of the same
-convolution on this project's 2-core machine differed by up to a few %; a closer race is noise)."""
+MARGIN = 0.10
+"""A measured path replaces the rule's only when it is faster by more than this: on this project's 2-core machine
+two paths that run the same computation (channels-last and as built, on a channels-last input) timed 7.22 and
+7.82 ms; a closer race is noise."""
 ROUNDS = 5            # timed runs per path, interleaved across the paths (drift reaches them alike); the fastest counts
 MIN_RUN_MS = 5.0      # a timed run repeats the step until it lasts this long
 WARMUP_MS = 50.0
@@ -40,7 +41,11 @@ _PATH_NAMES = {"": "as built", "dense": "dense operator", "channels_last": "chan
 @dataclass(frozen=True)
 class ConvSignature:
     """What a depthwise convolution's training time depends on besides the machine (whose fingerprint, with the
-    batch, the dtype and the input's memory format, names the table)."""
+    batch, the dtype and the model's input memory format, names the table). ``layout``: the order of the
+    convolution's input dimensions in memory as the model hands it over, outermost first ("NCHW" contiguous,
+    "NHWC" channels-last, as a channels-last norm before a 1x1 convolution leaves it), because a path's cost
+    depends on it: a 7x7 kernel on an 8x8 map trained 1.4x faster as a dense operator than channels-last on a
+    contiguous input, and made ConvFormer 7-10% slower inside the model, whose input there is channels-last."""
 
     channels: int
     kernel: tuple[int, int]
@@ -49,28 +54,44 @@ class ConvSignature:
     dilation: tuple[int, int]
     bias: bool
     map_size: tuple[int, int]
+    layout: str = "NCHW"
 
     @classmethod
-    def of(cls, conv: nn.Conv2d, height: int, width: int) -> ConvSignature:
+    def of(cls, conv: nn.Conv2d, x: torch.Tensor) -> ConvSignature:
+        """``conv``'s signature on its input ``x``."""
         return cls(conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding),
-                   tuple(conv.dilation), conv.bias is not None, (height, width))
+                   tuple(conv.dilation), conv.bias is not None, tuple(x.shape[-2:]), memory_order(x))
 
     def key(self, path: str) -> str:
         return _key({"conv_train_path": path, "channels": self.channels, "kernel": self.kernel,
                      "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "bias": self.bias,
-                     "map": self.map_size})
+                     "map": self.map_size, "layout": self.layout})
 
     def describe(self) -> str:
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
         extra = (f" stride {sh}x{sw}" if (sh, sw) != (1, 1) else "") + \
                 (f" dilation {dh}x{dw}" if (dh, dw) != (1, 1) else "")
-        return f"depthwise {self.channels} ch {kh}x{kw}{extra} on {self.map_size[0]}x{self.map_size[1]}"
+        layout = "" if self.layout == "NCHW" else " (channels-last input)" if self.layout == "NHWC" else \
+            f" ({self.layout} input)"
+        return f"depthwise {self.channels} ch {kh}x{kw}{extra} on {self.map_size[0]}x{self.map_size[1]}{layout}"
 
     def build(self, path: str) -> nn.Conv2d:
         conv = nn.Conv2d(self.channels, self.channels, self.kernel, self.stride, self.padding, self.dilation,
                          groups=self.channels, bias=self.bias)
         specialize_conv(conv, *self.map_size, train_path=path)
         return conv
+
+    def input(self, batch: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A random input of ``batch`` images laid out in memory as ``layout`` says."""
+        order = ["NCHW".index(d) for d in self.layout]
+        shape = (batch, self.channels, *self.map_size)
+        return torch.randn([shape[d] for d in order], dtype=dtype).permute(*[order.index(d) for d in range(4)])
+
+
+def memory_order(x: torch.Tensor) -> str:
+    """The order of ``x``'s (N, C, H, W) dimensions in memory, outermost first (ties, i.e. dimensions of size 1,
+    in NCHW order): "NCHW" for a contiguous tensor, "NHWC" for a channels-last one."""
+    return "".join("NCHW"[d] for d in sorted(range(4), key=lambda d: (-x.stride(d), d)))
 
 
 @dataclass
@@ -127,13 +148,12 @@ def _step_ms(conv: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, number: int) 
 
 
 def time_paths(signature: ConvSignature, paths: tuple[str, ...], batch: int, dtype: torch.dtype = torch.float32,
-               memory_format: torch.memory_format = torch.contiguous_format, rounds: int = ROUNDS) -> dict[str, float]:
+               rounds: int = ROUNDS) -> dict[str, float]:
     """ms per training step (forward, then backward into the input, weight and bias) of ``signature`` at ``batch``
-    on each path: the fastest of ``rounds`` interleaved runs, after a warm-up."""
+    on each path, its input laid out as in the model: the fastest of ``rounds`` interleaved runs, after a warm-up."""
     torch.manual_seed(0)
     convs = {path: signature.build(path).to(dtype=dtype) for path in paths}
-    x = torch.randn(batch, signature.channels, *signature.map_size, dtype=dtype).contiguous(
-        memory_format=memory_format).requires_grad_()
+    x = signature.input(batch, dtype).requires_grad_()
     with torch.no_grad():
         grad = torch.randn_like(convs[paths[0]](x))
     number = {}
@@ -152,16 +172,16 @@ def time_paths(signature: ConvSignature, paths: tuple[str, ...], batch: int, dty
 
 
 def _depthwise_inputs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype,
-                      memory_format: torch.memory_format) -> list[tuple[str, nn.Conv2d, tuple[int, int]]]:
-    """(name, convolution, map size) of every depthwise convolution ``model`` runs on an input of
+                      memory_format: torch.memory_format) -> list[tuple[str, nn.Conv2d, ConvSignature]]:
+    """(name, convolution, signature) of every depthwise convolution ``model`` runs on an input of
     ``input_shape``, from one forward in eval mode without gradients (no BatchNorm statistic moves)."""
-    seen: list[tuple[str, nn.Conv2d, tuple[int, int]]] = []
+    seen: list[tuple[str, nn.Conv2d, ConvSignature]] = []
     hooks = []
     for name, m in model.named_modules():
         if type(m) in (nn.Conv2d, MapConv2d) and m.groups == m.in_channels == m.out_channels:
             def hook(module, args, name=name):
                 if not any(module is s[1] for s in seen):
-                    seen.append((name, module, tuple(args[0].shape[-2:])))
+                    seen.append((name, module, ConvSignature.of(module, args[0])))
             hooks.append(m.register_forward_pre_hook(hook))
     was_training = model.training
     try:
@@ -190,11 +210,11 @@ def choose_conv_paths(model: nn.Module, input_shape: tuple[int, ...], *, channel
                                      memory_format="channels_last" if channels_last else "contiguous"),
                          Path(folder) if folder is not None else None)
     by_signature: dict[ConvSignature, ConvPathChoice] = {}
-    for name, conv, (height, width) in _depthwise_inputs(model, input_shape, dtype, memory_format):
+    for name, conv, signature in _depthwise_inputs(model, input_shape, dtype, memory_format):
+        height, width = signature.map_size
         paths = train_paths(conv, height, width, batch)
         if len(paths) < 2:
             continue
-        signature = ConvSignature.of(conv, height, width)
         choice = by_signature.get(signature)
         if choice is None:
             ms = {p: table.get(signature.key(p)) for p in paths}
@@ -202,7 +222,7 @@ def choose_conv_paths(model: nn.Module, input_shape: tuple[int, ...], *, channel
             busy = ""
             if missing:
                 with _Watch() as watch:
-                    timed = timer(signature, missing, batch, dtype=dtype, memory_format=memory_format)
+                    timed = timer(signature, missing, batch, dtype=dtype)
                 busy = watch.conditions.describe() if watch.conditions.suspect else ""
                 for p in missing:
                     ms[p] = table.add(signature.key(p), timed[p], f"{signature.describe()}, training step, "
@@ -217,4 +237,4 @@ def choose_conv_paths(model: nn.Module, input_shape: tuple[int, ...], *, channel
     return ConvPaths(list(by_signature.values()), time.perf_counter() - start)
 
 
-__all__ = ["ConvPathChoice", "ConvPaths", "ConvSignature", "choose_conv_paths", "time_paths"]
+__all__ = ["ConvPathChoice", "ConvPaths", "ConvSignature", "choose_conv_paths", "memory_order", "time_paths"]
