@@ -1,10 +1,11 @@
 """Each depthwise convolution's CPU training path, measured on this machine (``--conv-paths measured``).
 
 A specialized depthwise convolution (composer.nn.specialize) may train on the CPU as built, as its dense operator
-(maps with fewer pixels than live taps) or channels-last; the rules that pick one by default were fixed from one
-machine's measurements (docs/small-images.md), and which is fastest depends on the CPU, the thread count, the batch
-and the map. Like ``torch.backends.cudnn.benchmark`` on a GPU, this times each candidate, forward and backward, for
-every distinct convolution of a model at the batch it trains with, and takes the fastest. The timings are kept in
+(small maps) or channels-last; the rules that pick one by default were fixed from one machine's measurements
+(docs/small-images.md), and which is fastest depends on the CPU, the thread count, the batch, the map and the
+layout of the input the model hands over. Like ``torch.backends.cudnn.benchmark`` on a GPU, this times each
+candidate, forward and backward, for every distinct convolution of a model at the batch it trains with, on an input
+laid out as in the model, and takes the fastest. The timings are kept in
 the latency table of the machine's fingerprint (composer.latency: the same cache folder, file lock and conditions),
 so a search's later trials, and later runs, read them instead of timing again.
 
