@@ -13,7 +13,9 @@
    epoch), one worker per visible GPU: the trials' img/s and peak memory (composer.train). The machine has no
    network: Fashion-MNIST comes in the carried ``.data/fashion-mnist`` (gpu_run.sh sets $COMPOSER_DATA).
 6. Small images (docs/small-images.md): ConvFormer and HorNet at 32 px, batch 128, inference and training img/s of
-   the specialized build against the general one and timm's (benchmarks/small_image_speed.py on the device).
+   the specialized build against the general one and timm's (benchmarks/small_image_speed.py on the device); on
+   CUDA training once more with ``torch.backends.cudnn.benchmark`` on (``--conv-paths measured`` there), on a CPU
+   with the measured training paths beside the rules'.
 
 Every figure is printed with the device name; paste them into docs/latency.md (and the docs of each family)
 with the device named. ``--device cpu --quick`` runs the same code on a CPU with tiny sizes (a smoke test).
@@ -171,9 +173,17 @@ def train_search_check(device, quick: bool) -> None:
 def small_image_check(device, quick: bool) -> None:
     import small_image_speed
 
-    small_image_speed.main(["--device", str(device), "--families", "convformer", "hornet", "--sizes", "32",
-                            "--batches", "8" if quick else "128", "--rounds", "2" if quick else "5",
-                            "--threads", "1" if quick else str(torch.get_num_threads())])
+    args = ["--device", str(device), "--families", "convformer", "hornet", "--sizes", "32",
+            "--batches", "8" if quick else "128", "--rounds", "2" if quick else "5",
+            "--threads", "1" if quick else str(torch.get_num_threads())]
+    small_image_speed.main(args + (["--conv-paths-measured"] if device.type == "cpu" else []))
+    if device.type == "cuda":   # what --conv-paths measured does there: cuDNN's own measurement
+        print("training again with torch.backends.cudnn.benchmark = True (composer train --conv-paths measured):")
+        before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+        try:
+            small_image_speed.main(args + ["--modes", "train"])
+        finally:
+            torch.backends.cudnn.benchmark = before
 
 
 def main() -> None:

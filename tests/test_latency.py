@@ -418,6 +418,7 @@ def test_the_prepared_gpu_script_runs_here_on_the_cpu(tmp_path):
     for line in ("device: cpu", "predictor, batch 1:", "predictor, batch 2:", "throughput caformer_s18 fp32:",
                  "throughput convformer_s18 amp bf16 + channels_last:", "aggregated attention (transnext_micro",
                  "Hpx (hpxformer_s18", "convformer       32     8 train", "hornet           32     8 train",
+                 "CPU training paths measured:",
                  "done in"):
         assert line in log, line
     assert f"from {ROOT / 'composer' / '__init__.py'}" in done.stdout  # composer from this source tree
