@@ -232,12 +232,6 @@ MAX_DENSE_ENTRIES = 4096
 every training step)."""
 
 
-def _dense_applies(height: int, width: int, out_size: tuple[int, int], live: int) -> bool:
-    """A depthwise convolution with fewer input pixels than live taps: its dense operator executes fewer MACs
-    (Q·P) than the convolution (Q·taps)."""
-    return height * width < live and 0 < out_size[0] * out_size[1] * height * width <= MAX_DENSE_ENTRIES
-
-
 def _method(conv: nn.Conv2d, depthwise: bool, height: int, width: int, live: tuple[int, int],
             crop_padding: tuple[int, int]) -> str:
     """How the live taps (``live``: rows x cols) run on their map (conv2d_on_map)."""
@@ -246,11 +240,6 @@ def _method(conv: nn.Conv2d, depthwise: bool, height: int, width: int, live: tup
     if conv.groups == 1 and live == (height, width) and crop_padding == (0, 0) and conv.dilation == (1, 1):
         return "linear"
     return "conv"
-
-
-TRAIN_PATHS = ("", "dense", "channels_last")
-"""How a depthwise MapConv2d may run while gradients are recorded on the CPU: as built ("": the convolution with its
-live taps), as its dense operator, or channels-last."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +251,7 @@ class _OnMap:
     cols: AxisCrop
     out_size: tuple[int, int]
     method: str
-    paths: tuple[str, ...]        # the training paths it may take (TRAIN_PATHS; the first is the rule's)
+    paths: tuple[str, ...]        # the training paths it may take ("", "dense", "channels_last"; the rule's first)
 
 
 def _on_map(conv: nn.Conv2d, height: int, width: int) -> _OnMap | None:
@@ -282,7 +271,7 @@ def _on_map(conv: nn.Conv2d, height: int, width: int) -> _OnMap | None:
         # the convolution (fewer pixels than live taps is the rules' condition): InceptionNeXt's 1x9 bands on 4x4
         # and 8x8 maps trained 1.4-2.7x faster as one (batch 128); on a channels-last input it loses (small-images.md)
         dense = ("dense",) if 0 < out_size[0] * out_size[1] * height * width <= MAX_DENSE_ENTRIES else ()
-        if dense and _dense_applies(height, width, out_size, live[0] * live[1]):
+        if dense and height * width < live[0] * live[1]:   # fewer pixels than live taps: Q·P < Q·taps MACs
             paths = ("dense", "", "channels_last")
         elif min(live) >= 5:
             paths = ("channels_last", "", *dense)
