@@ -113,7 +113,8 @@ def _cmd_list(args) -> int:
         except SpecError as exc:
             print(f"  {name:<{width}}  invalid: {str(exc).splitlines()[0]}")
             continue
-        budget = f"budget {format_count(space.budget_macs)} MACs" if space.budget_macs else "no budget"
+        floor = f"{format_count(space.budget_min_macs)}-" if space.budget_min_macs else ""
+        budget = f"budget {floor}{format_count(space.budget_macs)} MACs" if space.budget_macs else "no budget"
         default = " (the default of `composer search`)" if name == DEFAULT_SPACE else ""
         print(f"  {name:<{width}}  base {space.base.name}, {budget}, choices: "
               f"{', '.join(c.key for c in space.choices)}{default}")
@@ -465,8 +466,9 @@ def make_parser() -> argparse.ArgumentParser:
                                             "proxy ranks them (Kendall tau, Spearman rho, plot, CSV)")
     pc.add_argument("space", help="a search-space YAML file or the name of one (composer list)")
     pc.add_argument("--samples", type=int, default=20, help="random architectures trained (default 20)")
-    add_search_flags(pc, ["seed", "proxy_size", "proxy_batch", "budget", "max_params"], help={
+    add_search_flags(pc, ["seed", "proxy_size", "proxy_batch", "budget", "min_macs", "max_params"], help={
         "budget": "draw samples within this MAC budget (default: the space's, or none)",
+        "min_macs": "draw samples at or above this MAC floor (default: the space's, or none)",
         "max_params": "draw samples within this parameter budget", "seed": "seed of the samples drawn (default 0)"})
     pc.add_argument("--latency", action="store_true", help="also the latency predicted on this CPU (batch 1)")
     pc.add_argument("--run-dir", help="output folder (default: runs/SPACE-proxy-check)")

@@ -50,8 +50,9 @@ def _fmt(value) -> str:
 
 
 def draw_samples(space: SearchSpace, n: int, seed: int, budget_macs: int | None,
-                 budget_params: int | None) -> list[tuple[dict, dict]]:
-    """``n`` distinct valid samples (data, drawn) within the budgets, from ``random.Random(seed)``."""
+                 budget_params: int | None, min_macs: int | None = None) -> list[tuple[dict, dict]]:
+    """``n`` distinct valid samples (data, drawn) within the budgets (and at or above the MAC floor ``min_macs``),
+    from ``random.Random(seed)``."""
     rng = random.Random(seed)
     out, seen = [], set()
     for _ in range(n * _TRIES_PER_SAMPLE):
@@ -66,6 +67,8 @@ def draw_samples(space: SearchSpace, n: int, seed: int, budget_macs: int | None,
         if check.error is not None:
             continue
         if budget_macs and check.estimate.macs > budget_macs:
+            continue
+        if min_macs and check.estimate.macs < min_macs:
             continue
         if budget_params and check.estimate.params > budget_params:
             continue
@@ -132,7 +135,7 @@ def _read_rows(path: Path) -> dict[str, dict]:
 
 def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20, epochs: int | None = None,
                 seed: int = 0, train_size: int | None = None, proxy_size: int = 64, proxy_batch: int = 16,
-                budget=None, max_params=None, latency: bool = False, run_dir: str | None = None,
+                budget=None, max_params=None, min_macs=None, latency: bool = False, run_dir: str | None = None,
                 log=print) -> ProxyCheck:
     """Score and train ``samples`` random architectures of ``space``; see the module docstring. ``train``: the
     training settings and recipe (as ``composer search`` takes them); ``data``, ``epochs`` and ``train_size`` are
@@ -142,7 +145,7 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
     from ..composed import compose
     from ..train.trial import prepare, train_spec
     from .objectives import proxy_scores
-    from .study import _count, _train_settings, prepare_run_dir
+    from .study import _count, _floor, _train_settings, prepare_run_dir
 
     t_start = time.perf_counter()
     space = load_space(space)
@@ -151,6 +154,12 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
             raise SpecError(Problem(f"{flag} must be at least 1, got {value}", ()))
     macs = _count(budget, "--budget") if budget is not None else space.budget_macs
     params = _count(max_params, "--max-params") if max_params is not None else space.budget_params
+    if min_macs is not None:
+        floor = _floor(min_macs, macs)
+    else:
+        floor = space.budget_min_macs
+        if floor is not None and macs is not None and budget is not None:
+            _floor(floor, macs, f"--budget {budget} under the space's min_macs")
     settings = _train_settings(space, train, data=data, epochs=epochs, train_size=train_size)
     try:
         training = prepare(settings, space.base, seed)
@@ -160,7 +169,7 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
     space.base_data["num_classes"] = training.source.num_classes
     space.base_data["in_chans"] = training.source.in_chans
     run_path = prepare_run_dir(run_dir or Path("runs") / f"{space.name}-proxy-check")
-    drawn_samples = draw_samples(space, samples, seed, macs, params)
+    drawn_samples = draw_samples(space, samples, seed, macs, params, floor)
     if len(drawn_samples) < samples:
         log(f"note: only {len(drawn_samples)} distinct valid samples within the budget were found")
     predictor = None

@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..spec import dump_spec, load_spec
-from ..spec.units import GMACS_HEADER, format_count, gmacs_cell, params_cell, value_cell
+from ..spec.units import GMACS_HEADER, gmacs_cell, params_cell, value_cell
 from .results import Settings, best_trial, maximize, pareto_front, trials_table
 
 
@@ -18,7 +18,7 @@ def _write_spec(trial, path: Path, settings: Settings, space) -> Path:
     values = ", ".join(f"{n} {v:.6g}" for n, v in zip(settings.objectives, trial.values))
     header = (f"# found by `composer search {space.file or space.name}` (trial {trial.number}: {values}; "
               f"{trial.user_attrs['macs']:,} MACs, {trial.user_attrs['params']:,} params; "
-              f"budget {format_count(settings.budget_macs)} MACs)\n")
+              f"budget {settings.budget_text()})\n")
     path.write_text(header + dump_spec(spec))
     return path
 
@@ -120,7 +120,7 @@ def write_report(study: optuna.Study, settings: Settings, run_dir: Path, space) 
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     feasible = [t for t in finished if t.user_attrs.get("feasible")]
     built = [t for t in trials if t.user_attrs.get("built")]
-    over = [t for t in built if t.user_attrs.get("macs", 0) > settings.budget_macs
+    over = [t for t in built if settings.macs_outside(t.user_attrs.get("macs", 0))
             or (settings.budget_params and t.user_attrs.get("params", 0) > settings.budget_params)]
     specs: list[Path] = []
     if len(settings.objectives) == 1:

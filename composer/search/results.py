@@ -152,8 +152,21 @@ class Settings:
     """--sampler: auto (TPE / NSGA-II), random or tpe-grouped."""
     count_trials: str = "all"
     """--count-trials: all or feasible (what --trials counts)."""
+    budget_min_macs: int | None = None
+    """--min-macs: the MAC floor (None: none); a sample below it is infeasible."""
     train: Any = None
     """composer.train.TrainSettings: data, split, device, precision and recipe (--objective train)."""
+
+    def macs_outside(self, macs: int) -> bool:
+        """Whether ``macs`` lies over the MAC budget or under the floor."""
+        return macs > self.budget_macs or (self.budget_min_macs is not None and macs < self.budget_min_macs)
+
+    def budget_text(self) -> str:
+        """``10M MACs`` or, with a floor, ``8M-10M MACs``."""
+        from ..spec.units import format_count
+
+        floor = f"{format_count(self.budget_min_macs)}-" if self.budget_min_macs is not None else ""
+        return f"{floor}{format_count(self.budget_macs)} MACs"
 
     @property
     def predicts_latency(self) -> bool:
@@ -173,6 +186,8 @@ class Settings:
             attrs["sampler"] = self.sampler
         if self.count_trials != "all":  # likewise
             attrs["count_trials"] = self.count_trials
+        if self.budget_min_macs is not None:  # likewise
+            attrs["budget_min_macs"] = self.budget_min_macs
         if self.budget_latency_ms is not None or "latency" in self.objectives:  # likewise
             attrs.update(budget_latency_ms=self.budget_latency_ms, latency_device=self.latency_device,
                          latency_batch=self.latency_batch, measure_latency=self.measure_latency)

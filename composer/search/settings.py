@@ -51,6 +51,10 @@ class SearchSettings(BaseModel):
     max_latency: str | float | None = Field(None, description="hard budget on the latency predicted on this device, "
                                                               "e.g. 25ms (composer latency; default: the space's, or "
                                                               "none)")
+    min_macs: str | int | None = Field(None, description="MAC floor, e.g. 8M beside --budget 10M: a sample below it "
+                                                         "is infeasible like one over the budget (refused before "
+                                                         "anything is built), so picks use the budget; default: the "
+                                                         "space's budget: {min_macs: ...}, or none")
     latency_batch: int = Field(1, description="latency: the batch size predicted / timed (default 1); --batch-size "
                                               "is its old name (--train-batch sets the training minibatch)")
     gpus: str | None = Field(None, description="GPU indices, e.g. 0,1,2,3: one --workers process per GPU, each "

@@ -9,6 +9,7 @@ choices:                        # dotted spec paths -> options
   mixers.Conv.kernel_size: [3, 5, 7, 9]     # sampled only in stages whose chosen mixer is Conv
   mixers.gnConv.order: [[1, 2, 3], [2, 3, 4], [3, 4, 5], [3, 4, 5]]
 budget: {macs: 5G, params: 40M, latency: 25ms}  # optional; --budget / --max-params / --max-latency override it
+                                             # (min_macs: 4G, a MAC floor: --min-macs)
 objective: proxy                             # optional default objective
 warm_start: [caformer_s18]                   # optional: published designs tried first (must lie in the space)
 ```
@@ -60,7 +61,7 @@ from ..spec.source import (
     space_search_path,
     spec_file,
 )
-from ..spec.units import parse_count
+from ..spec.units import format_count, parse_count
 from ..train.recipe import problems as train_problems
 
 PER_STAGE_FIELDS = ("layout", "depths", "widths", "res_scale", "layer_scale")
@@ -124,6 +125,8 @@ class SearchSpace:
     budget_macs: int | None = None
     budget_params: int | None = None
     budget_latency_ms: float | None = None
+    budget_min_macs: int | None = None
+    """``budget: {min_macs: ...}``: a MAC floor; samples below it are infeasible, as those over budget_macs are."""
     objective: str | None = None
     file: str | None = None
     locations: Locations = field(default_factory=Locations)
@@ -581,14 +584,14 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
             problems.add(("choices", choice.key), f"mixer {choice.mixer[0]} is not used in any stage of the base "
                                                   f"and not among the layout choices; add it to choices.layout")
     budget = data.get("budget") or {}
-    macs = params = latency = None
+    macs = params = latency = min_macs = None
     if not isinstance(budget, Mapping):
         problems.add(("budget",), f"expected {{macs: 5G, params: 30M, latency: 25ms}}, got {budget!r}")
     else:
         for key in budget:
-            if key not in ("macs", "params", "latency"):
-                problems.add(("budget", key), f"unknown budget {key!r}{_near(key, ['macs', 'params', 'latency'])} "
-                                              "allowed: macs, params, latency")
+            if key not in BUDGET_KEYS:
+                problems.add(("budget", key), f"unknown budget {key!r}{_near(key, list(BUDGET_KEYS))} "
+                                              f"allowed: {', '.join(BUDGET_KEYS)}")
         try:
             if budget.get("latency") is not None:
                 latency = parse_latency(budget["latency"], "latency")
@@ -602,6 +605,12 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
             params = positive_budget(budget["params"], "parameter") if budget.get("params") is not None else None
         except ValueError as exc:
             problems.add(("budget", "params"), str(exc))
+        try:
+            if budget.get("min_macs") is not None:
+                min_macs = mac_floor(budget["min_macs"])
+                check_floor(min_macs, macs)
+        except ValueError as exc:
+            problems.add(("budget", "min_macs"), str(exc))
     objective = data.get("objective")
     if objective is not None and not isinstance(objective, str):
         problems.add(("objective",), f"expected an objective name such as proxy or proxy,macs, got {objective!r}")
@@ -617,7 +626,7 @@ def parse_space(data: Any, locs: Locations, file: str, space_dir: Path, default_
             problems.add(("train", key) if key else ("train",), message)
     problems.raise_if_any()
     order = sorted(choices, key=lambda c: (c.path != ("layout",), c.mixer is not None))
-    space = SearchSpace(name, base, base_data, order, macs, params, latency, objective, file, locs,
+    space = SearchSpace(name, base, base_data, order, macs, params, latency, min_macs, objective, file, locs,
                         train=dict(train) if isinstance(train, Mapping) else {})
     starts = data.get("warm_start")
     if starts is not None:
@@ -769,6 +778,24 @@ def positive_budget(value, what: str) -> int:
                          f"leave it out for none)")
     return count
 
+
+def mac_floor(value) -> int:
+    """A MAC floor as an exact count of at least 1 (leave it out for none)."""
+    count = parse_count(value)
+    if count < 1:
+        raise ValueError(f"a MAC floor must be at least 1, got {value!r} (leave it out for none)")
+    return count
+
+
+def check_floor(min_macs: int | None, macs: int | None) -> None:
+    """A MAC floor must lie below the MAC budget: a floor at or above it admits no model (or exactly one MAC count)."""
+    if min_macs is not None and macs is not None and min_macs >= macs:
+        raise ValueError(f"the MAC floor {format_count(min_macs)} ({min_macs:,}) is not below the MAC budget "
+                         f"{format_count(macs)} ({macs:,}): no model would fit; give a floor below the budget")
+
+
+BUDGET_KEYS = ("macs", "min_macs", "params", "latency")
+"""The keys of a space's ``budget:``."""
 
 DEFAULT_SPACE = "metaformer_s18"
 """What ``composer search`` searches when no space is given: the S18 MetaFormer / HyenaPixel / HorNet / attention

@@ -295,6 +295,9 @@ class Searcher:
             return self._penalty(None)
         est = check.estimate
         over_macs = est.macs / s.budget_macs - 1.0
+        if s.budget_min_macs is not None:
+            # below the floor is as infeasible as over the budget: one MAC constraint, how far outside the band
+            over_macs = max(over_macs, 1.0 - est.macs / s.budget_min_macs)
         over_params = est.params / s.budget_params - 1.0 if s.budget_params else -1.0
         feasible = over_macs <= 0 and over_params <= 0
         trial.set_user_attr("macs", est.macs)
@@ -357,7 +360,7 @@ class Searcher:
         est = check.estimate
         predicted = self.latency_ms.get(self._trial.number)
         over_latency = s.budget_latency_ms is not None and (predicted is None or predicted > s.budget_latency_ms)
-        if est.macs > s.budget_macs or (s.budget_params and est.params > s.budget_params) or over_latency:
+        if s.macs_outside(est.macs) or (s.budget_params and est.params > s.budget_params) or over_latency:
             c.over_budget_built += 1   # cannot happen: infeasible samples return before this
         t0 = time.perf_counter()
         model = compose(data)
@@ -668,6 +671,9 @@ def run(space, settings: SearchSettings | dict | None = None, *, progress: bool 
     if macs is None:
         raise SpecError(Problem("no MAC budget: give --budget (e.g. 5GFLOPs) or budget: {macs: 5G} in the space",
                                 ("budget",), space.file))
+    min_macs = _floor(s.min_macs, macs) if s.min_macs is not None else space.budget_min_macs
+    if s.min_macs is None and min_macs is not None and budget is not None:
+        _floor(min_macs, macs, f"--budget {budget} under the space's min_macs")   # a floor the budget crossed
     train_settings = _train_settings(space, s.train)
     device = train_settings.device
     settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, train_settings.data,
@@ -680,6 +686,7 @@ def run(space, settings: SearchSettings | dict | None = None, *, progress: bool 
     settings.pruner, settings.keep_checkpoints = pruner, keep_checkpoints
     settings.sampler = sampler
     settings.count_trials = s.count_trials
+    settings.budget_min_macs = min_macs
     try:
         from ..latency import fingerprint, parse_latency
 
@@ -752,7 +759,7 @@ def run(space, settings: SearchSettings | dict | None = None, *, progress: bool 
                    f"{', denormals flushed' if settings.latency_flush_denormal else ''}"
                    f"{f', allocator {settings.latency_allocator}' if settings.latency_allocator != 'default' else ''}"
                    if settings.budget_latency_ms is not None else "")
-        log(f"{what}: objective {','.join(objectives)}, budget {format_count(macs)} MACs"
+        log(f"{what}: objective {','.join(objectives)}, budget {settings.budget_text()}"
             f"{f', {format_count(params)} params' if params else ''}{latency}; storage {shown_url(storage_url)}; "
             f"run dir {run_path}")
     children = []
@@ -786,7 +793,8 @@ def run(space, settings: SearchSettings | dict | None = None, *, progress: bool 
     if "train" in objectives and report:
         log(_epochs_line(study, settings))
     log(f"this process: {c.sampled} samples checked ({c.check_seconds / max(c.sampled, 1) * 1e3:.1f} ms each), "
-        f"{c.infeasible} over budget, {c.invalid} invalid, {c.reused} repeats reused, {c.built} models built, "
+        f"{c.infeasible} {'outside the budget' if min_macs is not None else 'over budget'}, {c.invalid} invalid, "
+        f"{c.reused} repeats reused, {c.built} models built, "
         f"{c.over_budget_built} over-budget models built")
     best_specs: list[Path] = []
     summary = ""
@@ -910,6 +918,18 @@ def _without_flag(argv: list[str], flag: str) -> list[str]:
         elif not arg.startswith(flag + "="):
             out.append(arg)
     return out
+
+
+def _floor(value, macs: int | None, flag: str = "--min-macs") -> int:
+    """--min-macs (or a space's floor) as a count below the MAC budget ``macs`` (if there is one)."""
+    from .space import check_floor, mac_floor
+
+    try:
+        floor = mac_floor(value)
+        check_floor(floor, macs)
+        return floor
+    except ValueError as exc:
+        raise SpecError(Problem(f"{flag}: {exc}", ())) from None
 
 
 def _count(value, flag: str) -> int:
