@@ -84,6 +84,10 @@ VARIANTS = {
     # follow-up 5, recorded before follow-up 4's final figures: one pass over 3x the images, as the final training
     # is one pass over the whole split (the same 12,000 trial images as 3 epochs x 4,000)
     "one-epoch-12k": {"search_subset": 12000, "search_epochs": 1, "pruner": "none"},
+    # follow-up 6, recorded after every figure of follow-ups 1-5: follow-up 5's searches within a MAC band of 8-10M
+    # (82% of samples fall below the floor, so only trained architectures count toward the 16 trials)
+    "mac-band": {"search_subset": 12000, "search_epochs": 1, "pruner": "none", "min_macs": "8M",
+                 "count_trials": "feasible"},
 }
 """docs/search.md, "What is tried next if the search does not win": each reruns both searches with one change; the
 hand layouts and random architectures (and their final runs) are the first run's."""
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> Path:
             t0, c0 = time.perf_counter(), _cpu_seconds()
             result = run(args.space, objective="train", trials=scale["trials"], seed=seed, sampler=sampler,
                          pruner=variant.get("pruner", "hyperband"), count_trials=variant.get("count_trials", "all"),
+                         min_macs=variant.get("min_macs"),
                          run_dir=str(results / "search" / tag), progress=False, log=_quiet, train=search_train)
             cost = _cached(results / "search" / tag / "cost.json", lambda t0=t0, c0=c0: {
                 "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - c0})
