@@ -88,9 +88,16 @@ VARIANTS = {
     # (82% of samples fall below the floor, so only trained architectures count toward the 16 trials)
     "mac-band": {"search_subset": 12000, "search_epochs": 1, "pruner": "none", "min_macs": "8M",
                  "count_trials": "feasible"},
+    # follow-up 7, recorded before follow-up 6's picks were known: follow-up 6's searches (reused, not rerun), and
+    # every retrained architecture (their picks, the hand layouts, the random architectures) trained 5x as long
+    "long-final": {"search_subset": 12000, "search_epochs": 1, "pruner": "none", "min_macs": "8M",
+                   "count_trials": "feasible", "searches_from": "mac-band", "final_epochs": 5,
+                   "final_warmup_epochs": 0.5},
 }
 """docs/search.md, "What is tried next if the search does not win": each reruns both searches with one change; the
-hand layouts and random architectures (and their final runs) are the first run's."""
+hand layouts and random architectures (and their final runs) are the first run's. ``searches_from``: reuse that
+variant's searches instead (run there if missing); a variant that changes a ``final_*`` setting trains every
+architecture anew into its own folder."""
 
 
 def _cpu_seconds() -> float:
@@ -193,7 +200,9 @@ def main(argv: list[str] | None = None) -> Path:
     variant = VARIANTS[args.variant] if args.variant else {}
     if args.variant and not (base / "results.json").is_file():
         sys.exit(f"--variant: the first run in {base} has not finished (no results.json); finish it first")
-    scale.update({k: v for k, v in variant.items() if k in scale})
+    # --quick keeps its toy sizes (a variant's 12,000-image subset would not fit a test's slice)
+    scale.update({k: v for k, v in variant.items() if k in scale and not (args.quick and k in ("search_subset",
+                                                                                              "trials"))})
     results.mkdir(parents=True, exist_ok=True)
     if not args.partial:
         (results / "protocol.json").write_text(json.dumps({"scale": scale, "data": args.data,
@@ -216,17 +225,18 @@ def main(argv: list[str] | None = None) -> Path:
     _stamp("search")
     picks: dict[str, dict] = {}
     trials_seen: list[dict] = []
+    searches = base / "variants" / variant["searches_from"] if variant.get("searches_from") else results
     for method, sampler in (("composer", variant.get("sampler", "auto")), ("random-search", "random")):
         for seed in scale["seeds"]:
             tag = f"{method}-s{seed}"
-            if args.partial and not (results / "search" / tag / "cost.json").is_file():
+            if args.partial and not (searches / "search" / tag / "cost.json").is_file():
                 sys.exit(f"--partial: search {tag} has not finished; a partial report needs every search done")
             t0, c0 = time.perf_counter(), _cpu_seconds()
             result = run(args.space, objective="train", trials=scale["trials"], seed=seed, sampler=sampler,
                          pruner=variant.get("pruner", "hyperband"), count_trials=variant.get("count_trials", "all"),
                          min_macs=variant.get("min_macs"),
-                         run_dir=str(results / "search" / tag), progress=False, log=_quiet, train=search_train)
-            cost = _cached(results / "search" / tag / "cost.json", lambda t0=t0, c0=c0: {
+                         run_dir=str(searches / "search" / tag), progress=False, log=_quiet, train=search_train)
+            cost = _cached(searches / "search" / tag / "cost.json", lambda t0=t0, c0=c0: {
                 "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - c0})
             best = best_trial(result.study, result.settings)
             picks[tag] = {"method": method, "seed": seed, "spec": dict(best.user_attrs["spec"], name=tag),
@@ -286,9 +296,10 @@ def main(argv: list[str] | None = None) -> Path:
     for arch in archs.values():
         arch["runs"] = []
     todo = []
+    own_finals = any(key.startswith("final_") for key in variant)   # then every architecture trains anew here
     for seed in scale["final_seeds"]:
         for name in order:
-            home = results if archs[name]["method"] in ("composer", "random-search") else base
+            home = results if own_finals or archs[name]["method"] in ("composer", "random-search") else base
             out = home / "final" / f"{name}-s{seed}"
             if not (out / "model.safetensors").is_file():
                 if args.partial:
@@ -329,7 +340,8 @@ def main(argv: list[str] | None = None) -> Path:
     # 5. report ------------------------------------------------------------------------------------------------
     STAGE = "report"
     _stamp("report")
-    text = report(results, archs, trials_seen, scale, proxies, partial=args.partial)
+    earlier = _earlier_tests(archs, base, searches) if own_finals else None
+    text = report(results, archs, trials_seen, scale, proxies, partial=args.partial, earlier=earlier)
     if args.docs:
         write_between_markers(Path(args.docs), text)
     return results
@@ -371,13 +383,27 @@ def _train_in_processes(todo: list, archs: dict, final: dict, results: Path, job
             print(f"[{time.strftime('%H:%M:%S')}] final {name} seed {seed}: trained", flush=True)
 
 
+def _earlier_tests(archs: dict, base: Path, searches: Path) -> dict[str, float]:
+    """For a variant that trains every architecture anew with another final schedule: each architecture's mean test
+    top-1 under the schedule it had before (the picks' in the folder their searches came from, the hand layouts'
+    and random architectures' in the first run), where those bundles were tested."""
+    out = {}
+    for name, arch in archs.items():
+        home = searches if arch["method"] in ("composer", "random-search") else base
+        tests = [json.loads(f.read_text())["test"] for f in sorted((home / "final").glob(f"{name}-s*/test.json"))]
+        if tests:
+            out[name] = statistics.fmean(tests)
+    return out
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, proxies: list[dict],
-           partial: bool = False) -> str:
-    """results.json, results.md (returned) and the plot, into ``results``."""
+           partial: bool = False, earlier: dict[str, float] | None = None) -> str:
+    """results.json, results.md (returned) and the plot, into ``results``. ``earlier``: each architecture's mean test
+    top-1 under an earlier final schedule, ranked against this one's (Kendall tau)."""
     from scipy.stats import kendalltau
 
     rand = [r["test"] for a in archs.values() if a["method"] == "random-arch" for r in a["runs"]]
@@ -399,7 +425,11 @@ def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, pro
     verdict = _verdict(rows)
     pairs = [(a["search_val"], statistics.fmean(r["test"] for r in a["runs"])) for a in archs.values()]
     tau = kendalltau([p[0] for p in pairs], [p[1] for p in pairs]).statistic if len(pairs) > 2 else float("nan")
+    both = [n for n in archs if earlier and n in earlier]
+    tau_earlier = kendalltau([earlier[n] for n in both], [statistics.fmean(r["test"] for r in archs[n]["runs"])
+                                                          for n in both]).statistic if len(both) > 2 else None
     out = {"scale": scale, "methods": rows, "verdict": verdict, "kendall_tau_search_val_vs_test": tau,
+           "kendall_tau_earlier_final_vs_test": tau_earlier, "earlier_final_test": earlier,
            "proxy_check": proxies,
            "published": PUBLISHED,
            "architectures": archs, "trials": trials_seen}
@@ -417,6 +447,9 @@ def report(results: Path, archs: dict, trials_seen: list[dict], scale: dict, pro
         lines.append(f"| {name} (published) | {acc:.1f} | | {f'{params}M' if params else ''} | | | | |")
     lines.append(f"\nKendall tau, search-time validation accuracy vs final test accuracy over {len(pairs)} "
                  f"retrained architectures: {tau:+.3f}" if not math.isnan(tau) else "")
+    if tau_earlier is not None:
+        lines.append(f"\nKendall tau, test accuracy after the earlier final schedule vs this one over {len(both)} "
+                     f"architectures: {tau_earlier:+.3f}")
     lines.append("\nproxy-check (the same space and data): " + ", ".join(
         f"{p['proxy']} tau {p['kendall_tau']:+.2f}" for p in proxies if not math.isnan(p["kendall_tau"])))
     lines.append("")

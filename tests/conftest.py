@@ -51,6 +51,22 @@ def run_cli(capsys):
 
 
 @pytest.fixture
+def built_macs(monkeypatch):
+    """The MACs of every model a search builds (composer.composed.compose watched): a list filled as it runs."""
+    import composer
+    import composer.composed as build_module
+
+    built, real = [], build_module.compose
+
+    def counting(source):
+        built.append(composer.estimate(source).macs)
+        return real(source)
+
+    monkeypatch.setattr(build_module, "compose", counting)
+    return built
+
+
+@pytest.fixture
 def write_spec(tmp_path):
     def write(text: str, name: str = "spec.yaml") -> Path:
         path = tmp_path / name

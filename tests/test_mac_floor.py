@@ -21,17 +21,8 @@ def tiny(tmp_path):
     return path
 
 
-def test_samples_outside_the_band_are_never_built_and_feasible_trials_fill_it(tiny, tmp_path, monkeypatch):
-    import composer.composed as build_module
-
-    built = []
-    real = build_module.compose
-
-    def counting(source):
-        built.append(composer.estimate(source).macs)
-        return real(source)
-
-    monkeypatch.setattr(build_module, "compose", counting)
+def test_samples_outside_the_band_are_never_built_and_feasible_trials_fill_it(tiny, tmp_path, built_macs):
+    built = built_macs
     result = run(str(tiny), budget=str(BUDGET), min_macs="1M", trials=4, count_trials="feasible", seed=3,
                  run_dir=str(tmp_path / "run"), proxy_size=32, proxy_batch=8, progress=False, log=lambda *a: None)
     trials = result.study.get_trials()

@@ -64,6 +64,27 @@ def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(
     assert json.loads((out / "protocol.json").read_text())["change"] == {"count_trials": "feasible"}
     assert sorted(p.name for p in (results / "final").iterdir()) == before   # the first run's are reused
     assert (out / "final" / "composer-s0-s0.log").read_text().count("done: composer-s0") == 1
+    # a variant with a longer final training reuses another variant's searches and trains every architecture anew
+    out = module.main(["--quick", "--variant", "long-final", "--jobs", "2", "--data", f"fashion-mnist:{data}",
+                       "--results", str(tmp_path / "sq")])
+    assert out == results / "variants" / "long-final" and not (out / "search").exists()
+    assert {p.name for p in (results / "variants" / "mac-band" / "search").iterdir()} == {"composer-s0",
+                                                                                          "random-search-s0"}
+    finals = {p.name for p in (out / "final").iterdir() if p.is_dir()}
+    assert finals == {f"{name}-s0" for name in ("composer-s0", "random-search-s0", "ConvFormer-like",
+                                                "EfficientFormer-like", "random0")}
+    bundle = json.loads((out / "results.json").read_text())["architectures"]["ConvFormer-like"]["runs"][0]["bundle"]
+    assert bundle == str(out / "final" / "ConvFormer-like-s0")
+    import yaml
+
+    recorded = yaml.safe_load((out / "final" / "ConvFormer-like-s0" / "train.yaml").read_text())
+    assert recorded["settings"]["recipe"]["epochs"] == 5
+    for name in ("composer-s0", "random-search-s0"):   # the band: the picks lie within 8-10M MACs
+        assert 8e6 <= json.loads((out / "results.json").read_text())["architectures"][name]["macs"] <= 10e6
+    long = json.loads((out / "results.json").read_text())   # the hand layouts' and random archs' one-epoch tests
+    assert set(long["earlier_final_test"]) == {"ConvFormer-like", "EfficientFormer-like", "random0"}
+    assert -1 <= long["kendall_tau_earlier_final_vs_test"] <= 1
+    assert sorted(p.name for p in (results / "final").iterdir()) == before
 
 
 def test_report_judges_the_goal_by_the_seeds_std_and_lists_every_architecture(tmp_path):
@@ -92,6 +113,17 @@ def test_report_judges_the_goal_by_the_seeds_std_and_lists_every_architecture(tm
     assert "| composer-s0 | composer | Conv-Hpx-gnConv (orders 2-3-4) (k5-5-3) | 1-2-3 | 32-64-128 |" in text
     assert "| Conv-Conv-Conv+A×2 |" in text
     assert "| 90.00, 91.00 |" in text
+    # a variant with another final schedule ranks each architecture's earlier test accuracy against this one's
+    text = module.report(tmp_path, archs, [], {}, [], earlier={"composer-s0": 0.80, "random-search-s0": 0.81,
+                                                                "ConvFormer-like": 0.79, "random0": 0.82})
+    out = json.loads((tmp_path / "results.json").read_text())
+    # this schedule's means: composer 0.905, random search 0.89, ConvFormer 0.905, random0 0.86: tau -2/6 (+ a tie)
+    from scipy.stats import kendalltau
+
+    assert out["kendall_tau_earlier_final_vs_test"] == pytest.approx(
+        kendalltau([0.80, 0.81, 0.79, 0.82], [0.905, 0.89, 0.905, 0.86]).statistic)
+    assert out["kendall_tau_earlier_final_vs_test"] < 0
+    assert "earlier final schedule vs this one over 4 architectures" in text
     doc = tmp_path / "doc.md"
     doc.write_text("# x\n\n" + "\n".join(module.MARKERS) + "\n\nafter\n")
     module.write_between_markers(doc, text)
