@@ -568,12 +568,12 @@ def _threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _warm_up(fn, x, device) -> float:
-    """Untimed calls of ``fn(x)`` for >= 3 calls and >= WARMUP_MS (FFT plans, allocator, caches); ms per call."""
+def _warm_up(fn, x, device, warmup_ms: float = WARMUP_MS) -> float:
+    """Untimed calls of ``fn(x)`` for >= 3 calls and >= ``warmup_ms`` (FFT plans, allocator, caches); ms per call."""
     from .profile import _sync
 
     start, calls = time.perf_counter(), 0
-    while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
+    while calls < 3 or (time.perf_counter() - start) * 1e3 < warmup_ms:
         fn(x)
         calls += 1
         _sync(device)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..latency import LatencyTable, _key, _Watch, fingerprint
+from ..latency import LatencyTable, _key, _timed_ms, _warm_up, _Watch, fingerprint
 from ..nn.specialize import MapConv2d, specialize_conv, train_paths
 
 MARGIN = 0.10
@@ -137,38 +137,35 @@ class ConvPaths:
         return line
 
 
-def _step_ms(conv: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor, number: int) -> float:
-    start = time.perf_counter()
-    for _ in range(number):
+def _training_step(conv: nn.Conv2d, grad: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """One training step of ``conv`` on its input: forward, then backward into the input, weight and bias."""
+    def step(x: torch.Tensor) -> None:
         x.grad = None
         conv.weight.grad = None
         if conv.bias is not None:
             conv.bias.grad = None
         conv(x).backward(grad)
-    return (time.perf_counter() - start) * 1e3 / number
+    return step
 
 
 def time_paths(signature: ConvSignature, paths: tuple[str, ...], batch: int, dtype: torch.dtype = torch.float32,
                rounds: int = ROUNDS) -> dict[str, float]:
     """ms per training step (forward, then backward into the input, weight and bias) of ``signature`` at ``batch``
-    on each path, its input laid out as in the model: the fastest of ``rounds`` interleaved runs, after a warm-up."""
+    on each path, its input laid out as in the model: the fastest of ``rounds`` interleaved runs, after a warm-up
+    (composer.latency's loops: each run repeats the step until it lasts MIN_RUN_MS)."""
     torch.manual_seed(0)
+    cpu = torch.device("cpu")
     convs = {path: signature.build(path).to(dtype=dtype) for path in paths}
     x = signature.input(batch, dtype).requires_grad_()
     with torch.no_grad():
         grad = torch.randn_like(convs[paths[0]](x))
-    number = {}
-    for path, conv in convs.items():
-        start, calls = time.perf_counter(), 0
-        while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
-            _step_ms(conv, x, grad, 1)
-            calls += 1
-        once = (time.perf_counter() - start) * 1e3 / calls
-        number[path] = max(1, min(1000, math.ceil(MIN_RUN_MS / max(once, 1e-3))))
+    steps = {path: _training_step(conv, grad) for path, conv in convs.items()}
+    number = {path: max(1, min(1000, math.ceil(MIN_RUN_MS / max(_warm_up(step, x, cpu, WARMUP_MS), 1e-3))))
+              for path, step in steps.items()}
     best = {path: math.inf for path in paths}
     for _ in range(rounds):
-        for path, conv in convs.items():
-            best[path] = min(best[path], _step_ms(conv, x, grad, number[path]))
+        for path, step in steps.items():
+            best[path] = min(best[path], _timed_ms(step, x, cpu, number[path]))
     return best
 
 
