@@ -134,6 +134,20 @@ def measure(models: dict[str, torch.nn.Module], mode: str, size: int, batch: int
     return times
 
 
+RATIOS = {"general": ("general", "specialized"), "timm": ("timm", "specialized"),
+          "compiled": ("specialized", "compiled"), "measured": ("specialized", "measured")}
+"""Each ratio's (slower, faster) pair: the specialized model's speed over the general one's and timm's; the compiled
+and the measured-paths model's over the specialized one's (sp/gen, sp/timm, co/sp, me/sp)."""
+
+
+def paired_ratio(slower: list[float], faster: list[float]) -> tuple[float, float]:
+    """Speed ratio of the ``faster`` column over the ``slower`` one (time / time), round by round: (median, lowest).
+    Each round times every model once, back to back, so a machine that slows down mid-run scales both times of a
+    round alike and their ratio keeps; the median of the rounds' ratios is steadier than the ratio of medians."""
+    ratios = sorted(s / f for s, f in zip(slower, faster))
+    return statistics.median(ratios), ratios[0]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32 px, batches 1 and 32, 2 rounds")
@@ -163,9 +177,11 @@ def main(argv=None) -> None:
     print(f"{where}, torch {torch.__version__}, median of {args.rounds} interleaved rounds after a warm-up; load "
           f"{os.getloadavg()[0]:.2f} at the start")
     print(f"{'family':<15}{'px':>4}{'batch':>6}{'mode':>6}{'special':>9}{'general':>9}{'timm':>9}"
-          f"{'sp/gen':>8}{'sp/timm':>8}{'spread':>8}" + (f"{'compiled':>9}{'co/sp':>7}" if args.compile else "")
+          f"{'sp/gen':>8}{'sp/timm':>8}{'spread':>8}{'low':>7}"
+          + (f"{'compiled':>9}{'co/sp':>7}" if args.compile else "")
           + (f"{'measured':>9}{'me/sp':>7}" if args.conv_paths_measured else "")
-          + "  (img/s; spread = worst (max-min)/median)")
+          + "  (img/s; ratios: the median of the rounds' own ratios; spread = worst (max-min)/median of a model's "
+            "times; low = the lowest round's sp/timm, or sp/gen without timm)")
     spreads = []
     for family in chosen:
         for size in args.sizes:
@@ -186,15 +202,16 @@ def main(argv=None) -> None:
                     spread = max((max(v) - min(v)) / statistics.median(v) for v in times.values())
                     spreads.append(spread)
                     timm_ips = ips.get("timm")
+                    ratio = {k: paired_ratio(times[a], times[b]) for k, (a, b) in RATIOS.items() if k in times}
+                    low = ratio["timm" if "timm" in ratio else "general"][1]   # the goal's ratio, worst round
                     print(f"{family:<15}{size:>4}{batch:>6}{mode:>6}{ips['specialized']:>9.1f}{ips['general']:>9.1f}"
                           + (f"{timm_ips:>9.1f}" if timm_ips else f"{'-':>9}")
-                          + f"{ips['specialized'] / ips['general']:>8.2f}"
-                          + (f"{ips['specialized'] / timm_ips:>8.2f}" if timm_ips else f"{'-':>8}")
-                          + f"{spread:>7.0%}"
-                          + (f"{ips['compiled']:>10.1f}{ips['compiled'] / ips['specialized']:>7.2f}"
-                             if "compiled" in ips else "")
-                          + (f"{ips['measured']:>9.1f}{ips['measured'] / ips['specialized']:>7.2f}"
-                             if "measured" in ips else ""), flush=True)
+                          + f"{ratio['general'][0]:>8.2f}"
+                          + (f"{ratio['timm'][0]:>8.2f}" if "timm" in ratio else f"{'-':>8}")
+                          + f"{spread:>7.0%}{low:>7.2f}"
+                          + (f"{ips['compiled']:>10.1f}{ratio['compiled'][0]:>7.2f}" if "compiled" in ips else "")
+                          + (f"{ips['measured']:>9.1f}{ratio['measured'][0]:>7.2f}" if "measured" in ips else ""),
+                          flush=True)
     if spreads:
         print(f"spread over all cells: median {statistics.median(spreads):.0%}, max {max(spreads):.0%}; load "
               f"{os.getloadavg()[0]:.2f} at the end")
