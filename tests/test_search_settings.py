@@ -160,7 +160,24 @@ def test_count_trials_feasible_scores_as_many_architectures_as_trials_asked(tiny
     assert len(every) == 4   # over-budget samples count (the default)
     result = run(str(tiny), run_dir=str(tmp_path / "feasible"), count_trials="feasible", **kwargs)
     trials = result.study.get_trials()
-    feasible = [t for t in trials if t.user_attrs.get("feasible")]
+    feasible = [t for t in trials if t.user_attrs.get("feasible") and "reused_from" not in t.user_attrs]
     assert len(feasible) == 4 and len(trials) > 4, [t.user_attrs.get("macs") for t in trials]
     assert all(t.user_attrs["macs"] <= base for t in feasible)
     assert result.study.user_attrs["settings"]["count_trials"] == "feasible"
+
+
+def test_count_trials_feasible_counts_distinct_architectures_not_repeats(tmp_path):
+    # three points in all: random draws repeat some; each repeat reuses its twin's value and does not count, so the
+    # study holds every one of the three architectures scored
+    from composer.search import run
+
+    path = tmp_path / "three.yaml"
+    path.write_text(TINY_SPACE.split("choices:")[0]
+                    + "choices:\n  depths: {whole: [[1, 1, 1, 1], [1, 1, 1, 2], [1, 1, 2, 1]]}\nbudget: {macs: 10M}\n")
+    result = run(str(path), trials=3, objective="macs", sampler="random", count_trials="feasible",
+                 run_dir=str(tmp_path / "run"), progress=False, log=lambda *a: None)
+    trials = result.study.get_trials()
+    repeats = [t for t in trials if "reused_from" in t.user_attrs]
+    scored = [t for t in trials if t.user_attrs.get("feasible") and "reused_from" not in t.user_attrs]
+    assert repeats, "a 3-point space drawn at random should repeat within a few draws"
+    assert len(scored) == 3 and len({str(t.params) for t in scored}) == 3

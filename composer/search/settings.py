@@ -81,8 +81,9 @@ class SearchSettings(BaseModel):
                                              "with some choices (default auto)")
     count_trials: str = Field("all", description="what --trials counts: all (an over-budget sample is a trial, "
                                                  "refused in milliseconds before anything is built) or feasible (only "
-                                                 "samples within the budget: --trials 16 scores 16 architectures; at "
-                                                 "most 20x as many samples are drawn) (default all)")
+                                                 "samples within the budget, not repeats of one scored before: "
+                                                 "--trials 16 scores 16 architectures; at most 20x as many samples "
+                                                 "are drawn) (default all)")
     keep_checkpoints: bool = Field(False, description="train: keep finished trials' checkpoints in "
                                                       "RUN_DIR/checkpoints (default: removed)")
     warm_start: str | list[str] | None = Field(None, description="presets or spec paths, comma-separated, tried "
