@@ -125,7 +125,7 @@ class ConvPaths:
         changed = self.changed
         line = (f"CPU training paths measured: {convs} depthwise convolutions of {len(self.choices)} kinds "
                 f"({timed} timed now in {self.seconds:.1f} s, {len(self.choices) - timed} from the latency table); "
-                f"{len(changed)} kinds differ from the rules")
+                f"{len(changed)} {'kind differs' if len(changed) == 1 else 'kinds differ'} from the rules")
         for c in changed[:SHOWN]:
             line += (f"; {c.signature.describe()}: {_PATH_NAMES[c.chosen]} {c.ms[c.chosen]:.2f} ms against "
                      f"{_PATH_NAMES[c.rule]} {c.ms[c.rule]:.2f} ms")
