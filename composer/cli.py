@@ -116,7 +116,8 @@ def _cmd_list(args) -> int:
         floor = f"{format_count(space.budget_min_macs)}-" if space.budget_min_macs else ""
         budget = f"budget {floor}{format_count(space.budget_macs)} MACs" if space.budget_macs else "no budget"
         default = " (the default of `composer search`)" if name == DEFAULT_SPACE else ""
-        print(f"  {name:<{width}}  base {space.base.name}, {budget}, choices: "
+        base = space.base.name or f"an inline {space.base.macro} spec"
+        print(f"  {name:<{width}}  base {base}, {budget}, choices: "
               f"{', '.join(c.key for c in space.choices)}{default}")
     return 0
 
