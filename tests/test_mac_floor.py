@@ -108,3 +108,15 @@ def test_proxy_check_draws_within_the_band(tiny):
     assert all(FLOOR <= space.check(data).estimate.macs <= BUDGET for data, _ in samples)
     unbounded = draw_samples(space, 20, 0, BUDGET, None)
     assert any(space.check(data).estimate.macs < FLOOR for data, _ in unbounded)
+
+
+def test_sweep_marks_the_points_under_a_spaces_floor(tmp_path):
+    from composer.search.sweep import sweep
+
+    path = tmp_path / "three.yaml"   # 941,696 / 990,976 / 991,872 MACs
+    path.write_text(TINY_SPACE.split("choices:")[0] + "choices:\n  depths: {whole: [[1, 1, 1, 1], [1, 1, 1, 2], "
+                    "[1, 1, 2, 1]]}\nbudget: {macs: 10M, min_macs: 950K}\n")
+    _, rows = sweep(str(path), run_dir=str(tmp_path / "sweep"), progress=False, log=lambda *a: None)
+    states = {row["macs"]: row["state"] for row in rows}
+    assert states == {941_696: "under the MAC floor", 990_976: "COMPLETE", 991_872: "COMPLETE"}
+    assert "under the MAC floor" in (tmp_path / "sweep" / "table.md").read_text()

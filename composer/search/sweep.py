@@ -102,7 +102,9 @@ def write_tables(study, space: SearchSpace, objectives: list[str], run_dir: Path
             row[name] = t.values[index] if t.values is not None and t.user_attrs.get("feasible") else None
         if "latency_ms_predicted" in t.user_attrs:
             row["latency_ms_predicted"] = t.user_attrs["latency_ms_predicted"]
-        row["state"] = t.state.name if t.user_attrs.get("feasible", True) else "over budget"
+        below = space.budget_min_macs is not None and (t.user_attrs.get("macs") or 0) < space.budget_min_macs
+        row["state"] = t.state.name if t.user_attrs.get("feasible", True) else \
+            "under the MAC floor" if below else "over budget"
         if t.user_attrs.get("error"):
             row["state"] = f"invalid: {t.user_attrs['error']}"
         rows.append(row)
