@@ -93,11 +93,17 @@ VARIANTS = {
     "long-final": {"search_subset": 12000, "search_epochs": 1, "pruner": "none", "min_macs": "8M",
                    "count_trials": "feasible", "searches_from": "mac-band", "final_epochs": 5,
                    "final_warmup_epochs": 0.5},
+    # follow-up 8, recorded before follow-up 7's figures: follow-up 7 with 4x the trials per search (64); the hand
+    # layouts' and random architectures' five-epoch runs are follow-up 7's
+    "many-trials": {"search_subset": 12000, "search_epochs": 1, "pruner": "none", "min_macs": "8M",
+                    "count_trials": "feasible", "trials": 64, "final_epochs": 5, "final_warmup_epochs": 0.5,
+                    "finals_from": "long-final"},
 }
 """docs/search.md, "What is tried next if the search does not win": each reruns both searches with one change; the
 hand layouts and random architectures (and their final runs) are the first run's. ``searches_from``: reuse that
 variant's searches instead (run there if missing); a variant that changes a ``final_*`` setting trains every
-architecture anew into its own folder."""
+architecture anew into its own folder, or, with ``finals_from``, takes the hand layouts' and random architectures'
+final runs from that variant (the same final schedule) and trains only its picks."""
 
 
 def _cpu_seconds() -> float:
@@ -297,9 +303,12 @@ def main(argv: list[str] | None = None) -> Path:
         arch["runs"] = []
     todo = []
     own_finals = any(key.startswith("final_") for key in variant)   # then every architecture trains anew here
+    # ... unless another variant with the same final schedule trained the hand layouts and random architectures
+    others = base / "variants" / variant["finals_from"] if variant.get("finals_from") else \
+        results if own_finals else base
     for seed in scale["final_seeds"]:
         for name in order:
-            home = results if own_finals or archs[name]["method"] in ("composer", "random-search") else base
+            home = results if archs[name]["method"] in ("composer", "random-search") else others
             out = home / "final" / f"{name}-s{seed}"
             if not (out / "model.safetensors").is_file():
                 if args.partial:
@@ -340,7 +349,7 @@ def main(argv: list[str] | None = None) -> Path:
     # 5. report ------------------------------------------------------------------------------------------------
     STAGE = "report"
     _stamp("report")
-    earlier = _earlier_tests(archs, base, searches) if own_finals else None
+    earlier = _earlier_tests(archs, base, searches) if own_finals and not variant.get("finals_from") else None
     text = report(results, archs, trials_seen, scale, proxies, partial=args.partial, earlier=earlier)
     if args.docs:
         write_between_markers(Path(args.docs), text)
