@@ -21,6 +21,10 @@ may differ from an uninterrupted run's):
 not win"; VARIANTS below) into RESULTS/variants/NAME once the first run in RESULTS has finished; the hand layouts,
 random architectures and their final runs are the first run's, and only the searches' picks are trained anew.
 
+``--search-jobs N`` runs the searches as N processes of this script at a time, the cores shared among them (on the
+2-core machine follow-up 6's searches, two one-thread processes side by side, took 7.5-8.5 min each for 16 trained
+architectures; follow-up 5's, one after another with two threads, about 6 min each for about 10 smaller ones).
+
 ``--partial``, beside a running full run (or after a stopped one), reports what has finished so far into
 results-partial.json / .md: it trains and times nothing, needs every search done, and tests only finished bundles
 (each still once: the result is cached in the bundle, and the full run reuses it). The final trainings go seed by
@@ -191,6 +195,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--jobs", type=int, default=1, help="final trainings run as this many composer train "
                                                        "processes, the cores shared among them (default 1: in "
                                                        "this process)")
+    ap.add_argument("--search-jobs", type=int, default=1, help="run the searches as this many processes at a time, "
+                                                              "the cores shared among them (default 1: one after "
+                                                              "another, in this process)")
+    ap.add_argument("--only-search", help=argparse.SUPPRESS)   # a --search-jobs child: this search, then exit
+    ap.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--variant", choices=sorted(VARIANTS), help="rerun both searches with one change (docs/search.md, "
                                                               "'What is tried next') into RESULTS/variants/NAME, "
                                                               "beside a finished first run in RESULTS")
@@ -199,6 +208,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                            "results-partial.*; the searches must be done")
     ap.add_argument("--docs", metavar="MD", help=f"also write the report between the markers {MARKERS[0]!r} and "
                                                  f"{MARKERS[1]!r} of this Markdown file")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     scale = dict(SCALES["quick" if args.quick else "full"])
     base = Path(args.results)   # the first run: the hand layouts' and random architectures' results live here
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> Path:
     from composer.train.command import eval_command, train_command
     from composer.train.trial import prepare, train_spec
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     space = load_space(args.space)
     search_train = {"data": args.data, "subset": scale["search_subset"], "epochs": scale["search_epochs"],
                     "val_fraction": scale["val_fraction"]}
@@ -232,9 +242,15 @@ def main(argv: list[str] | None = None) -> Path:
     picks: dict[str, dict] = {}
     trials_seen: list[dict] = []
     searches = base / "variants" / variant["searches_from"] if variant.get("searches_from") else results
+    tags = [f"{method}-s{seed}" for method in ("composer", "random-search") for seed in scale["seeds"]]
+    if args.search_jobs > 1 and not args.partial and not args.only_search:
+        _search_in_processes([t for t in tags if not (searches / "search" / t / "cost.json").is_file()], argv,
+                             searches, args.search_jobs)
     for method, sampler in (("composer", variant.get("sampler", "auto")), ("random-search", "random")):
         for seed in scale["seeds"]:
             tag = f"{method}-s{seed}"
+            if args.only_search and tag != args.only_search:
+                continue
             if args.partial and not (searches / "search" / tag / "cost.json").is_file():
                 sys.exit(f"--partial: search {tag} has not finished; a partial report needs every search done")
             t0, c0 = time.perf_counter(), _cpu_seconds()
@@ -252,6 +268,10 @@ def main(argv: list[str] | None = None) -> Path:
                     trials_seen.append({"method": method, "seed": seed, "macs": t.user_attrs["macs"],
                                         "val": t.user_attrs["accuracy"], "state": t.state.name})
             print(f"search {tag}: pick {best.user_attrs['spec']['layout']} val {best.value:.4f}", flush=True)
+            if args.only_search:
+                return searches / "search" / tag
+    if args.only_search:
+        sys.exit(f"--only-search {args.only_search}: not one of this run's searches ({', '.join(tags)})")
 
     # 2. hand layouts and random architectures at the search's schedule ---------------------------------------------
     STAGE = "short"
@@ -354,6 +374,48 @@ def main(argv: list[str] | None = None) -> Path:
     if args.docs:
         write_between_markers(Path(args.docs), text)
     return results
+
+
+def _search_in_processes(tags: list[str], argv: list[str], searches: Path, jobs: int) -> None:
+    """Each search of ``tags`` as a process of this script (``--only-search TAG``), ``jobs`` at a time, the machine's
+    cores shared among them (small models train more images per second as one-thread processes side by side: follow-up
+    6's searches took 7.5-8.5 min each, against 24 min for one with two threads beside other work). Each writes its
+    own cost.json; a stopped one resumes as any search does."""
+    import os
+    import subprocess
+
+    threads = max(1, (os.cpu_count() or 2) // jobs)
+    drop = {"--search-jobs", "--jobs", "--docs", "--threads"}
+    args, skip = [], False
+    for arg in argv:   # the same run, less the flags that only the parent uses
+        if skip:
+            skip = False
+        elif arg in drop:
+            skip = True
+        elif not any(arg.startswith(flag + "=") for flag in drop):
+            args.append(arg)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    queue, running = list(tags), []
+    while queue or running:
+        while queue and len(running) < jobs:
+            tag = queue.pop(0)
+            (searches / "search").mkdir(parents=True, exist_ok=True)
+            log = open(searches / "search" / f"{tag}.log", "a")
+            cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--only-search", tag, "--threads",
+                   str(threads)]
+            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), tag, log))
+            print(f"[{time.strftime('%H:%M:%S')}] search {tag}: started ({threads} thread{'s' * (threads > 1)})",
+                  flush=True)
+        time.sleep(1)
+        for item in list(running):
+            process, tag, log = item
+            if process.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if process.returncode != 0:
+                raise SystemExit(f"search {tag}: exited {process.returncode}; see "
+                                 f"{searches / 'search' / f'{tag}.log'} (rerun to continue)")
 
 
 def _train_in_processes(todo: list, archs: dict, final: dict, results: Path, jobs: int) -> None:

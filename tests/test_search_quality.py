@@ -82,8 +82,12 @@ def test_search_quality_quick_runs_and_only_the_test_stage_reads_the_test_split(
     for name in ("composer-s0", "random-search-s0"):   # the band: the picks lie within 8-10M MACs
         assert 8e6 <= json.loads((out / "results.json").read_text())["architectures"][name]["macs"] <= 10e6
     # a variant may take the hand layouts' and random architectures' final runs from another: only its picks train
-    more = module.main(["--quick", "--variant", "many-trials", "--jobs", "2", "--data", f"fashion-mnist:{data}",
-                        "--results", str(tmp_path / "sq")])
+    # (--search-jobs 2: its two searches run as two one-thread processes of the script)
+    more = module.main(["--quick", "--variant", "many-trials", "--jobs", "2", "--search-jobs", "2", "--data",
+                        f"fashion-mnist:{data}", "--results", str(tmp_path / "sq")])
+    for tag in ("composer-s0", "random-search-s0"):
+        assert (more / "search" / tag / "cost.json").is_file()
+        assert f"search {tag}: pick" in (more / "search" / f"{tag}.log").read_text()
     assert {p.name for p in (more / "final").iterdir() if p.is_dir()} == {"composer-s0-s0", "random-search-s0-s0"}
     runs = json.loads((more / "results.json").read_text())["architectures"]
     assert runs["random0"]["runs"][0]["bundle"] == str(out / "final" / "random0-s0")
