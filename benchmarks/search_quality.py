@@ -381,10 +381,7 @@ def _search_in_processes(tags: list[str], argv: list[str], searches: Path, jobs:
     cores shared among them (small models train more images per second as one-thread processes side by side: follow-up
     6's searches took 7.5-8.5 min each, against 24 min for one with two threads beside other work). Each writes its
     own cost.json; a stopped one resumes as any search does."""
-    import os
-    import subprocess
-
-    threads = max(1, (os.cpu_count() or 2) // jobs)
+    threads, env = _share_cores(jobs)
     drop = {"--search-jobs", "--jobs", "--docs", "--threads"}
     args, skip = [], False
     for arg in argv:   # the same run, less the flags that only the parent uses
@@ -394,28 +391,12 @@ def _search_in_processes(tags: list[str], argv: list[str], searches: Path, jobs:
             skip = True
         elif not any(arg.startswith(flag + "=") for flag in drop):
             args.append(arg)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    queue, running = list(tags), []
-    while queue or running:
-        while queue and len(running) < jobs:
-            tag = queue.pop(0)
-            (searches / "search").mkdir(parents=True, exist_ok=True)
-            log = open(searches / "search" / f"{tag}.log", "a")
-            cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--only-search", tag, "--threads",
-                   str(threads)]
-            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), tag, log))
-            print(f"[{time.strftime('%H:%M:%S')}] search {tag}: started ({threads} thread{'s' * (threads > 1)})",
-                  flush=True)
-        time.sleep(1)
-        for item in list(running):
-            process, tag, log = item
-            if process.poll() is None:
-                continue
-            running.remove(item)
-            log.close()
-            if process.returncode != 0:
-                raise SystemExit(f"search {tag}: exited {process.returncode}; see "
-                                 f"{searches / 'search' / f'{tag}.log'} (rerun to continue)")
+    (searches / "search").mkdir(parents=True, exist_ok=True)
+    _run_processes([(f"search {tag}:", [sys.executable, str(Path(__file__).resolve()), *args, "--only-search", tag,
+                                        "--threads", str(threads)],
+                     searches / "search" / f"{tag}.log",
+                     f"search {tag}: started ({threads} thread{'s' * (threads > 1)})", None) for tag in tags],
+                   jobs, env)
 
 
 def _train_in_processes(todo: list, archs: dict, final: dict, results: Path, jobs: int) -> None:
@@ -423,35 +404,55 @@ def _train_in_processes(todo: list, archs: dict, final: dict, results: Path, job
     shared among them (small models use two threads poorly; two one-thread processes train more images per second
     on two cores). Each bundle is resumable on its own, as with one process."""
     import os
-    import subprocess
+
+    _, env = _share_cores(jobs)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    flags = [x for key, value in final.items() for x in (f"--{key.replace('_', '-')}", str(value))]
+    work = []
+    for name, seed, out in todo:
+        spec_file = results / "final" / f"{name}.yaml"
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(yaml.safe_dump(archs[name]["spec"], sort_keys=False))
+        work.append((f"final {name} seed {seed}: composer train",
+                     [sys.executable, "-m", "composer.cli", "train", str(spec_file), *flags, "--out", str(out),
+                      "--seed", str(seed), "--no-progress"],
+                     results / "final" / f"{name}-s{seed}.log", None, f"final {name} seed {seed}: trained"))
+    _run_processes(work, jobs, env)
+
+
+def _share_cores(jobs: int) -> tuple[int, dict]:
+    """Threads per process when ``jobs`` processes share the machine's cores, and the environment that sets them."""
+    import os
 
     threads = max(1, (os.cpu_count() or 2) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    flags = [x for key, value in final.items() for x in (f"--{key.replace('_', '-')}", str(value))]
-    running: list[tuple[subprocess.Popen, str, int, object]] = []
-    queue = list(todo)
+    return threads, {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _run_processes(work: list[tuple[str, list[str], Path, str | None, str | None]], jobs: int, env: dict) -> None:
+    """Run each (what, command, log, line at start, line at the end) of ``work``, ``jobs`` at a time, its output
+    appended to its log; the first that fails stops the run (each is resumable, so rerunning continues)."""
+    import subprocess
+
+    queue, running = list(work), []
     while queue or running:
         while queue and len(running) < jobs:
-            name, seed, out = queue.pop(0)
-            spec_file = results / "final" / f"{name}.yaml"
-            spec_file.parent.mkdir(parents=True, exist_ok=True)
-            spec_file.write_text(yaml.safe_dump(archs[name]["spec"], sort_keys=False))
-            log = open(results / "final" / f"{name}-s{seed}.log", "a")
-            cmd = [sys.executable, "-m", "composer.cli", "train", str(spec_file), *flags, "--out", str(out),
-                   "--seed", str(seed), "--no-progress"]
-            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), name, seed, log))
+            what, cmd, log_path, started, finished = queue.pop(0)
+            log = open(log_path, "a")
+            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), what, log_path,
+                            finished, log))
+            if started:
+                print(f"[{time.strftime('%H:%M:%S')}] {started}", flush=True)
         time.sleep(1)
         for item in list(running):
-            process, name, seed, log = item
+            process, what, log_path, finished, log = item
             if process.poll() is None:
                 continue
             running.remove(item)
             log.close()
             if process.returncode != 0:
-                raise SystemExit(f"final {name} seed {seed}: composer train exited {process.returncode}; see "
-                                 f"{results / 'final' / f'{name}-s{seed}.log'} (rerun to continue)")
-            print(f"[{time.strftime('%H:%M:%S')}] final {name} seed {seed}: trained", flush=True)
+                raise SystemExit(f"{what} exited {process.returncode}; see {log_path} (rerun to continue)")
+            if finished:
+                print(f"[{time.strftime('%H:%M:%S')}] {finished}", flush=True)
 
 
 def _earlier_tests(archs: dict, base: Path, searches: Path) -> dict[str, float]:

@@ -145,7 +145,7 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
     from ..composed import compose
     from ..train.trial import prepare, train_spec
     from .objectives import proxy_scores
-    from .study import _count, _floor, _train_settings, prepare_run_dir
+    from .study import _count, _mac_floor, _train_settings, prepare_run_dir
 
     t_start = time.perf_counter()
     space = load_space(space)
@@ -154,12 +154,7 @@ def proxy_check(space, *, train=None, data: str | None = None, samples: int = 20
             raise SpecError(Problem(f"{flag} must be at least 1, got {value}", ()))
     macs = _count(budget, "--budget") if budget is not None else space.budget_macs
     params = _count(max_params, "--max-params") if max_params is not None else space.budget_params
-    if min_macs is not None:
-        floor = _floor(min_macs, macs)
-    else:
-        floor = space.budget_min_macs
-        if floor is not None and macs is not None and budget is not None:
-            _floor(floor, macs, f"--budget {budget} under the space's min_macs")
+    floor = _mac_floor(min_macs, space, macs, budget)
     settings = _train_settings(space, train, data=data, epochs=epochs, train_size=train_size)
     try:
         training = prepare(settings, space.base, seed)

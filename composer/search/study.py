@@ -673,9 +673,7 @@ def run(space, settings: SearchSettings | dict | None = None, *, progress: bool 
     if macs is None:
         raise SpecError(Problem("no MAC budget: give --budget (e.g. 5GFLOPs) or budget: {macs: 5G} in the space",
                                 ("budget",), space.file))
-    min_macs = _floor(s.min_macs, macs) if s.min_macs is not None else space.budget_min_macs
-    if s.min_macs is None and min_macs is not None and budget is not None:
-        _floor(min_macs, macs, f"--budget {budget} under the space's min_macs")   # a floor the budget crossed
+    min_macs = _mac_floor(s.min_macs, space, macs, budget)
     train_settings = _train_settings(space, s.train)
     device = train_settings.device
     settings = Settings(objectives, macs, params, trials, seed, proxy_size, proxy_batch, train_settings.data,
@@ -920,6 +918,16 @@ def _without_flag(argv: list[str], flag: str) -> list[str]:
         elif not arg.startswith(flag + "="):
             out.append(arg)
     return out
+
+
+def _mac_floor(given, space, macs: int | None, budget) -> int | None:
+    """The MAC floor: ``given`` (--min-macs) if given, else the space's, which a ``budget`` (--budget) given in its
+    place may not cross; checked below the MAC budget ``macs``."""
+    if given is not None:
+        return _floor(given, macs)
+    if space.budget_min_macs is not None and budget is not None:
+        _floor(space.budget_min_macs, macs, f"--budget {budget} under the space's min_macs")
+    return space.budget_min_macs
 
 
 def _floor(value, macs: int | None, flag: str = "--min-macs") -> int:
